@@ -1,0 +1,3 @@
+from auditpipe.cli import main
+
+main()

@@ -1,0 +1,21 @@
+"""The `auditpipe` command line. Each subcommand lives in its own module of this package."""
+
+import click
+
+from auditpipe import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="auditpipe")
+def main() -> None:
+    """Linux audit pipeline: parse, collect, normalize and ship audit events."""
+
+
+def _register() -> None:
+    # Imported here so that `auditpipe --help` stays cheap and each command owns its module.
+    from auditpipe.cli import parse_cmd
+
+    main.add_command(parse_cmd.parse)
+
+
+_register()
