@@ -1,0 +1,126 @@
+"""Pieces shared by the commands: building a normalizer from options, running files through
+the pipeline with a progress bar, and reporting rejects."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from auditpipe.normalize import make_normalizer
+from auditpipe.normalize.jsonl import dumps_line
+from auditpipe.pipeline import Pipeline
+from auditpipe.reassembly import Reassembler
+from auditpipe.sources.files import iter_line_chunks, open_audit_file
+
+__all__ = ["build_normalizer", "run_files", "RejectWriter"]
+
+MAX_REPORTED_REJECTS = 20
+
+
+def build_normalizer(fmt: str, resolve_ids: bool = True, passwd=None, group=None, include_raw: bool = False,
+                     extra_tags=()):
+    if fmt == "ecs":
+        from auditpipe.normalize.idresolve import IdResolver
+
+        resolver = IdResolver(passwd_file=passwd, group_file=group, enabled=resolve_ids)
+        return make_normalizer("ecs", resolver=resolver, include_raw=include_raw, extra_tags=tuple(extra_tags))
+    return make_normalizer(fmt)
+
+
+class RejectWriter:
+    """Counts, reports (file:line and reason, the first few on stderr) and sets aside bad lines."""
+
+    def __init__(self, path: str | None):
+        self.file = open(path, "w", encoding="utf-8", errors="surrogateescape") if path else None
+        self.count = 0
+
+    def __call__(self, where: str, line: str, reason: str) -> None:
+        self.count += 1
+        if self.count <= MAX_REPORTED_REJECTS:
+            click.echo(f"{where}: rejected: {reason}", err=True)
+        elif self.count == MAX_REPORTED_REJECTS + 1:
+            click.echo("… further rejects are counted, not shown", err=True)
+        if self.file is not None:
+            self.file.write(line + "\n")
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _open_output(output: str):
+    if output == "-":
+        return sys.stdout.buffer, False
+    return open(output, "wb"), True
+
+
+def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_flight=4096, progress=False) -> dict:
+    """Parse `paths` in order (one stream: a rotated set continues across files) and write JSON lines."""
+    reject = RejectWriter(rejects)
+    pipeline = Pipeline(normalize, Reassembler(timeout=timeout, max_in_flight=max_in_flight), on_reject=reject)
+    out, close_out = _open_output(output)
+    write = out.write
+    bar = _Progress(paths) if progress else None
+    try:
+        for path in paths:
+            stream = open_audit_file(path)
+            raw = getattr(stream, "fileobj", None) or stream
+            where = "<stdin>" if path == "-" else path
+            lineno = 1
+            try:
+                on_progress = bar.updater(path, raw) if bar else None
+                for lines in iter_line_chunks(stream, on_progress=on_progress):
+                    docs = pipeline.feed_lines(lines, where, lineno)
+                    lineno += len(lines)
+                    if docs:
+                        write(b"".join(map(dumps_line, docs)))
+            finally:
+                if stream is not sys.stdin.buffer:
+                    stream.close()
+        docs = pipeline.flush()
+        if docs:
+            write(b"".join(map(dumps_line, docs)))
+        out.flush()
+    finally:
+        if bar:
+            bar.close()
+        if close_out:
+            out.close()
+        reject.close()
+    return pipeline.stats()
+
+
+class _Progress:
+    """A rich progress bar over the bytes of the input files (compressed bytes for .gz)."""
+
+    def __init__(self, paths):
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.total = sum(os.path.getsize(p) for p in paths if p != "-" and os.path.exists(p))
+        self.progress = Progress(TextColumn("[bold]parse"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                                 console=Console(stderr=True), transient=True, redirect_stdout=False)
+        self.task = self.progress.add_task("parse", total=self.total or None)
+        self.done = 0
+        self.progress.start()
+
+    def updater(self, path, raw):
+        base = self.done
+
+        def update(_n):
+            try:
+                pos = raw.tell()
+            except (OSError, ValueError):
+                return
+            self.progress.update(self.task, completed=base + pos)
+
+        try:
+            self.done += os.path.getsize(path)
+        except OSError:
+            pass
+        return update
+
+    def close(self):
+        self.progress.stop()

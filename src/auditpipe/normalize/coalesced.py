@@ -1,0 +1,65 @@
+"""The `coalesced` format: one lossless JSON object per event (documented in docs/formats.md)."""
+
+from __future__ import annotations
+
+import time
+
+from auditpipe import tables
+from auditpipe.parsing import decode_sockaddr, execve_argv, proctitle_argv
+
+__all__ = ["make_coalesced_normalizer", "iso_timestamp"]
+
+_T = tables.RECORD_TYPE_NUMBERS
+_EXECVE = _T.get("EXECVE", 1309)
+_PROCTITLE = _T.get("PROCTITLE", 1327)
+_SOCKADDR = _T.get("SOCKADDR", 1306)
+
+_second_cache: dict[int, str] = {}
+
+
+def iso_timestamp(sec: int, msec: int) -> str:
+    """ISO 8601 UTC with milliseconds; the seconds part is cached (events cluster in time)."""
+    head = _second_cache.get(sec)
+    if head is None:
+        if len(_second_cache) > 4096:
+            _second_cache.clear()
+        head = _second_cache[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    return f"{head}.{msec:03d}Z"
+
+
+def make_coalesced_normalizer():
+    def normalize(event) -> list[dict]:
+        recs = []
+        execs = None
+        doc = {"id": f"{event.time}:{event.serial}"}
+        if event.node is not None:
+            doc["node"] = event.node
+        doc["timestamp"] = iso_timestamp(event.sec, event.msec)
+        doc["sequence"] = event.serial
+        doc["records"] = recs
+        for r in event.records:
+            out = {"type": r.type, "fields": r.fields}
+            if r.enriched is not None:
+                out["enriched"] = r.enriched
+            t = r.type_num
+            if t == _EXECVE:
+                if execs is None:
+                    execs = []
+                execs.append(r)
+            elif t == _PROCTITLE:
+                title = r.fields.get("proctitle")
+                if isinstance(title, str):
+                    doc["proctitle"] = proctitle_argv(title)
+            elif t == _SOCKADDR:
+                saddr = r.fields.get("saddr")
+                if isinstance(saddr, str):
+                    out["sockaddr"] = decode_sockaddr(saddr)
+            recs.append(out)
+        if execs is not None:
+            argc, argv = execve_argv(execs)
+            doc["execve"] = {"argc": argc, "argv": argv}
+        if event.partial:
+            doc["partial"] = True
+        return [doc]
+
+    return normalize

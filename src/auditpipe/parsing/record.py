@@ -1,0 +1,275 @@
+"""One audit line → one `Record`.
+
+Fast path first: the body is split on spaces and each token partitioned on `=`; quoted values
+that contain spaces are stitched back together, and the nested `msg='…'` of user-space records
+is cut out by position before tokenizing. No regular expression runs per field.
+
+Non-UTF-8 bytes travel as lone surrogates (`surrogateescape`), so every value round-trips to
+the exact bytes the kernel wrote.
+"""
+
+from __future__ import annotations
+
+import re
+
+from auditpipe import tables
+
+__all__ = ["Record", "ParseError", "parse_line", "parse_kernel", "parse_body", "MAX_LINE"]
+
+# The kernel caps one audit message at MAX_AUDIT_MESSAGE_LENGTH (8970) bytes; auditd then adds
+# `node=…` and the ENRICHED part. Longer lines are not rejected for their length alone, but a line
+# this long cannot be an audit record at all and is refused before any work is done on it.
+MAX_LINE = 1 << 20
+
+GS = "\x1d"  # separates RAW fields from the ENRICHED interpretations
+_HEXDIGITS = frozenset("0123456789ABCDEFabcdef")
+_ENRICHED_SPLIT = re.compile(r" (?=[A-Z][A-Z0-9_-]*=)")
+
+
+class ParseError(ValueError):
+    """A line that is not an audit record; `reason` says why."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Record:
+    """One audit record. See docs/design.md for the meaning of each attribute."""
+
+    __slots__ = ("node", "type", "type_num", "time", "sec", "msec", "serial", "fields", "enriched", "raw")
+
+    def __init__(self, node, type_, type_num, time, sec, msec, serial, fields, enriched, raw):
+        self.node = node
+        self.type = type_
+        self.type_num = type_num
+        self.time = time
+        self.sec = sec
+        self.msec = msec
+        self.serial = serial
+        self.fields = fields
+        self.enriched = enriched
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return f"Record({self.type} {self.time}:{self.serial} {self.fields!r})"
+
+
+_TYPE_NUMBERS = tables.RECORD_TYPE_NUMBERS
+_TYPE_NAMES = tables.RECORD_TYPE_NAMES
+_ENCODED = tables.ENCODED_FIELDS
+_EXECVE = _TYPE_NUMBERS.get("EXECVE", 1309)
+_PROCTITLE = _TYPE_NUMBERS.get("PROCTITLE", 1327)
+
+
+def _type_of(name: str) -> tuple[str, int]:
+    num = _TYPE_NUMBERS.get(name)
+    if num is not None:
+        return name, num
+    if name.startswith("UNKNOWN[") and name.endswith("]") and name[8:-1].isdigit():
+        num = int(name[8:-1])
+        return _TYPE_NAMES.get(num, name), num
+    if not name or not name.replace("_", "").isalnum():
+        raise ParseError(f"bad record type {name[:40]!r}")
+    return name, 0  # a type newer than our tables: keep it, the name is what auditd wrote
+
+
+def _header_stamp(stamp: str) -> tuple[str, int, int, int]:
+    """`SEC.MSEC:SERIAL` → (time text, sec, msec, serial)."""
+    time, colon, serial = stamp.partition(":")
+    sec, dot, msec = time.partition(".")
+    if not (colon and dot and sec.isdigit() and msec.isdigit() and serial.isdigit()):
+        raise ParseError(f"bad timestamp {stamp[:40]!r}")
+    return time, int(sec), int(msec), int(serial)
+
+
+def parse_line(line: str) -> Record:
+    """Parse one audit.log line (with or without `node=` and trailing newline)."""
+    if line.endswith("\n"):
+        line = line[:-1]
+    if line.endswith("\r"):
+        line = line[:-1]
+    if len(line) > MAX_LINE:
+        raise ParseError(f"line of {len(line)} characters is too long")
+    node = None
+    rest = line
+    if rest.startswith("node="):
+        sp = rest.find(" ")
+        if sp < 0:
+            raise ParseError("node= without a record")
+        node = rest[5:sp]
+        rest = rest[sp + 1 :]
+    if not rest.startswith("type="):
+        raise ParseError("missing type=")
+    at = rest.find(" msg=audit(", 5)
+    if at < 0:
+        raise ParseError("missing msg=audit( header")
+    close = rest.find("):", at)
+    if close < 0:
+        raise ParseError("unterminated msg=audit( header")
+    type_name, type_num = _type_of(rest[5:at])
+    time, sec, msec, serial = _header_stamp(rest[at + 11 : close])
+    body = rest[close + 3 :]
+    fields, enriched = parse_body(body, type_num)
+    return Record(node, type_name, type_num, time, sec, msec, serial, fields, enriched, line)
+
+
+def parse_kernel(type_num: int, payload: bytes) -> Record:
+    """Parse a netlink message: `type_num` from nlmsghdr, payload `audit(SEC.MSEC:SERIAL): body`."""
+    text = payload.rstrip(b"\0\n").decode("utf-8", "surrogateescape")
+    if not text.startswith("audit("):
+        raise ParseError("kernel message without audit( header")
+    close = text.find("):")
+    if close < 0:
+        raise ParseError("unterminated audit( header")
+    time, sec, msec, serial = _header_stamp(text[6:close])
+    name = _TYPE_NAMES.get(type_num) or f"UNKNOWN[{type_num}]"
+    fields, enriched = parse_body(text[close + 3 :], type_num)
+    return Record(None, name, type_num, time, sec, msec, serial, fields, enriched, f"type={name} msg={text}")
+
+
+def parse_body(body: str, type_num: int = 0) -> tuple[dict, dict | None]:
+    """Body text → (fields, enriched). Never raises on odd content: odd tokens are kept as text."""
+    enriched = None
+    gs = body.find(GS)
+    if gs >= 0:
+        enriched = _parse_enriched(body[gs + 1 :])
+        body = body[:gs]
+    fields: dict = {}
+    # user-space records carry their payload in msg='…'; the payload may itself hold a ' inside
+    # double quotes, so its end is the last ' of the body, not the next one.
+    m = body.find("msg='")
+    if m >= 0 and (m == 0 or body[m - 1] == " "):
+        end = body.rfind("'")
+        if end > m + 4:
+            inner = body[m + 5 : end]
+            _parse_pairs(body[:m], fields, type_num)
+            nested: dict = {}
+            _parse_pairs(inner, nested, type_num)
+            _put(fields, "msg", nested)
+            _parse_pairs(body[end + 1 :], fields, type_num)
+            return fields, enriched
+    _parse_pairs(body, fields, type_num)
+    return fields, enriched
+
+
+def _put(fields: dict, key: str, value) -> None:
+    if key in fields:  # a repeated key (LOGIN, broken lines) is kept, not overwritten
+        n = 2
+        while f"{key}#{n}" in fields:
+            n += 1
+        key = f"{key}#{n}"
+    fields[key] = value
+
+
+def _parse_pairs(text: str, fields: dict, type_num: int) -> None:
+    tokens = text.split(" ")
+    n = len(tokens)
+    i = 0
+    words = None
+    last_key = None
+    while i < n:
+        tok = tokens[i]
+        i += 1
+        if not tok:
+            continue
+        key, eq, val = tok.partition("=")
+        if not eq or not key:
+            # words outside key=value: AVC's `{ perms }`, AppArmor's `(enforce)` after subj=,
+            # `policy loaded`, `netlabel:`. Kept as text so nothing is lost.
+            if tok == "{" and type_num in _AVC_TYPES:
+                j = i
+                while j < n and tokens[j] != "}":
+                    j += 1
+                _put(fields, "seperms", ",".join(t for t in tokens[i:j] if t))
+                i = j + 1
+                continue
+            if last_key is not None and tok[0] == "(" and tok[-1] == ")" and isinstance(fields.get(last_key), str):
+                fields[last_key] += " " + tok
+                continue
+            if words is None:
+                words = []
+            words.append(tok)
+            continue
+        first = val[:1]
+        if first == '"':
+            if len(val) >= 2 and val[-1] == '"':
+                val = val[1:-1]
+            else:  # a quoted value with spaces inside: stitch tokens up to the closing quote
+                parts = [val[1:]]
+                while i < n:
+                    t = tokens[i]
+                    i += 1
+                    if t.endswith('"'):
+                        parts.append(t[:-1])
+                        break
+                    parts.append(t)
+                val = " ".join(parts)
+        elif first == "'":
+            if len(val) >= 2 and val[-1] == "'":
+                val = val[1:-1]
+            else:
+                parts = [val[1:]]
+                while i < n:
+                    t = tokens[i]
+                    i += 1
+                    if t.endswith("'"):
+                        parts.append(t[:-1])
+                        break
+                    parts.append(t)
+                val = " ".join(parts)
+        elif key in _ENCODED or (type_num == _EXECVE and key[0] == "a" and key != "argc" and not key.endswith("_len")):
+            val = decode_hex_value(val)
+        elif type_num == _PROCTITLE and key == "proctitle":
+            val = decode_hex_value(val)
+        if words is not None and type_num in _AVC_TYPES and key not in fields:
+            _avc_words(words, fields)
+            words = None
+        _put(fields, key, val)
+        last_key = key
+    if words:
+        if type_num in _AVC_TYPES:
+            _avc_words(words, fields)
+        else:
+            _put(fields, "text", " ".join(words))
+
+
+def _avc_words(words: list, fields: dict) -> None:
+    """`avc:  denied  {…} for` → seresult=denied; other words kept as text."""
+    rest = []
+    for w in words:
+        if w in ("denied", "granted") and "seresult" not in fields:
+            fields["seresult"] = w
+        elif w not in ("avc:", "for"):
+            rest.append(w)
+    if rest:
+        _put(fields, "text", " ".join(rest))
+
+
+_AVC_TYPES = frozenset(
+    n for n in (_TYPE_NUMBERS.get("AVC"), _TYPE_NUMBERS.get("USER_AVC"), _TYPE_NUMBERS.get("SELINUX_ERR")) if n
+)
+
+
+def decode_hex_value(val: str) -> str:
+    """An unquoted value of an encoded field: hex → text. Anything else is returned unchanged
+    (`(null)`, `?`, odd-length or non-hex text: the kernel only hex-encodes whole values)."""
+    if len(val) & 1 or not val:
+        return val
+    try:
+        data = bytes.fromhex(val)
+    except ValueError:
+        return val
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _parse_enriched(text: str) -> dict:
+    out = {}
+    for part in _ENRICHED_SPLIT.split(text):
+        key, eq, val = part.partition("=")
+        if not eq:
+            continue
+        if len(val) >= 2 and val[0] == '"' and val[-1] == '"':
+            val = val[1:-1]
+        out[key] = val
+    return out

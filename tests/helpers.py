@@ -1,0 +1,41 @@
+"""Test helpers: run the core over lines or files without the CLI."""
+
+from __future__ import annotations
+
+from auditpipe.normalize.coalesced import make_coalesced_normalizer
+from auditpipe.parsing import parse_line
+from auditpipe.pipeline import Pipeline
+from auditpipe.reassembly import Reassembler
+from auditpipe.sources.files import iter_line_chunks, open_audit_file
+
+
+def events_of_lines(lines, **kw):
+    r = Reassembler(**kw)
+    out = []
+    for line in lines:
+        if line.strip():
+            out.extend(r.feed(parse_line(line)))
+    out.extend(r.flush())
+    return out, r
+
+
+def events_of_file(path, **kw):
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        import gzip
+
+        data = gzip.decompress(data)
+    return events_of_lines(data.decode("utf-8", "surrogateescape").split("\n"), **kw)
+
+
+def coalesce_file(path, rejects=None):
+    pipe = Pipeline(make_coalesced_normalizer(), on_reject=(lambda w, l, r: rejects.append((w, l, r))) if rejects is not None else None)
+    docs = []
+    with open_audit_file(str(path)) as s:
+        lineno = 1
+        for lines in iter_line_chunks(s):
+            docs.extend(pipe.feed_lines(lines, str(path), lineno))
+            lineno += len(lines)
+    docs.extend(pipe.flush())
+    return docs, pipe
