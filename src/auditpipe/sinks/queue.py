@@ -333,12 +333,17 @@ class DiskQueue:
             return True
         return any(s.size for s in self._segs[self._rseg + 1:])
 
-    def get_batch(self, max_records: int = 1000, max_bytes: int = 1 << 20, timeout: float = 0.0
-                  ) -> list[tuple[int, bytes]]:
-        """Next unread records ``[(seq, payload)]`` (at least one if any, within the limits).
+    def has_unread(self) -> bool:
+        with self._cond:
+            return self._available()
 
-        Waits up to ``timeout`` seconds for the first record. Reading does not remove: only
-        ``ack`` does.
+    def get_batch(self, max_records: int = 1000, max_bytes: int = 1 << 20, timeout: float = 0.0,
+                  *, at_least_one: bool = True) -> list[tuple[int, bytes]]:
+        """Next unread records ``[(seq, payload)]`` within the limits on count and payload bytes.
+
+        With ``at_least_one`` a first record larger than ``max_bytes`` is still returned (alone),
+        so an oversize record cannot stall the queue. Waits up to ``timeout`` seconds for the
+        first record. Reading does not remove: only ``ack`` does.
         """
         with self._cond:
             if not self._available() and timeout > 0:
@@ -358,7 +363,7 @@ class DiskQueue:
                 pos = 0
                 while pos + 8 <= len(chunk) and len(out) < max_records:
                     length, _crc_ = _HDR.unpack_from(mv, pos)
-                    if out and size + length > max_bytes:
+                    if (out or not at_least_one) and size + length > max_bytes:
                         return out
                     if pos + 8 + length > len(chunk):
                         if pos == 0:  # a single record larger than the read window
