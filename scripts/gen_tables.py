@@ -336,7 +336,11 @@ def package_of(path: str) -> str:
     if not shutil.which("dpkg-query"):
         return ""
     real = os.path.realpath(path)
-    for candidate in dict.fromkeys([path, real]):
+    candidates = [path, real]
+    for p in (path, real):  # merged /usr: dpkg may know the file as /lib/... rather than /usr/lib/...
+        if p.startswith("/usr/"):
+            candidates.append(p[4:])
+    for candidate in dict.fromkeys(candidates):
         r = run(["dpkg-query", "-S", candidate], check=False)
         if r.returncode == 0 and r.stdout.strip():
             pkg = r.stdout.strip().splitlines()[0].split(":")[0].split(",")[0].strip()
@@ -521,6 +525,24 @@ def check_interpret_c(src: Path) -> None:
         raise GenError(f"interpret.c decodes {sorted(decoded)}, ENCODED_TYPES says {ENCODED_TYPES}")
 
 
+def auparse_type_ids(inc: Path, py: str | None) -> tuple[dict[int, str], str]:
+    """AUPARSE_TYPE_* enum value -> lower-cased name, from auparse-defs.h (libauparse-dev), else
+    from the python3-audit auparse module's constants (which miss AUPARSE_TYPE_A3 in 3.0.9)."""
+    defs = inc / "auparse-defs.h"
+    if defs.exists():
+        pp = Preprocessor()
+        pp.process(defs)
+        ids = {v: k[len("AUPARSE_TYPE_"):].lower()
+               for k, v in pp.constants(r"AUPARSE_TYPE_\w+").items()}
+        return ids, f"{defs} ({package_of(str(defs))}): AUPARSE_TYPE_* enum values"
+    if py:
+        r = libaudit_probe(py, (0, -1), [], fields=["x"])
+        if r and r.get("type_ids"):
+            return ({int(k): v for k, v in r["type_ids"].items()},
+                    "python3-audit auparse module: AUPARSE_TYPE_* values (auparse-defs.h absent)")
+    return {}, ""
+
+
 def libauparse_field_candidates() -> tuple[list[str], str]:
     """Field-like strings in the installed libauparse (its typetab strings are in .rodata)."""
     libs = sorted(glob.glob("/usr/lib/*/libauparse.so.*") + glob.glob("/usr/lib*/libauparse.so.*"))
@@ -668,45 +690,62 @@ def build(args) -> str:
             capabilities.setdefault(v, name)
 
     # ---- field types -----------------------------------------------------------------
-    src = find_audit_source(args.audit_source or os.environ.get("AUDITPIPE_AUDIT_SRC"))
+    src = None if args.no_audit_source else find_audit_source(
+        args.audit_source or os.environ.get("AUDITPIPE_AUDIT_SRC"))
+    type_ids, ids_from = auparse_type_ids(inc, py)
+    if type_ids and ids_from:
+        sources.append(ids_from)
+
+    def probe_types(names: list[str]) -> dict[str, str] | None:
+        """name -> type as the installed libauparse classifies it (None without the bindings)."""
+        if not (py and type_ids and names):
+            return None
+        r = libaudit_probe(py, (0, -1), [], fields=names)
+        if not r:
+            return None
+        return {n: type_ids.get(t, f"?{t}") for n, t in r["field_types"].items()}
+
     field_types: dict[str, str]
     if src:
         check_interpret_c(src)
         entries = parse_typetab(src)
-        # entries under #ifdef WITH_* (build options): keep them iff the installed libauparse
-        # classifies them the same way; without python3-audit keep them all.
-        cond = sorted({n for n, _, st in entries if st})
-        installed: dict[str, str] = {}
-        if cond and py:
-            r = libaudit_probe(py, (0, -1), [], fields=cond)
-            if r:
-                installed = {n: r["type_ids"].get(str(t), "?") for n, t in r["field_types"].items()}
+        installed = probe_types(sorted({n for n, _, _ in entries})) or {}
         field_types = {}
         for name, typ, st in entries:
+            # entries under #ifdef WITH_* (build options) are kept iff the installed libauparse
+            # was built with them (it classifies them the same way); kept unchecked otherwise
             if st and installed and installed.get(name) != typ:
                 notes.append(f"typetab.h {name} ({typ}, under {' '.join(st)}): not in the "
                              f"installed libauparse, left out")
                 continue
+            if installed and installed.get(name) != typ and name not in field_types:
+                notes.append(f"typetab.h says {name} is {typ}, the installed libauparse says "
+                             f"{installed.get(name)} (typetab.h kept)")
             field_types.setdefault(name, typ)
-        if cond:
-            notes.append(f"typetab.h entries under {', '.join(sorted({c for _, _, st in entries for c in st}))} "
-                         + ("checked against the installed libauparse" if installed else "kept unchecked"))
+        conds = sorted({c for _, _, st in entries for c in st})
+        if installed:
+            notes.append("every typetab.h entry was checked against the installed libauparse "
+                         + (f"(entries under {', '.join(conds)} included only if built in)"
+                            if conds else ""))
+        elif conds:
+            notes.append(f"typetab.h entries under {', '.join(conds)} kept unchecked")
         sources.append(f"auparse/typetab.h from {source_version(src)} (--audit-source / "
-                       f"$AUDITPIPE_AUDIT_SRC / ~/.cache/auditpipe/audit-src): field name -> auparse type")
+                       f"$AUDITPIPE_AUDIT_SRC / ~/.cache/auditpipe/audit-src): field name -> "
+                       f"auparse type; auparse/interpret.c: which types are hex-decoded")
     else:
         warn("no audit-userspace source (auparse/typetab.h): pass --audit-source DIR, set "
              "$AUDITPIPE_AUDIT_SRC, or run with --fetch-audit-source (needs a deb-src line). "
              "Falling back to probing the installed libauparse.")
-        if not py:
-            raise GenError("neither the audit source nor python3-audit is available for field types")
         cands, lib = libauparse_field_candidates()
-        r = libaudit_probe(py, (0, -1), [], fields=cands)
-        ids = r["type_ids"]
-        field_types = {n: ids[str(t)] for n, t in r["field_types"].items()
-                       if ids.get(str(t), "unclassified") != "unclassified"}
-        sources.append(f"{lib} ({package_of(lib)}): field-like strings, classified by auparse "
-                       f"AuParser.get_field_type() over one synthetic SYSCALL record "
-                       f"(audit-userspace source not available)")
+        got = probe_types(cands)
+        if got is None:
+            raise GenError("neither the audit source nor python3-audit (+ auparse type ids) is "
+                           "available for field types")
+        field_types = {n: t for n, t in got.items() if t != "unclassified"}
+        sources.append(f"{lib} ({package_of(lib)}): field-like strings in it, classified by "
+                       f"auparse AuParser.get_field_type() over one synthetic SYSCALL record "
+                       f"(audit-userspace source not available: auparse's per-record type "
+                       f"adjustments and build options are not visible)")
     encoded = sorted(n for n, t in field_types.items() if t in ENCODED_TYPES)
 
     # ---- K namespace names -----------------------------------------------------------
@@ -880,6 +919,8 @@ def main(argv=None) -> int:
     ap.add_argument("--audit-source", default=None,
                     help="extracted audit-userspace source tree (has auparse/typetab.h); "
                          "default $AUDITPIPE_AUDIT_SRC or ~/.cache/auditpipe/audit-src/audit-*")
+    ap.add_argument("--no-audit-source", action="store_true",
+                    help="ignore the audit source even if present (use the libauparse probe)")
     ap.add_argument("--fetch-audit-source", action="store_true",
                     help="apt-get source --download-only audit into ~/.cache/auditpipe/audit-src")
     ap.add_argument("--check", action="store_true",

@@ -20,8 +20,10 @@
 #   - /usr/include/asm-generic/signal.h (linux-libc-dev 6.1.192-2): signal names (generic numbering,
 #       as on x86/arm/s390/ppc)
 #   - /usr/include/linux/capability.h (linux-libc-dev 6.1.192-2): capability names
+#   - /usr/include/auparse-defs.h (libauparse-dev 1:3.0.9-1): AUPARSE_TYPE_* enum values
 #   - auparse/typetab.h from Debian source package audit 1:3.0.9-1 (--audit-source /
-#       $AUDITPIPE_AUDIT_SRC / ~/.cache/auditpipe/audit-src): field name -> auparse type
+#       $AUDITPIPE_AUDIT_SRC / ~/.cache/auditpipe/audit-src): field name -> auparse type;
+#       auparse/interpret.c: which types are hex-decoded
 #
 # Notes from the generator:
 #   - record type 1500: libaudit writes APPARMOR, header calls it AA
@@ -32,7 +34,8 @@
 #       DAEMON_RECONFIG, 1329 REPLACE, 1338 DM_CTRL, 1339 DM_EVENT
 #   - arch 0x40000028: auparse/ausyscall call it armeb, header arm
 #   - arch name armeb: libaudit 0x40000028 wins over header 0x28
-#   - typetab.h entries under WITH_APPARMOR checked against the installed libauparse
+#   - every typetab.h entry was checked against the installed libauparse (entries under
+#       WITH_APPARMOR included only if built in)
 #   - not in K (short name taken): __AUDIT_NLGRP_MAX
 """Audit interpretation tables generated from installed headers and tools. Do not edit;
 see scripts/gen_tables.py and the header comment above."""
@@ -2876,5 +2879,6 @@ PACKAGE_SOURCES: tuple[str, ...] = (
     '/usr/include/asm-generic/errno.h (linux-libc-dev 6.1.192-2): errno names',
     '/usr/include/asm-generic/signal.h (linux-libc-dev 6.1.192-2): signal names (generic numbering, as on x86/arm/s390/ppc)',
     '/usr/include/linux/capability.h (linux-libc-dev 6.1.192-2): capability names',
-    'auparse/typetab.h from Debian source package audit 1:3.0.9-1 (--audit-source / $AUDITPIPE_AUDIT_SRC / ~/.cache/auditpipe/audit-src): field name -> auparse type',
+    '/usr/include/auparse-defs.h (libauparse-dev 1:3.0.9-1): AUPARSE_TYPE_* enum values',
+    'auparse/typetab.h from Debian source package audit 1:3.0.9-1 (--audit-source / $AUDITPIPE_AUDIT_SRC / ~/.cache/auditpipe/audit-src): field name -> auparse type; auparse/interpret.c: which types are hex-decoded',
 )
