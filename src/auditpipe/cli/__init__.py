@@ -16,6 +16,7 @@ def _register() -> None:
     from auditpipe.cli import parse_cmd
 
     main.add_command(parse_cmd.parse)
+    from auditpipe.cli import serve_cmd; main.add_command(serve_cmd.serve)  # noqa: E702
 
 
 _register()
