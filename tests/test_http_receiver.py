@@ -109,7 +109,7 @@ def test_fluent_bit_body_accepted_and_reassembled(tmp_path):
     p = Pipeline(make_normalizer("coalesced"), Reassembler())
     expect = p.feed_lines(lines) + p.flush()
     got = s.docs()
-    assert len(got) == len(expect) == 947
+    assert len(got) == len(expect) > 900
     assert sorted(d["id"] for d in got) == sorted(d["id"] for d in expect)
 
 
