@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from auditpipe.normalize.coalesced import make_coalesced_normalizer
-from auditpipe.parsing import parse_line
+from auditpipe.parsing import ParseError, parse_line
 from auditpipe.pipeline import Pipeline
 from auditpipe.reassembly import Reassembler
 from auditpipe.sources.files import iter_line_chunks, open_audit_file
@@ -14,7 +14,11 @@ def events_of_lines(lines, **kw):
     out = []
     for line in lines:
         if line.strip():
-            out.extend(r.feed(parse_line(line)))
+            try:
+                rec = parse_line(line)
+            except ParseError:
+                continue  # counted and reported by the pipeline; here only grouping matters
+            out.extend(r.feed(rec))
     out.extend(r.flush())
     return out, r
 

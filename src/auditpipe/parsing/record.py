@@ -11,6 +11,7 @@ the exact bytes the kernel wrote.
 from __future__ import annotations
 
 import re
+from itertools import repeat
 
 from auditpipe import tables
 
@@ -104,12 +105,14 @@ def parse_line(line: str) -> Record:
     at = rest.find(" msg=audit(", 5)
     if at < 0:
         raise ParseError("missing msg=audit( header")
-    close = rest.find("):", at)
+    close = rest.find(")", at)
     if close < 0:
         raise ParseError("unterminated msg=audit( header")
     type_name, type_num = _type_of(rest[5:at])
     time, sec, msec, serial = _header_stamp(rest[at + 11 : close])
-    body = rest[close + 3 :]
+    # normally `): body`; some daemon records (RHEL 7 DAEMON_CONFIG) have `) body`
+    start = close + 2 if rest[close + 1 : close + 2] == ":" else close + 1
+    body = rest[start + 1 :] if rest[start : start + 1] == " " else rest[start:]
     fields, enriched = parse_body(body, type_num)
     return Record(node, type_name, type_num, time, sec, msec, serial, fields, enriched, line)
 
@@ -162,7 +165,44 @@ def _put(fields: dict, key: str, value) -> None:
     fields[key] = value
 
 
+_split = str.split
+
+
 def _parse_pairs(text: str, fields: dict, type_num: int) -> None:
+    # Fast path, all in C: when every space-separated token is exactly one key=value (as many
+    # `=` as tokens, no doubled spaces), the dict is built by str.split alone; then only quoted
+    # and encoded values are touched. Anything else takes the careful tokenizer below.
+    if not fields and text and type_num not in _AVC_TYPES:
+        tokens = text.split(" ")
+        if text.count("=") == len(tokens) and "" not in tokens:
+            try:  # a token without "=" (its "=" counted in a neighbour's value) lands here
+                d = dict(map(_split, tokens, repeat("="), repeat(1)))
+            except ValueError:
+                d = None
+            if d is not None and len(d) == len(tokens) and "" not in d:
+                if type_num == _EXECVE:
+                    for k, v in d.items():
+                        if k[0] == "a" and k != "argc" and v[:1] != '"' and not k.endswith("_len"):
+                            d[k] = decode_hex_value(v)
+                else:
+                    for k in d.keys() & _ENCODED:
+                        v = d[k]
+                        if v[:1] != '"':
+                            d[k] = decode_hex_value(v)
+                    if type_num == _PROCTITLE:
+                        v = d.get("proctitle")
+                        if v is not None and v[:1] != '"':
+                            d["proctitle"] = decode_hex_value(v)
+                if '"' in text:
+                    for k, v in d.items():
+                        if v[:1] == '"' and len(v) >= 2 and v[-1] == '"':
+                            d[k] = v[1:-1]
+                fields.update(d)
+                return
+    _parse_tokens(text, fields, type_num)
+
+
+def _parse_tokens(text: str, fields: dict, type_num: int) -> None:
     tokens = text.split(" ")
     n = len(tokens)
     i = 0
@@ -264,6 +304,15 @@ def decode_hex_value(val: str) -> str:
 
 
 def _parse_enriched(text: str) -> dict:
+    # Enriched values are names auditd looked up; quotes there are decoration, never encoding.
+    if "{" not in text:
+        plain = text.replace('"', "")
+        tokens = plain.split(" ")
+        if plain.count("=") == len(tokens) and "" not in tokens:
+            try:
+                return dict(map(_split, tokens, repeat("="), repeat(1)))
+            except ValueError:
+                pass
     out = {}
     for part in _ENRICHED_SPLIT.split(text):
         key, eq, val = part.partition("=")

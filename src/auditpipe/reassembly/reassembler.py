@@ -10,10 +10,12 @@ seconds of wall clock pass without it completing (live only), or at `flush()`.
 
 from __future__ import annotations
 
+from collections import deque
+
 from auditpipe import tables
 from auditpipe.reassembly.serials import SerialTracker
 
-__all__ = ["Event", "Reassembler", "ends_event"]
+__all__ = ["Event", "Reassembler", "ends_event", "is_standalone"]
 
 _T = tables.RECORD_TYPE_NUMBERS
 _EOE = _T.get("EOE", 1320)
@@ -30,26 +32,24 @@ _FIRST_ANOM = tables.AUDIT_CONSTANTS.get("AUDIT_FIRST_ANOM_MSG", 2100)
 _LAST_USER2 = tables.AUDIT_CONSTANTS.get("AUDIT_LAST_USER_MSG2", 2999)
 
 
-def ends_event(type_num: int) -> bool:
-    """Whether a record of this type is always the last of its event.
+def is_standalone(type_num: int) -> bool:
+    """Record types that are an event of their own, as auparse groups them: everything sent from
+    user space (1100–1299, 2100–2999, USER) and the kernel's LOGIN. (The kernel writes LOGIN
+    inside a syscall, so its SYSCALL/PROCTITLE with the same serial follow; auparse, and so
+    ausearch, make them a second event, and so do we.)"""
+    return _LOGIN <= type_num < _FIRST_EVENT or type_num == _USER or _FIRST_ANOM <= type_num <= _LAST_USER2
 
-    Kernel syscall events end with PROCTITLE (auditd does not write EOE to disk). Records sent
-    from user space (1100–1299, 2100–2999) and the kernel's standalone types between LOGIN and
-    the first event type are events of one record. LOGIN itself is followed by its SYSCALL.
-    """
-    return (
-        type_num == _PROCTITLE
-        or type_num == _EOE
-        or _LOGIN < type_num < _FIRST_EVENT
-        or type_num == _USER
-        or _FIRST_ANOM <= type_num <= _LAST_USER2
-    )
+
+def ends_event(type_num: int) -> bool:
+    """Whether a record of this type is always the last of its event: PROCTITLE ends a syscall
+    event (auditd does not write EOE to disk), EOE, and the standalone types."""
+    return type_num == _PROCTITLE or type_num == _EOE or is_standalone(type_num)
 
 
 class Event:
     """The records of one (node, time, serial)."""
 
-    __slots__ = ("node", "time", "sec", "msec", "serial", "records", "partial", "done", "opened_at", "last_rec")
+    __slots__ = ("node", "time", "sec", "msec", "serial", "records", "partial", "done", "opened_at", "last_rec", "late")
 
     def __init__(self, node, time, sec, msec, serial, opened_at=None):
         self.node = node
@@ -62,6 +62,7 @@ class Event:
         self.done = False
         self.opened_at = opened_at
         self.last_rec = 0
+        self.late = False
 
     @property
     def id(self) -> str:
@@ -88,16 +89,26 @@ def looks_cut_short(event: Event) -> bool:
 
 
 class Reassembler:
-    """Groups records into events. `feed`, `tick` and `flush` return completed events."""
+    """Groups records into events. `feed`, `tick` and `flush` return completed events.
+
+    `_queue` holds every event not yet emitted, in order of its first record; `_open` maps a key
+    to the event that still takes records of that key. An event ended by PROCTITLE stays open
+    for one more record, which may be its EOE. A record whose key's event has already ended
+    starts a new event with that key (as auparse does); unless that event ended with a
+    standalone record (LOGIN before its SYSCALL), the new event is marked partial and its
+    records counted as late.
+    """
 
     def __init__(self, timeout: float = 2.0, max_in_flight: int = 4096, wall_timeout: float | None = None,
-                 recent_ids: int = 8192, grace: int = 16):
+                 recent_ids: int = 8192, grace: int = 0):
         self.timeout = timeout
         self.grace = grace
         self.max_in_flight = max_in_flight
         self.wall_timeout = wall_timeout
-        self._open: dict = {}  # key → Event, insertion (first record) order
-        self._closed: dict = {}  # recently emitted keys, to recognise late records
+        self._queue: deque = deque()
+        self._open: dict = {}
+        self._ended: dict = {}  # recently ended keys → whether a later record is late
+        self._held = None  # the event the last record (a PROCTITLE) ended, still open for its EOE
         self._recent_ids = recent_ids
         self._newest = 0.0
         self.serials = SerialTracker()
@@ -113,77 +124,113 @@ class Reassembler:
 
     @property
     def in_flight(self) -> int:
-        return len(self._open)
+        return len(self._queue)
 
     def feed(self, record, now: float | None = None) -> list:
         self.records += 1
+        t = record.type_num
         key = (record.node, record.time, record.serial)
-        ev = self._open.get(key)
+        opened = self._open
+        held = self._held
+        if held is not None:  # the event ended by the previous PROCTITLE: this record is its EOE or not
+            self._held = None
+            hkey = (held.node, held.time, held.serial)
+            if opened.get(hkey) is held:
+                del opened[hkey]
+            if hkey == key and t == _EOE:
+                held.records.append(record)
+                return self._drain(now)
+        ev = opened.get(key)
         if ev is None:
+            ended = self._ended.get(key)
+            if ended is not None and t == _EOE:
+                return []  # the end marker of an event already ended: it carries nothing more
             ev = Event(record.node, record.time, record.sec, record.msec, record.serial, now)
-            if key in self._closed:
-                # its event already left: emit this record as an event of its own, marked
-                self.late += 1
+            if ended:
                 ev.partial = True
-                ev.done = True
-                key = (key, self.late)
-            elif not (_FIRST_DAEMON <= record.type_num <= _LAST_DAEMON):
+                ev.late = True
+            elif ended is None and not (_FIRST_DAEMON <= t <= _LAST_DAEMON):
                 # auditd's own records carry auditd's counter, not the kernel's: not a gap
                 self.serials.see(record.node, record.serial)
-            self._open[key] = ev
+            opened[key] = ev
+            self._queue.append(ev)
+        if ev.late:
+            self.late += 1
         ev.records.append(record)
         ev.last_rec = self.records
-        if ends_event(record.type_num):
+        if ends_event(t):
             ev.done = True
+            self._end(key, ev)
+            if t == _PROCTITLE:
+                self._held = ev
+            else:
+                del opened[key]
         ts = record.sec + record.msec / 1000.0
         if ts > self._newest:
             self._newest = ts
-        head = next(iter(self._open.values()))
-        if head.done or len(self._open) > self.max_in_flight or (
+        head = self._queue[0]
+        if head.done or len(self._queue) > self.max_in_flight or (
                 head.sec + head.msec / 1000.0 < self._newest - self.timeout and self.records - head.last_rec >= self.grace):
             return self._drain(now)
         return []
 
     def tick(self, now: float) -> list:
-        """Live: close events that have waited `wall_timeout` seconds of wall clock."""
-        return self._drain(now)
+        """Live: close events that have waited `wall_timeout` seconds of wall clock, and events
+        held for an EOE that did not come."""
+        return self._drain(now, release_held=True)
 
     def flush(self) -> list:
-        """End of input: every open event leaves."""
+        """End of input: every event still queued leaves."""
         out = []
-        for key, ev in self._open.items():
-            self._emit(key, ev, out, forced=not ev.done)
+        while self._queue:
+            self._emit(self._queue.popleft(), out)
         self._open.clear()
+        self._held = None
         self.serials.flush()
         return out
 
-    def _drain(self, now) -> list:
+    def _end(self, key, ev: Event) -> None:
+        # a record arriving after a standalone record of the same serial (LOGIN's SYSCALL)
+        # starts a new event; after anything else it is late
+        ended = self._ended
+        ended[key] = not is_standalone(ev.records[-1].type_num)
+        if len(ended) > self._recent_ids:
+            del ended[next(iter(ended))]
+
+    def _drain(self, now, release_held: bool = False) -> list:
         out = []
         horizon = self._newest - self.timeout
         wall = self.wall_timeout
+        queue = self._queue
         opened = self._open
-        while opened:
-            key = next(iter(opened))
-            ev = opened[key]
-            if not ev.done:
-                too_many = len(opened) > self.max_in_flight
+        while queue:
+            ev = queue[0]
+            too_many = len(queue) > self.max_in_flight
+            if ev.done:
+                if ev is self._held:
+                    if not (release_held or too_many):
+                        break
+                    self._held = None
+                    key = (ev.node, ev.time, ev.serial)
+                    if opened.get(key) is ev:
+                        del opened[key]
+            else:
                 aged = ev.sec + ev.msec / 1000.0 < horizon and self.records - ev.last_rec >= self.grace
                 stale = wall is not None and now is not None and ev.opened_at is not None and now - ev.opened_at >= wall
                 if not (too_many or aged or stale):
                     break
-            del opened[key]
-            self._emit(key, ev, out, forced=not ev.done)
+                key = (ev.node, ev.time, ev.serial)
+                if opened.get(key) is ev:
+                    del opened[key]
+                self._end(key, ev)
+            queue.popleft()
+            self._emit(ev, out)
         return out
 
-    def _emit(self, key, ev: Event, out: list, forced: bool) -> None:
-        if forced and not ev.partial and looks_cut_short(ev):
+    def _emit(self, ev: Event, out: list) -> None:
+        if not ev.done and not ev.partial and looks_cut_short(ev):
             ev.partial = True
         if ev.partial:
             self.partial += 1
         self.events += 1
-        if type(key[0]) is not tuple:  # late fragments are not remembered
-            closed = self._closed
-            closed[key] = None
-            if len(closed) > self._recent_ids:
-                del closed[next(iter(closed))]
         out.append(ev)
