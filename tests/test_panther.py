@@ -18,7 +18,7 @@ import pytest
 
 yaml = pytest.importorskip("yaml")
 
-from auditpipe.normalize.panther import make_panther_normalizer  # noqa: E402
+from auditpipe.normalize.panther import format_panther_time, make_panther_normalizer  # noqa: E402
 
 try:  # the parser and the reassembler are the lead's; these tests wait for them
     from auditpipe.parsing import ParseError, parse_line
@@ -90,10 +90,9 @@ class RowValidator:
         for name in ("p_log_type", "p_event_time", "p_parse_time", "p_row_id"):
             if name not in row:
                 errs.append(f"missing standard field {name}")
-        if "timestamp" in row and "p_event_time" in row:
-            sec, msec = divmod(round(row["timestamp"] * 1000), 1000)
-            from auditpipe.normalize.panther import format_panther_time
-
+        ts = row.get("timestamp")
+        if isinstance(ts, (int, float)) and "p_event_time" in row:
+            sec, msec = divmod(round(ts * 1000), 1000)
             if format_panther_time(sec, msec) != row["p_event_time"]:
                 errs.append("p_event_time is not timestamp")
         try:
@@ -242,3 +241,111 @@ def conformance_logs():
 @pytest.mark.parametrize("path", conformance_logs(), ids=lambda p: str(p.relative_to(CONFORMANCE)))
 def test_conformance_every_row_valid(path, validator):
     check_log(path, validator, allow_bad=True)
+
+
+# --------------------------------------------------------------------------------------------
+# exact rows for a few hand-picked records (read from the corpora by their event id)
+
+
+def event_rows(corpus: str, stamp: str) -> list[dict]:
+    path = CORPUS / corpus
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    reasm = Reassembler()
+    events = []
+    with path.open(encoding="utf-8", errors="surrogateescape", newline="\n") as f:
+        for line in f:
+            if f"audit({stamp})" in line:
+                events += reasm.feed(parse_line(line.rstrip("\n")))
+    events += reasm.flush()
+    assert len(events) == 1, stamp
+    return normalizer()(events[0])
+
+
+def std(stamp: str, event_time: str, row_id: str) -> dict:
+    return {
+        "timestamp": float(stamp.split(":")[0]),
+        "eventId": stamp,
+        "p_log_type": "Linux.Auditd",
+        "p_event_time": event_time,
+        "p_parse_time": PARSE_TIME_TEXT,
+        "p_row_id": row_id,
+    }
+
+
+def test_exact_user_login_with_msg():
+    """msg='…' keys the schema names become columns; op and the ENRICHED part go to extra."""
+    [row] = event_rows("enriched.log", "1795290415.286:34428")
+    assert row == {
+        "type": "USER_LOGIN",
+        "pid": "1113", "uid": "0", "auid": "5000", "ses": "4",
+        "acct": "corpususer", "exe": "/usr/sbin/sshd", "hostname": "?", "addr": "127.0.0.1",
+        "terminal": "sshd", "res": "failed",
+        "extra_message_fields": {"op": "login", "UID": "root", "AUID": "unknown(5000)"},
+        **std("1795290415.286:34428", "2026-11-21 19:46:55.286", "r1"),
+        "p_any_ip_addresses": ["127.0.0.1"],  # hostname=? is no domain name
+        "p_any_actor_ids": ["0"],
+    }
+
+
+def test_exact_user_login_hex_acct():
+    """A hex-encoded value inside msg='…' (sshd's unknown user) arrives decoded."""
+    [row] = event_rows("enriched.log", "1795290416.222:34451")
+    assert row["acct"] == "(invalid user)"
+    assert row["res"] == "failed" and row["terminal"] == "sshd"
+    assert row["p_any_ip_addresses"] == ["127.0.0.1"]
+
+
+def test_exact_syscall_sockaddr_ipv4_node():
+    """connect(2) to 127.0.0.1:9 on a node= log: SYSCALL, SOCKADDR, PROCTITLE rows."""
+    node = {"extra_message_fields": {"node": "web-01.example.com"}}
+    stamp, when = "1795290431.758:35179", "2026-11-21 19:47:11.758"
+    syscall, sockaddr, proctitle = event_rows("raw-node.log", stamp)
+    assert syscall == {
+        "type": "SYSCALL",
+        "arch": "c000003e", "syscall": "42", "success": "no", "exit": "-111",
+        "a0": "3", "a1": "7fffd2067c30", "a2": "10", "a3": "7ff75dad5a08", "items": "0",
+        "ppid": "1617", "pid": "1739", "auid": "5000", "uid": "0", "gid": "0", "euid": "0",
+        "suid": "0", "fsuid": "0", "egid": "0", "sgid": "0", "fsgid": "0", "tty": "(none)",
+        "ses": "6", "comm": "python3", "exe": "/usr/bin/python3.11", "key": "external-access",
+        **node, **std(stamp, when, "r1"),
+        "p_any_actor_ids": ["0"],
+    }
+    assert sockaddr == {
+        "type": "SOCKADDR", "saddr": "020000097F0000010000000000000000",
+        **node, **std(stamp, when, "r2"),
+        "p_any_ip_addresses": ["127.0.0.1"],
+    }
+    assert proctitle == {
+        "type": "PROCTITLE", "proctitle": "python3\x00-",  # decoded; NUL between arguments kept
+        **node, **std(stamp, when, "r3"),
+    }
+
+
+def test_exact_sockaddr_ipv6():
+    rows = event_rows("raw-node.log", "1795290431.758:35180")
+    assert [r["type"] for r in rows] == ["SYSCALL", "SOCKADDR", "PROCTITLE"]
+    assert rows[1]["saddr"] == "0A000009000000000000000000000000000000000000000100000000"
+    assert rows[1]["p_any_ip_addresses"] == ["::1"]
+    assert "p_any_ip_addresses" not in rows[0] and "p_any_ip_addresses" not in rows[2]
+
+
+def test_exact_sockaddr_enriched_and_unspecified():
+    """ENRICHED SADDR={…} goes to extra; a bind to :: (unspecified) is no indicator."""
+    [row] = [r for r in event_rows("enriched.log", "1795290412.754:34382") if r["type"] == "SOCKADDR"]
+    assert row["extra_message_fields"] == {"SADDR": "{ saddr_fam=inet6 laddr=:: lport=2299 }"}
+    assert "p_any_ip_addresses" not in row
+
+
+def test_exact_domain_name_from_hostname():
+    path = CONFORMANCE / "beats-auditbeat" / "passwd.log"
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    lines = [ln for ln in path.read_text(encoding="utf-8", errors="surrogateescape").split("\n")
+             if "audit(1610988774.279:815)" in ln]
+    reasm = Reassembler()
+    events = [e for ln in lines for e in reasm.feed(parse_line(ln))] + reasm.flush()
+    [row] = normalizer()(events[0])
+    assert row["hostname"] == "ubuntu-bionic" and row["addr"] == "?"
+    assert row["p_any_domain_names"] == ["ubuntu-bionic"]
+    assert "p_any_ip_addresses" not in row
