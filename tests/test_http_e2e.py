@@ -25,7 +25,7 @@ def lines_of(name):
     path = os.path.join(SHARED, "corpus", name)
     opener = gzip.open if name.endswith(".gz") else open
     with opener(path, "rt", encoding="utf-8", errors="surrogateescape") as f:
-        return f.read().splitlines()
+        return [ln for ln in f.read().split("\n") if ln]
 
 
 WALL = float(os.environ.get("WALL", "0.5"))
@@ -69,7 +69,7 @@ class ThreadedReceiver:
 
 
 def docs_in(path):
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return [json.loads(x) for x in path.read_text().split("\n") if x] if path.exists() else []
 
 
 def wait_for(pred, timeout=20):

@@ -25,7 +25,7 @@ if not os.path.exists(CORPUS):
 
 def corpus_lines():
     with open(CORPUS, encoding="utf-8", errors="surrogateescape") as f:
-        return f.read().splitlines()
+        return [ln for ln in f.read().split("\n") if ln]
 
 
 def factory(fmt="coalesced", wall_timeout=2.0):
@@ -61,7 +61,7 @@ class Server:
 def read_docs(path):
     if not path.exists():
         return []
-    return [json.loads(x) for x in path.read_text().splitlines()]
+    return [json.loads(x) for x in path.read_text().split("\n") if x]
 
 
 def run(coro):
@@ -290,6 +290,24 @@ def test_decode_body_shapes():
     assert raw == ["l1", "l2"] and err[0][0] == 3
     raw, ev, err = decode_body(b"type=A msg=audit(1.1:1): x=\xff\r\n\n", "text/plain")
     assert raw == ["type=A msg=audit(1.1:1): x=\udcff"]
+
+
+def test_enriched_text_lines_keep_0x1d(tmp_path):
+    enriched = "/work/shared/corpus/enriched.log"
+    if not os.path.exists(enriched):
+        enriched = CORPUS.replace("raw-node.log", "enriched.log")
+    with open(enriched, encoding="utf-8", errors="surrogateescape") as f:
+        lines = [ln for ln in f.read().split("\n") if ln][:300]
+    assert any("\x1d" in ln for ln in lines)
+
+    async def go():
+        async with Server(tmp_path) as s, httpx.AsyncClient() as c:
+            r = await c.post(s.url, content="\n".join(lines).encode("utf-8", "surrogateescape"),
+                             headers={"Content-Type": "text/plain"})
+            return r.json()
+
+    j = run(go())
+    assert j["records"] == 300 and j["rejected"] == 0
 
 
 def _openssl_cert(tmp_path):

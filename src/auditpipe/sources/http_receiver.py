@@ -116,9 +116,11 @@ def decode_body(body: bytes, content_type: str) -> tuple[list[str], list[bytes],
     if ctype == "text/plain" or head not in (b"[", b"{"):
         if ctype in ("application/json", "application/x-ndjson") and head:
             raise BodyError(400, f"{ctype} body does not start with '[' or '{{'")
-        for line in body.decode("utf-8", "surrogateescape").splitlines():
+        # split on "\n" only: str.splitlines() would also cut at 0x1D, the ENRICHED separator
+        for line in body.decode("utf-8", "surrogateescape").split("\n"):
+            line = line.rstrip("\r")
             if line.strip():
-                raw.append(line.rstrip("\r"))
+                raw.append(line)
         return raw, events, errors
 
     def item(obj: Any, n: int, line: bytes | None) -> None:
