@@ -17,6 +17,7 @@ def _register() -> None:
 
     main.add_command(parse_cmd.parse)
     from auditpipe.cli import serve_cmd; main.add_command(serve_cmd.serve)  # noqa: E702
+    from auditpipe.cli import rules_cmd; main.add_command(rules_cmd.rules)  # noqa: E702
 
 
 _register()
