@@ -1,0 +1,448 @@
+"""`--format ecs`: one ECS document per event, shaped like auditbeat's auditd module (Auditd
+Manager), so its dashboards, detection rules and ingest pipelines apply unchanged.
+
+Coalescing follows go-libaudit's aucoalesce: the first record, when it is not a SYSCALL, says
+what kind of event this is; the SYSCALL record says who did it; PATH records become
+auditd.paths and file.*, SOCKADDR becomes source/destination, EXECVE process.args, and the other
+records' fields join auditd.data. The meaning (action, ECS categorization, summary) comes from
+the normalization table (normalize/data). Documented differences from auditbeat are in
+tests/test_ecs.py.
+
+Hot path: one pass over each record's fields with a key → role table, per-syscall facts cached,
+timestamp text cached per second, plain dicts out (the per-kind category/type lists are shared
+between documents and must not be mutated).
+"""
+
+from __future__ import annotations
+
+from auditpipe import tables
+from auditpipe.normalize.coalesced import iso_timestamp
+from auditpipe.normalize.ecs_fields import (
+    Names, apply_entities, build_address, build_file, build_user, drop_redundant_effective, split_context,
+)
+from auditpipe.normalize.ecs_table import DEFAULT_SYSCALL_NORM, RECORD_NORMS, SYSCALL_NORMS
+from auditpipe.normalize.summary import summarize
+from auditpipe.parsing import decode_sockaddr, execve_argv, parse_body, proctitle_argv
+
+__all__ = ["make_ecs_normalizer", "ECS_VERSION"]
+
+ECS_VERSION = "8.0.0"
+
+_T = tables.RECORD_TYPE_NUMBERS
+_SYSCALL = _T["SYSCALL"]
+_PATH = _T["PATH"]
+_CWD = _T["CWD"]
+_EXECVE = _T["EXECVE"]
+_PROCTITLE = _T["PROCTITLE"]
+_SOCKADDR = _T["SOCKADDR"]
+_EOE = _T["EOE"]
+_LOGIN = _T["LOGIN"]
+
+# auparse drops these values: "no value" in audit's spelling.
+_DROP = frozenset(("", "?", "?,", "(null)"))
+
+# Roles of the fields of the record that says who acted (the SYSCALL, else the first record).
+_DATA, _ID, _PROC, _SES, _RES, _KEY, _SUBJ, _SKIP, _MSG = range(9)
+_ROLE = {
+    "pid": _PROC, "ppid": _PROC, "comm": _PROC, "exe": _PROC, "cwd": _PROC, "proctitle": _PROC,
+    "auid": _ID, "uid": _ID, "gid": _ID, "euid": _ID, "egid": _ID, "suid": _ID, "sgid": _ID,
+    "fsuid": _ID, "fsgid": _ID, "ses": _SES, "res": _RES, "success": _RES, "key": _KEY, "subj": _SUBJ,
+    "msg": _MSG, "text": _SKIP,
+    "arch": _DATA, "syscall": _DATA, "exit": _DATA, "a0": _DATA, "a1": _DATA, "a2": _DATA, "a3": _DATA,
+    "items": _DATA, "tty": _DATA, "op": _DATA, "acct": _DATA, "terminal": _DATA, "hostname": _DATA,
+    "addr": _DATA, "id": _DATA,
+}
+_UNSET_IDS = ("auid", "old-auid")  # as auparse: only these (and ses) spell 4294967295 "unset"
+_ERRNO = tables.ERRNO_NAMES
+_ARCH_NAMES = tables.ARCH_NAMES
+
+
+def _result(v: str) -> str:
+    v = v.lower()
+    return "success" if v == "yes" or v == "1" or v.startswith("suc") else "fail"
+
+
+def _tags(value: str) -> list[str]:
+    """Rule keys: several are joined by \\x01 (hex-encoded in the log, decoded by the parser)."""
+    if "\x01" in value:
+        return [k for k in value.split("\x01") if k]
+    if value.startswith("key="):
+        value = value[4:]
+    return [value]
+
+
+def _login_fields(rec) -> dict:
+    """Old LOGIN lines say `old auid=… new auid=…`; read them as old_auid/new_auid (as auparse)."""
+    body = rec.raw.partition("): ")[2].partition("\x1d")[0]
+    body = body.replace("old ", "old_", 2).replace("new ", "new_", 2)
+    return parse_body(body, rec.type_num)[0]
+
+
+class _SyscallFacts:
+    __slots__ = ("arch", "name", "norm")
+
+    def __init__(self, arch: str | None, name: str | None, norm):
+        self.arch = arch
+        self.name = name
+        self.norm = norm
+
+
+_facts_cache: dict = {}
+
+
+def _syscall_facts(arch_hex: str | None, num: str | None, enriched: dict | None) -> _SyscallFacts:
+    """Arch name, syscall name and its normalization, cached per (arch, number)."""
+    if enriched is not None:
+        arch_name = enriched.get("ARCH")
+        sc_name = enriched.get("SYSCALL")
+        if arch_name is not None and sc_name is not None:
+            key = (arch_name, sc_name, 1)
+            f = _facts_cache.get(key)
+            if f is None:
+                f = _facts_cache[key] = _SyscallFacts(arch_name, sc_name, SYSCALL_NORMS.get(sc_name, DEFAULT_SYSCALL_NORM))
+            return f
+    key = (arch_hex, num)
+    f = _facts_cache.get(key)
+    if f is None:
+        arch_name = None
+        if arch_hex is not None:
+            try:
+                arch_name = _ARCH_NAMES.get(int(arch_hex, 16))
+            except ValueError:
+                pass
+        sc_name = None
+        if num is not None and arch_name is not None and num.isdigit():
+            try:
+                sc_name = tables.syscall_name(arch_name, int(num))
+            except (KeyError, ValueError):
+                sc_name = None
+        norm = SYSCALL_NORMS.get(sc_name, DEFAULT_SYSCALL_NORM) if sc_name else DEFAULT_SYSCALL_NORM
+        f = _facts_cache[key] = _SyscallFacts(arch_name or arch_hex, sc_name or num, norm)
+    return f
+
+
+def _exit_name(v: str) -> str:
+    if v[:1] == "-" and v[1:].isdigit():
+        return _ERRNO.get(int(v[1:]), v)
+    return v
+
+
+def _signed32(hexval: str) -> int | None:
+    try:
+        n = int(hexval, 16)
+    except ValueError:
+        return None
+    return ((n + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+
+
+def _path_fields(f: dict) -> dict:
+    """A PATH record's fields for auditd.paths: dropped values out, obj split into obj_*."""
+    if "obj" not in f and _DROP.isdisjoint(f.values()):
+        return f  # shared with the record: nothing to change
+    out = {}
+    for k, v in f.items():
+        if v in _DROP:
+            continue
+        if k == "obj":
+            for part, pv in split_context(v).items():
+                out["obj_" + part] = pv
+        else:
+            out[k] = v
+    return out
+
+
+def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnings: bool = False, extra_tags=()):
+    """A normalizer `Event -> [ECS document]`.
+
+    resolver: an `IdResolver` (or None: names only from ENRICHED input).
+    include_raw: event.original holds the event's lines as read.
+    include_warnings: auditd.warnings lists what could not be normalized.
+    extra_tags: appended to tags (after the rule keys).
+    """
+    extra_tags = list(extra_tags)
+    role_get = _ROLE.get
+    drop = _DROP
+
+    def normalize(event) -> list[dict]:
+        warnings = [] if include_warnings else None
+        recs = event.records
+        first = None
+        syscall = None
+        for r in recs:
+            t = r.type_num
+            if t == _EOE:
+                continue
+            if first is None:
+                first = r
+            if t == _SYSCALL:
+                syscall = r
+                break
+        if first is None:  # only EOE: nothing but the fact that an event happened
+            first = recs[0]
+        main = syscall if syscall is not None else first
+        special = first if first is not main else None
+
+        data: dict = {}
+        ids: dict = {}
+        proc: dict = {}
+        selinux = None
+        session = ""
+        result = "unknown"
+        tags = None
+
+        # -- the main record: who, how, result ---------------------------------------------------
+        fields = main.fields
+        if main.type_num == _LOGIN and "text" in fields:
+            fields = _login_fields(main)
+        stack = None
+        items = fields.items()
+        while True:
+            for k, v in items:
+                role = role_get(k)
+                if role == _MSG:
+                    if type(v) is dict:
+                        stack = v
+                        continue
+                    role = _DATA
+                if v in drop:
+                    continue
+                if role is None:
+                    tail = k[-3:]
+                    role = _ID if tail == "uid" or tail == "gid" else _DATA
+                if role == _DATA:
+                    data[k] = v
+                elif role == _ID:
+                    if (v == "4294967295" or v == "-1") and k in _UNSET_IDS:
+                        v = "unset"
+                    ids[k] = v
+                elif role == _PROC:
+                    proc[k] = v
+                elif role == _SES:
+                    session = "unset" if v == "4294967295" or v == "-1" else v
+                elif role == _RES:
+                    if k == "success" or result == "unknown":
+                        result = _result(v)
+                elif role == _KEY:
+                    tags = _tags(v)
+                elif role == _SUBJ:
+                    selinux = split_context(v)
+            if stack is None:
+                break
+            items = stack.items()
+            stack = None
+
+        enriched = main.enriched
+        if syscall is not None:
+            facts = _syscall_facts(data.get("arch"), data.get("syscall"), enriched)
+            if facts.arch is not None:
+                data["arch"] = facts.arch
+            if facts.name is not None:
+                data["syscall"] = facts.name
+            v = data.get("exit")
+            if v is not None and v[:1] == "-":
+                data["exit"] = _exit_name(v)
+            sc_norm = facts.norm
+        else:
+            sc_norm = None
+
+        # -- the other records -------------------------------------------------------------------
+        paths = None
+        path_recs = None
+        execs = None
+        sock = None
+        for r in recs:
+            if r is main:
+                continue
+            t = r.type_num
+            f = r.fields
+            if t == _PATH:
+                if paths is None:
+                    paths = []
+                    path_recs = []
+                paths.append(_path_fields(f))
+                path_recs.append(r)
+            elif t == _EXECVE:
+                if execs is None:
+                    execs = []
+                execs.append(r)
+            elif t == _CWD:
+                v = f.get("cwd")
+                if v is not None and v not in drop:
+                    proc["cwd"] = v
+            elif t == _PROCTITLE:
+                v = f.get("proctitle")
+                if v is not None:
+                    proc["proctitle"] = " ".join(proctitle_argv(v))
+            elif t == _SOCKADDR:
+                v = f.get("saddr")
+                if v is not None:
+                    sock = decode_sockaddr(v)
+                    data["socket"] = {k: str(x) for k, x in sock.items()}
+            elif t == _EOE:
+                continue
+            else:
+                is_special = r is special
+                for k, v in f.items():
+                    if type(v) is not str:
+                        if k == "msg" and type(v) is dict:
+                            for mk, mv in v.items():
+                                if mv not in drop and mk not in data and role_get(mk, _DATA) == _DATA:
+                                    data[mk] = mv
+                        continue
+                    if v in drop:
+                        continue
+                    if is_special:
+                        role = role_get(k, _DATA)
+                        if role == _KEY:
+                            tags = (tags or []) + [t for t in _tags(v) if t not in (tags or ())]
+                            continue
+                        if role != _DATA or k in ids:
+                            continue
+                    if k in data:
+                        if warnings is not None and data[k] != v:
+                            warnings.append(f"duplicate key ({k}) from {r.type} message")
+                        continue
+                    data[k] = v
+        if execs is not None:
+            argc, argv = execve_argv(execs)
+            if argc is not None:
+                data["argc"] = str(argc)
+            proc["args"] = argv
+        if syscall is not None and (paths is not None or len(recs) > 1):
+            data.pop("items", None)
+
+        # -- meaning -------------------------------------------------------------------------------
+        kind = special if special is not None else main
+        if kind is syscall:
+            norm = sc_norm
+            category = norm.category
+            etype = norm.type
+        else:
+            variants = RECORD_NORMS.get(kind.type)
+            norm = None
+            if variants is not None:
+                for n in variants:
+                    if all(h in data for h in n.has_fields):
+                        norm = n
+                        break
+            if norm is None:
+                category = etype = None
+                if warnings is not None:
+                    warnings.append("no normalization found for event")
+            else:
+                category = norm.category
+                etype = norm.type
+                if sc_norm is not None and sc_norm is not norm:
+                    # a record about a syscall: both kinds of categorization apply
+                    category = category + [c for c in sc_norm.category if c not in category]
+                    etype = etype + [c for c in sc_norm.type if c not in etype]
+
+        # -- the document --------------------------------------------------------------------------
+        outcome = "failure" if result == "fail" else result
+        ev = {"kind": "event", "module": "auditd", "outcome": outcome}
+        doc = {"@timestamp": iso_timestamp(event.sec, event.msec), "event": ev}
+        auditd = {"message_type": kind.type.lower(), "sequence": event.serial, "result": result, "data": data}
+        doc["auditd"] = auditd
+        if session != "unset":
+            auditd["session"] = session
+        if category is not None:
+            ev["category"] = category
+            ev["type"] = etype
+        if include_raw:
+            ev["original"] = [r.raw for r in recs]
+
+        names = Names(enriched, resolver)
+        user = build_user(ids, names, selinux)
+
+        if norm is not None:
+            s = summarize(norm, data, proc, ids, paths or (), sock, warnings)
+            if norm.action:
+                ev["action"] = norm.action
+            summ = {}
+            actor = {}
+            v = s.actor_primary
+            if v is not None:
+                if v.isdigit():
+                    v = names.of_id(s.actor_primary_key, v, False) or v
+                actor["primary"] = v
+            v = s.actor_secondary
+            if v is not None:
+                if v.isdigit():
+                    v = names.of_id(s.actor_secondary_key, v, False) or v
+                actor["secondary"] = v
+            if actor:
+                summ["actor"] = actor
+            obj = {}
+            if s.object_primary is not None:
+                obj["primary"] = s.object_primary
+            if s.object_secondary is not None:
+                obj["secondary"] = s.object_secondary
+            if s.object_type is not None:
+                obj["type"] = s.object_type
+            if obj:
+                summ["object"] = obj
+            if s.how is not None:
+                summ["how"] = s.how
+            auditd["summary"] = summ
+            if s.path_item is not None:
+                doc["file"] = build_file(paths[s.path_item], path_recs[s.path_item].enriched, names)
+            if s.source_ip is not None:
+                doc["source"] = {"ip": s.source_ip, "address": s.source_ip}
+                doc["network"] = {"direction": "ingress"}
+            if sock is not None and norm.sockaddr is not None:
+                addr = build_address(sock)
+                if addr is not None:
+                    doc[norm.sockaddr] = addr
+                    doc["network"] = {"direction": "ingress" if norm.sockaddr == "source" else "egress"}
+            if norm.users:
+                apply_entities(doc, user, norm, s, data, ids, names)
+            if norm.exit_code:
+                v = data.get("a0")
+                if v is not None:
+                    proc["exit_code"] = _signed32(v)
+        if user:
+            drop_redundant_effective(user)
+            doc["user"] = user
+
+        if paths is not None:
+            auditd["paths"] = paths
+        process = {}
+        v = proc.get("pid")
+        if v is not None and v.isdigit():
+            process["pid"] = int(v)
+        v = proc.get("ppid")
+        if v is not None and v.isdigit():
+            process["parent"] = {"pid": int(v)}
+        v = proc.get("proctitle")
+        if v is not None:
+            process["title"] = v
+        v = proc.get("comm")
+        if v is not None:
+            process["name"] = v
+        v = proc.get("exe")
+        if v is not None:
+            process["executable"] = v
+        v = proc.get("cwd")
+        if v is not None:
+            process["working_directory"] = v
+        v = proc.get("args")
+        if v:
+            process["args"] = v
+            process["args_count"] = len(v)
+        v = proc.get("exit_code")
+        if v is not None:
+            process["exit_code"] = v
+        if process:
+            doc["process"] = process
+
+        if tags or extra_tags:
+            doc["tags"] = (tags or []) + extra_tags
+        if warnings:
+            auditd["warnings"] = warnings
+        doc["service"] = {"type": "auditd"}
+        doc["ecs"] = {"version": ECS_VERSION}
+        if event.node is not None:
+            doc["host"] = {"name": event.node}
+        return [doc]
+
+    return normalize
