@@ -3,8 +3,11 @@ the pipeline with a progress bar, and reporting rejects."""
 
 from __future__ import annotations
 
+import itertools
 import os
+import secrets
 import sys
+import time
 
 import click
 
@@ -26,7 +29,16 @@ def build_normalizer(fmt: str, resolve_ids: bool = True, passwd=None, group=None
 
         resolver = IdResolver(passwd_file=passwd, group_file=group, enabled=resolve_ids)
         return make_normalizer("ecs", resolver=resolver, include_raw=include_raw, extra_tags=tuple(extra_tags))
+    if fmt == "panther":
+        return make_normalizer("panther", now=time.time, row_id=unique_row_ids())
     return make_normalizer(fmt)
+
+
+def unique_row_ids():
+    """p_row_id values: a random per-process prefix and a counter (unique without a uuid per row)."""
+    prefix = secrets.token_hex(8)
+    counter = itertools.count(1)
+    return lambda: f"{prefix}{next(counter):x}"
 
 
 class RejectWriter:
