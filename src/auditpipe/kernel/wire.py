@@ -42,11 +42,13 @@ class NlMsg(NamedTuple):
 
 
 def pack_nlmsg(msg_type: int, payload: bytes = b"", *, flags: int = NLM_F_REQUEST | NLM_F_ACK,
-               seq: int = 0, pid: int = 0) -> bytes:
+               seq: int = 0, pid: int = 0, count_padding: bool = True) -> bytes:
     """One netlink message. Like libaudit, nlmsg_len counts the padding (NLMSG_SPACE), so the
-    kernel sees the payload rounded up to 4 bytes."""
+    kernel sees the payload rounded up to 4 bytes; the kernel's own messages do not
+    (``count_padding=False``, NLMSG_LENGTH)."""
     padded = payload + b"\0" * (nlmsg_align(len(payload)) - len(payload))
-    return _NLMSGHDR.pack(NLMSG_HDRLEN + len(padded), msg_type, flags, seq, pid) + padded
+    length = NLMSG_HDRLEN + (len(padded) if count_padding else len(payload))
+    return _NLMSGHDR.pack(length, msg_type, flags, seq, pid) + padded
 
 
 def iter_nlmsgs(buf: bytes) -> Iterator[NlMsg]:

@@ -1,0 +1,71 @@
+"""Fixtures for tests that change kernel audit state (``@pytest.mark.kernel``).
+
+Import what you need (``from conftest_kernel import audit_state``). ``audit_state`` skips when
+not root, fails when another audit daemon is registered (we never take it over), and restores
+what it found: the rule set (exact blobs), enabled, failure, rate_limit, backlog_limit,
+backlog_wait_time; it also unregisters us if a test left us registered.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(os.environ.get("AUDITPIPE_SHARED",
+                             Path(__file__).resolve().parents[1].parent / "shared"))
+RULES_DIR = SHARED / "conformance" / "go-libaudit" / "rule" / "testdata"
+RESTORED = ("enabled", "failure", "rate_limit", "backlog_limit", "backlog_wait_time")
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("kernel audit test: needs root (CAP_AUDIT_CONTROL); run as root to include it")
+
+
+def require_auditctl() -> str:
+    path = shutil.which("auditctl")
+    if path is None:
+        pytest.skip("auditctl (Debian package auditd) is not installed")
+    return path
+
+
+@pytest.fixture
+def audit_state():
+    """Yield an open AuditNetlink; put the kernel's audit configuration back afterwards."""
+    require_root()
+    from auditpipe.kernel.netlink import AuditNetlink
+
+    nl = AuditNetlink()
+    status = nl.get_status()
+    if status["pid"] and status["pid"] != os.getpid():
+        nl.close()
+        pytest.fail(f"another audit daemon is registered: {_comm(status['pid'])} "
+                    f"(pid {status['pid']}); kernel tests do not take it over - stop it first")
+    if status["enabled"] == 2:
+        nl.close()
+        pytest.skip("audit configuration is locked (enabled=2) until reboot")
+    rules = nl.list_rules()
+    try:
+        yield nl
+    finally:
+        try:
+            if nl.get_status()["pid"] == os.getpid():
+                nl.unregister()
+        finally:
+            nl.delete_all_rules()
+            for blob in rules:
+                nl.add_rule(blob)
+            nl.set_status(**{k: status[k] for k in RESTORED if k in status})
+            after = nl.get_status()
+            nl.close()
+        assert {k: after.get(k) for k in RESTORED} == {k: status.get(k) for k in RESTORED}
