@@ -16,7 +16,7 @@ from auditpipe.reassembly import Reassembler
 
 from conftest import CORPUS, CONFORMANCE
 
-ALPHABET = st.characters(blacklist_categories=("Cs",)) | st.sampled_from(list(" =\"'(){}:\x1d\x00\udcff.%-_"))
+ALPHABET = st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r") | st.sampled_from(list(" =\"'(){}:\x1d\x00\udcff.%-_"))
 keys = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_-0123456789", min_size=1, max_size=8)
 values = st.one_of(
     st.text(alphabet="0123456789ABCDEF", max_size=40),

@@ -200,6 +200,8 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
             for k, v in items:
                 role = role_get(k)
                 if role == _MSG:
+                    if type(v) is str and "=" in v:  # msg=' without its closing quote
+                        v = parse_body(v.strip("'"), main.type_num)[0]
                     if type(v) is dict:
                         stack = v
                         continue

@@ -23,6 +23,7 @@ import ipaddress
 import time
 from datetime import datetime, timezone
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any, Callable
 
 from .panther_schema import LOG_TYPE, STRING_FIELDS
@@ -51,6 +52,21 @@ def _parse_time_str(value: Any) -> str:
         return value
     ms = round(float(value) * 1000)
     return format_panther_time(ms // 1000, ms % 1000)
+
+
+_ALL_COLUMNS = "all columns"
+_SLOW = "slow"
+_MAX_PLANS = 2048
+
+
+def _getter(keys: tuple) -> Callable[[dict], tuple] | None:
+    """A C-level getter answering the values of ``keys`` as a tuple (itemgetter answers a bare
+    value for a single key)."""
+    if not keys:
+        return None
+    if len(keys) == 1:
+        return itemgetter(keys[0], keys[0])  # a pair; zip() with one key takes the first
+    return itemgetter(*keys)
 
 
 _NOT_IP = 0
@@ -87,11 +103,31 @@ def make_panther_normalizer(
     unset = _UNSET
     unset_ids = _UNSET_IDS
     ip_kind = _ip_kind
+    ALL_COLUMNS = _ALL_COLUMNS
+    SLOW = _SLOW
+    MAX_PLANS = _MAX_PLANS
     IP = _IP
     NOT_IP = _NOT_IP
     log_type = LOG_TYPE
     dict_type = dict
     str_type = str
+
+    # Records of one type mostly come with the same keys in the same order: remember, per key
+    # sequence ("shape"), which keys are columns and which go to extra_message_fields, with C-level
+    # getters for both, so the per-record work is a few calls instead of a loop over the fields.
+    plans: dict[tuple, Any] = {}
+
+    def make_plan(shape: tuple):
+        if len(plans) >= MAX_PLANS or "msg" in shape:
+            return SLOW
+        col_keys = tuple(k for k in shape if k in columns)
+        extra_keys = tuple(k for k in shape if k not in columns)
+        if not extra_keys:
+            plan = ALL_COLUMNS
+        else:
+            plan = (col_keys, _getter(col_keys), extra_keys, _getter(extra_keys))
+        plans[shape] = plan
+        return plan
 
     # p_event_time for consecutive events: most share their second
     last_sec = [None, ""]
@@ -123,69 +159,95 @@ def make_panther_normalizer(
         p_event_time = event_time(sec, msec)
         p_parse_time = _parse_time_str(now())
 
+        std = {
+            "timestamp": ts,
+            "eventId": eid,
+            "p_log_type": log_type,
+            "p_event_time": p_event_time,
+            "p_parse_time": p_parse_time,
+        }
         rows = []
         append = rows.append
         for rec in event.records:
+            fields = rec.fields
             row = {"type": rec.type}
-            extra = {}
-            msg = None
-            for k, v in rec.fields.items():
-                if k in columns:
-                    row[k] = v
-                elif k == "msg" and v.__class__ is dict_type:
-                    msg = v
-                else:
-                    extra[k] = v
-            if msg:
-                for k, v in msg.items():
-                    if k in columns and k not in row:
+            shape = tuple(fields)
+            plan = plans.get(shape)
+            if plan is None:
+                plan = make_plan(shape)
+            if plan is ALL_COLUMNS:
+                # SYSCALL, CWD, PROCTITLE, SOCKADDR …: every key is a column of its own
+                row.update(fields)
+                extra = None
+            elif plan is not SLOW:
+                col_keys, get_cols, extra_keys, get_extra = plan
+                if col_keys:
+                    row.update(zip(col_keys, get_cols(fields)))
+                extra = dict(zip(extra_keys, get_extra(fields)))
+            else:
+                # msg='…' inside, or a shape not worth remembering
+                extra = {}
+                msg = None
+                for k, v in fields.items():
+                    if k in columns:
                         row[k] = v
-                    elif k not in extra:
+                    elif k == "msg" and v.__class__ is dict_type:
+                        msg = v
+                    else:
                         extra[k] = v
+                if msg:
+                    for k, v in msg.items():
+                        if k in columns and k not in row:
+                            row[k] = v
+                        elif k not in extra:
+                            extra[k] = v
             enriched = rec.enriched
             if enriched:
-                for k, v in enriched.items():
-                    if k not in extra:
-                        extra[k] = v
+                if extra:
+                    for k, v in enriched.items():
+                        if k not in extra:
+                            extra[k] = v
+                else:
+                    extra = enriched.copy()
             node = rec.node
-            if node is not None and "node" not in extra:
-                extra["node"] = node
+            if node is not None:
+                if extra is None:
+                    extra = {"node": node}
+                elif "node" not in extra:
+                    extra["node"] = node
 
-            row["timestamp"] = ts
-            row["eventId"] = eid
+            row.update(std)
+            row["p_row_id"] = row_id()
             if extra:
                 row["extra_message_fields"] = extra
-            row["p_log_type"] = log_type
-            row["p_event_time"] = p_event_time
-            row["p_parse_time"] = p_parse_time
-            row["p_row_id"] = row_id()
 
             # indicators, from the schema's indicator columns
-            ips = None
-            for name in ("addr", "ip", "hostname"):
-                v = row.get(name)
-                if v is None or v in unset:
-                    continue
-                kind = ip_kind(v)
-                if kind == IP:
-                    if ips is None:
-                        ips = [v]
-                    elif v not in ips:
-                        ips.append(v)
-                elif kind == NOT_IP and name == "hostname":
-                    # Panther's hostname indicator: an IP address counts as an IP, anything
-                    # else is a domain name
-                    row["p_any_domain_names"] = [v]
-            v = row.get("saddr")
-            if v is not None:
-                ip = sockaddr_ip(v)
-                if ip is not None:
-                    if ips is None:
-                        ips = [ip]
-                    elif ip not in ips:
-                        ips.append(ip)
-            if ips is not None:
-                row["p_any_ip_addresses"] = ips
+            if "addr" in row or "hostname" in row or "ip" in row or "saddr" in row:
+                ips = None
+                for name in ("addr", "ip", "hostname"):
+                    v = row.get(name)
+                    if v is None or v in unset:
+                        continue
+                    kind = ip_kind(v)
+                    if kind == IP:
+                        if ips is None:
+                            ips = [v]
+                        elif v not in ips:
+                            ips.append(v)
+                    elif kind == NOT_IP and name == "hostname":
+                        # Panther's hostname indicator: an IP address counts as an IP, anything
+                        # else is a domain name
+                        row["p_any_domain_names"] = [v]
+                v = row.get("saddr")
+                if v is not None:
+                    ip = sockaddr_ip(v)
+                    if ip is not None:
+                        if ips is None:
+                            ips = [ip]
+                        elif ip not in ips:
+                            ips.append(ip)
+                if ips is not None:
+                    row["p_any_ip_addresses"] = ips
             v = row.get("uid")
             if v is not None and v not in unset and v not in unset_ids:
                 row["p_any_actor_ids"] = [v]

@@ -84,37 +84,50 @@ def _header_stamp(stamp: str) -> tuple[str, int, int, int]:
     return time, int(sec), int(msec), int(serial)
 
 
+_HEADER = re.compile(r"(?:node=([^ ]*) )?type=([^ ]+) msg=audit\((([0-9]+)\.([0-9]+)):([0-9]+)\):? ?")
+
+
 def parse_line(line: str) -> Record:
     """Parse one audit.log line (with or without `node=` and trailing newline)."""
-    if line.endswith("\n"):
+    if line[-1:] == "\n":
         line = line[:-1]
-    if line.endswith("\r"):
+    if line[-1:] == "\r":
         line = line[:-1]
+    m = _HEADER.match(line)
+    if m is None:
+        raise ParseError(_header_problem(line))
     if len(line) > MAX_LINE:
         raise ParseError(f"line of {len(line)} characters is too long")
-    node = None
+    node, type_name, time, sec, msec, serial = m.groups()
+    num = _TYPE_NUMBERS.get(type_name)
+    if num is None:
+        type_name, num = _type_of(type_name)
+    fields, enriched = parse_body(line[m.end():], num)
+    return Record(node, type_name, num, time, int(sec), int(msec), int(serial), fields, enriched, line)
+
+
+def _header_problem(line: str) -> str:
+    """Why a line's header did not match: the reason reported with the reject."""
     rest = line
     if rest.startswith("node="):
         sp = rest.find(" ")
         if sp < 0:
-            raise ParseError("node= without a record")
-        node = rest[5:sp]
+            return "node= without a record"
         rest = rest[sp + 1 :]
     if not rest.startswith("type="):
-        raise ParseError("missing type=")
+        return "missing type="
     at = rest.find(" msg=audit(", 5)
     if at < 0:
-        raise ParseError("missing msg=audit( header")
+        return "missing msg=audit( header"
     close = rest.find(")", at)
     if close < 0:
-        raise ParseError("unterminated msg=audit( header")
-    type_name, type_num = _type_of(rest[5:at])
-    time, sec, msec, serial = _header_stamp(rest[at + 11 : close])
-    # normally `): body`; some daemon records (RHEL 7 DAEMON_CONFIG) have `) body`
-    start = close + 2 if rest[close + 1 : close + 2] == ":" else close + 1
-    body = rest[start + 1 :] if rest[start : start + 1] == " " else rest[start:]
-    fields, enriched = parse_body(body, type_num)
-    return Record(node, type_name, type_num, time, sec, msec, serial, fields, enriched, line)
+        return "unterminated msg=audit( header"
+    try:
+        _type_of(rest[5:at])
+        _header_stamp(rest[at + 11 : close])
+    except ParseError as e:
+        return e.reason
+    return "malformed header"
 
 
 def parse_kernel(type_num: int, payload: bytes) -> Record:
@@ -193,10 +206,13 @@ def _parse_pairs(text: str, fields: dict, type_num: int) -> None:
                         v = d.get("proctitle")
                         if v is not None and v[:1] != '"':
                             d["proctitle"] = decode_hex_value(v)
-                if '"' in text:
-                    for k, v in d.items():
-                        if v[:1] == '"' and len(v) >= 2 and v[-1] == '"':
-                            d[k] = v[1:-1]
+                q = text.find('="')
+                while q >= 0:  # one "= per quoted value here: strip only those
+                    k = text[text.rfind(" ", 0, q) + 1 : q]
+                    v = d[k]
+                    if len(v) >= 2 and v[-1] == '"':
+                        d[k] = v[1:-1]
+                    q = text.find('="', q + 2)
                 fields.update(d)
                 return
     _parse_tokens(text, fields, type_num)
@@ -294,7 +310,7 @@ _AVC_TYPES = frozenset(
 def decode_hex_value(val: str) -> str:
     """An unquoted value of an encoded field: hex → text. Anything else is returned unchanged
     (`(null)`, `?`, odd-length or non-hex text: the kernel only hex-encodes whole values)."""
-    if len(val) & 1 or not val:
+    if len(val) & 1 or not val or val[0] not in _HEXDIGITS:
         return val
     try:
         data = bytes.fromhex(val)
