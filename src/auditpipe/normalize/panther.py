@@ -23,12 +23,12 @@ import ipaddress
 import time
 from datetime import datetime, timezone
 from functools import lru_cache
-from operator import itemgetter
+from itertools import count
 from typing import Any, Callable
 
 from .panther_schema import LOG_TYPE, STRING_FIELDS
 
-__all__ = ["make_panther_normalizer", "format_panther_time"]
+__all__ = ["make_panther_normalizer", "format_panther_time", "row_id_source"]
 
 #: Values that mean "no value" in audit records: never indicators.
 _UNSET = frozenset({"", "?", "(none)", "(null)", "unset", "none", "null"})
@@ -54,21 +54,6 @@ def _parse_time_str(value: Any) -> str:
     return format_panther_time(ms // 1000, ms % 1000)
 
 
-_ALL_COLUMNS = "all columns"
-_SLOW = "slow"
-_MAX_PLANS = 2048
-
-
-def _getter(keys: tuple) -> Callable[[dict], tuple] | None:
-    """A C-level getter answering the values of ``keys`` as a tuple (itemgetter answers a bare
-    value for a single key)."""
-    if not keys:
-        return None
-    if len(keys) == 1:
-        return itemgetter(keys[0], keys[0])  # a pair; zip() with one key takes the first
-    return itemgetter(*keys)
-
-
 _NOT_IP = 0
 _IP = 1
 _IP_UNSPECIFIED = 2
@@ -82,6 +67,14 @@ def _ip_kind(value: str) -> int:
     except ValueError:
         return _NOT_IP
     return _IP_UNSPECIFIED if ip.is_unspecified else _IP
+
+
+def row_id_source(seed: bytes) -> Callable[[], str]:
+    """A fast unique ``p_row_id`` generator: the hex of ``seed`` (the CLI passes
+    ``os.urandom(12)``: unique per process) followed by a hex counter, 32+ hex digits in all."""
+    prefix = seed.hex()
+    counter = count(1).__next__
+    return lambda: "%s%08x" % (prefix, counter())
 
 
 def make_panther_normalizer(
@@ -103,31 +96,11 @@ def make_panther_normalizer(
     unset = _UNSET
     unset_ids = _UNSET_IDS
     ip_kind = _ip_kind
-    ALL_COLUMNS = _ALL_COLUMNS
-    SLOW = _SLOW
-    MAX_PLANS = _MAX_PLANS
     IP = _IP
     NOT_IP = _NOT_IP
     log_type = LOG_TYPE
     dict_type = dict
     str_type = str
-
-    # Records of one type mostly come with the same keys in the same order: remember, per key
-    # sequence ("shape"), which keys are columns and which go to extra_message_fields, with C-level
-    # getters for both, so the per-record work is a few calls instead of a loop over the fields.
-    plans: dict[tuple, Any] = {}
-
-    def make_plan(shape: tuple):
-        if len(plans) >= MAX_PLANS or "msg" in shape:
-            return SLOW
-        col_keys = tuple(k for k in shape if k in columns)
-        extra_keys = tuple(k for k in shape if k not in columns)
-        if not extra_keys:
-            plan = ALL_COLUMNS
-        else:
-            plan = (col_keys, _getter(col_keys), extra_keys, _getter(extra_keys))
-        plans[shape] = plan
-        return plan
 
     # p_event_time for consecutive events: most share their second
     last_sec = [None, ""]
@@ -171,21 +144,11 @@ def make_panther_normalizer(
         for rec in event.records:
             fields = rec.fields
             row = {"type": rec.type}
-            shape = tuple(fields)
-            plan = plans.get(shape)
-            if plan is None:
-                plan = make_plan(shape)
-            if plan is ALL_COLUMNS:
+            if fields.keys() <= columns:
                 # SYSCALL, CWD, PROCTITLE, SOCKADDR …: every key is a column of its own
                 row.update(fields)
                 extra = None
-            elif plan is not SLOW:
-                col_keys, get_cols, extra_keys, get_extra = plan
-                if col_keys:
-                    row.update(zip(col_keys, get_cols(fields)))
-                extra = dict(zip(extra_keys, get_extra(fields)))
             else:
-                # msg='…' inside, or a shape not worth remembering
                 extra = {}
                 msg = None
                 for k, v in fields.items():
