@@ -178,12 +178,3 @@ def test_parse_time_clock_kinds(clock, expect):
     [row] = n(event(rec("EOE", {})))
     assert row["p_parse_time"] == expect
 
-
-def test_row_id_source():
-    from auditpipe.normalize.panther import row_id_source
-
-    ids = row_id_source(bytes(range(12)))
-    a, b = ids(), ids()
-    assert a == "000102030405060708090a0b00000001" and b.endswith("00000002")
-    other = row_id_source(b"\xff" * 12)
-    assert other() != a

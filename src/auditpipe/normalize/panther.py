@@ -23,12 +23,11 @@ import ipaddress
 import time
 from datetime import datetime, timezone
 from functools import lru_cache
-from itertools import count
 from typing import Any, Callable
 
 from .panther_schema import LOG_TYPE, STRING_FIELDS
 
-__all__ = ["make_panther_normalizer", "format_panther_time", "row_id_source"]
+__all__ = ["make_panther_normalizer", "format_panther_time"]
 
 #: Values that mean "no value" in audit records: never indicators.
 _UNSET = frozenset({"", "?", "(none)", "(null)", "unset", "none", "null"})
@@ -67,14 +66,6 @@ def _ip_kind(value: str) -> int:
     except ValueError:
         return _NOT_IP
     return _IP_UNSPECIFIED if ip.is_unspecified else _IP
-
-
-def row_id_source(seed: bytes) -> Callable[[], str]:
-    """A fast unique ``p_row_id`` generator: the hex of ``seed`` (the CLI passes
-    ``os.urandom(12)``: unique per process) followed by a hex counter, 32+ hex digits in all."""
-    prefix = seed.hex()
-    counter = count(1).__next__
-    return lambda: "%s%08x" % (prefix, counter())
 
 
 def make_panther_normalizer(
