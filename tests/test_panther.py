@@ -18,7 +18,7 @@ import pytest
 
 yaml = pytest.importorskip("yaml")
 
-from auditpipe.normalize.panther import format_panther_time, make_panther_normalizer  # noqa: E402
+from auditpipe.normalize.panther import format_panther_time, make_panther_normalizer
 
 try:  # the parser and the reassembler are the lead's; these tests wait for them
     from auditpipe.parsing import ParseError, parse_line

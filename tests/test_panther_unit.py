@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import count
 from types import SimpleNamespace
 
@@ -171,7 +171,7 @@ def test_timestamps_keep_milliseconds(normalize):
 @pytest.mark.parametrize("clock, expect", [
     (lambda: 1700000000, "2023-11-14 22:13:20.000"),
     (lambda: 1700000000.1234, "2023-11-14 22:13:20.123"),
-    (lambda: datetime(2023, 11, 14, 22, 13, 20, 999999, tzinfo=timezone.utc), "2023-11-14 22:13:20.999"),
+    (lambda: datetime(2023, 11, 14, 22, 13, 20, 999999, tzinfo=UTC), "2023-11-14 22:13:20.999"),
 ])
 def test_parse_time_clock_kinds(clock, expect):
     n = make_panther_normalizer(now=clock, row_id=lambda: "r", decode_sockaddr=fake_sockaddr)

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 from .panther_schema import LOG_TYPE, STRING_FIELDS
 
-__all__ = ["make_panther_normalizer", "format_panther_time"]
+__all__ = ["format_panther_time", "make_panther_normalizer"]
 
 #: Values that mean "no value" in audit records: never indicators.
 _UNSET = frozenset({"", "?", "(none)", "(null)", "unset", "none", "null"})
@@ -37,16 +38,16 @@ _UNSET_IDS = frozenset({"4294967295", "-1"})
 
 def format_panther_time(sec: int, msec: int = 0) -> str:
     """Panther's timestamp format for ``p_`` fields: ``YYYY-MM-DD HH:MM:SS.fff``, UTC."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sec)) + ".%03d" % msec
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(sec))}.{msec:03d}"
 
 
 def _parse_time_str(value: Any) -> str:
     """The injected clock may answer unix seconds (int/float) or a datetime."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        value = value.astimezone(timezone.utc)
-        return value.strftime("%Y-%m-%d %H:%M:%S") + ".%03d" % (value.microsecond // 1000)
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return f"{value.strftime('%Y-%m-%d %H:%M:%S')}.{value.microsecond // 1000:03d}"
     if isinstance(value, str):  # already formatted by the caller
         return value
     ms = round(float(value) * 1000)
@@ -81,7 +82,7 @@ def make_panther_normalizer(
     ``auditpipe.parsing.decode_sockaddr`` (used to find the IP address in ``saddr``).
     """
     if decode_sockaddr is None:
-        from auditpipe.parsing import decode_sockaddr  # noqa: PLC0415 (resolved once, here)
+        from auditpipe.parsing import decode_sockaddr  # resolved once, here
 
     columns = STRING_FIELDS  # body keys that become columns
     unset = _UNSET
@@ -100,12 +101,12 @@ def make_panther_normalizer(
         if last_sec[0] != sec:
             last_sec[0] = sec
             last_sec[1] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sec))
-        return last_sec[1] + ".%03d" % msec
+        return f"{last_sec[1]}.{msec:03d}"
 
     def sockaddr_ip(hexstr: str) -> str | None:
         try:
             decoded = decode_sockaddr(hexstr)
-        except Exception:  # malformed saddr: the hex stays in the row, just no indicator
+        except Exception:  # noqa: BLE001 (a malformed saddr stays in the row as hex; no indicator)
             return None
         if not decoded:
             return None
@@ -117,9 +118,9 @@ def make_panther_normalizer(
     def normalize(event: Any) -> list[dict]:
         sec = event.sec
         msec = event.msec
-        when = "%d.%03d" % (sec, msec)
+        when = f"{sec}.{msec:03d}"
         ts = float(when)
-        eid = "%s:%d" % (when, event.serial)
+        eid = f"{when}:{event.serial}"
         p_event_time = event_time(sec, msec)
         p_parse_time = _parse_time_str(now())
 
