@@ -151,22 +151,18 @@ def parse_body(body: str, type_num: int = 0) -> tuple[dict, dict | None]:
     if gs >= 0:
         enriched = _parse_enriched(body[gs + 1 :])
         body = body[:gs]
-    fields: dict = {}
     # user-space records carry their payload in msg='…'; the payload may itself hold a ' inside
     # double quotes, so its end is the last ' of the body, not the next one.
     m = body.find("msg='")
     if m >= 0 and (m == 0 or body[m - 1] == " "):
         end = body.rfind("'")
         if end > m + 4:
-            inner = body[m + 5 : end]
-            _parse_pairs(body[:m], fields, type_num)
-            nested: dict = {}
-            _parse_pairs(inner, nested, type_num)
-            _put(fields, "msg", nested)
-            _parse_pairs(body[end + 1 :], fields, type_num)
+            fields: dict = {}
+            _parse_tokens(body[:m], fields, type_num)
+            _put(fields, "msg", _parse_pairs(body[m + 5 : end], type_num))
+            _parse_tokens(body[end + 1 :], fields, type_num)
             return fields, enriched
-    _parse_pairs(body, fields, type_num)
-    return fields, enriched
+    return _parse_pairs(body, type_num), enriched
 
 
 def _put(fields: dict, key: str, value) -> None:
@@ -181,14 +177,17 @@ def _put(fields: dict, key: str, value) -> None:
 _split = str.split
 
 
-def _parse_pairs(text: str, fields: dict, type_num: int) -> None:
-    # Fast path, all in C: when every space-separated token is exactly one key=value (as many
-    # `=` as tokens, no doubled spaces), the dict is built by str.split alone; then only quoted
-    # and encoded values are touched. Anything else takes the careful tokenizer below.
-    if not fields and text and type_num not in _AVC_TYPES:
+def _parse_pairs(text: str, type_num: int) -> dict:
+    """`k=v k="v" …` → dict.
+
+    Fast path, all in C: when every space-separated token is exactly one key=value (as many `=`
+    as tokens; a token without one makes dict() fail), str.split builds the dict; then only
+    encoded and quoted values are touched. Anything else takes the careful tokenizer.
+    """
+    if type_num not in _AVC_TYPES:
         tokens = text.split(" ")
-        if text.count("=") == len(tokens) and "" not in tokens:
-            try:  # a token without "=" (its "=" counted in a neighbour's value) lands here
+        if text.count("=") == len(tokens):
+            try:
                 d = dict(map(_split, tokens, repeat("="), repeat(1)))
             except ValueError:
                 d = None
@@ -213,9 +212,10 @@ def _parse_pairs(text: str, fields: dict, type_num: int) -> None:
                     if len(v) >= 2 and v[-1] == '"':
                         d[k] = v[1:-1]
                     q = text.find('="', q + 2)
-                fields.update(d)
-                return
+                return d
+    fields: dict = {}
     _parse_tokens(text, fields, type_num)
+    return fields
 
 
 def _parse_tokens(text: str, fields: dict, type_num: int) -> None:

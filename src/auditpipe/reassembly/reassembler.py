@@ -46,10 +46,14 @@ def ends_event(type_num: int) -> bool:
     return type_num == _PROCTITLE or type_num == _EOE or is_standalone(type_num)
 
 
+_ENDS = frozenset(n for n in range(0, 1 << 16) if ends_event(n))
+
+
 class Event:
     """The records of one (node, time, serial)."""
 
-    __slots__ = ("node", "time", "sec", "msec", "serial", "records", "partial", "done", "opened_at", "last_rec", "late")
+    __slots__ = ("node", "time", "sec", "msec", "serial", "ts", "records", "partial", "done", "opened_at", "last_rec",
+                 "late")
 
     def __init__(self, node, time, sec, msec, serial, opened_at=None):
         self.node = node
@@ -57,6 +61,7 @@ class Event:
         self.sec = sec
         self.msec = msec
         self.serial = serial
+        self.ts = sec + msec * 0.001
         self.records = []
         self.partial = False
         self.done = False
@@ -146,6 +151,8 @@ class Reassembler:
             if ended is not None and t == _EOE:
                 return []  # the end marker of an event already ended: it carries nothing more
             ev = Event(record.node, record.time, record.sec, record.msec, record.serial, now)
+            if ev.ts > self._newest:  # the records of one event share its timestamp
+                self._newest = ev.ts
             if ended:
                 ev.partial = True
                 ev.late = True
@@ -158,19 +165,16 @@ class Reassembler:
             self.late += 1
         ev.records.append(record)
         ev.last_rec = self.records
-        if ends_event(t):
+        if t in _ENDS:
             ev.done = True
             self._end(key, ev)
             if t == _PROCTITLE:
                 self._held = ev
             else:
                 del opened[key]
-        ts = record.sec + record.msec / 1000.0
-        if ts > self._newest:
-            self._newest = ts
         head = self._queue[0]
         if head.done or len(self._queue) > self.max_in_flight or (
-                head.sec + head.msec / 1000.0 < self._newest - self.timeout and self.records - head.last_rec >= self.grace):
+                head.ts < self._newest - self.timeout and self.records - head.last_rec >= self.grace):
             return self._drain(now)
         return []
 
@@ -215,7 +219,7 @@ class Reassembler:
                     if opened.get(key) is ev:
                         del opened[key]
             else:
-                aged = ev.sec + ev.msec / 1000.0 < horizon and self.records - ev.last_rec >= self.grace
+                aged = ev.ts < horizon and self.records - ev.last_rec >= self.grace
                 stale = wall is not None and now is not None and ev.opened_at is not None and now - ev.opened_at >= wall
                 if not (too_many or aged or stale):
                     break
