@@ -248,28 +248,15 @@ def _parse_tokens(text: str, fields: dict, type_num: int) -> None:
             words.append(tok)
             continue
         first = val[:1]
-        if first == '"':
-            if len(val) >= 2 and val[-1] == '"':
+        if first == '"' or first == "'":
+            if len(val) >= 2 and val[-1] == first:
                 val = val[1:-1]
             else:  # a quoted value with spaces inside: stitch tokens up to the closing quote
                 parts = [val[1:]]
                 while i < n:
                     t = tokens[i]
                     i += 1
-                    if t.endswith('"'):
-                        parts.append(t[:-1])
-                        break
-                    parts.append(t)
-                val = " ".join(parts)
-        elif first == "'":
-            if len(val) >= 2 and val[-1] == "'":
-                val = val[1:-1]
-            else:
-                parts = [val[1:]]
-                while i < n:
-                    t = tokens[i]
-                    i += 1
-                    if t.endswith("'"):
+                    if t.endswith(first):
                         parts.append(t[:-1])
                         break
                     parts.append(t)
