@@ -4,12 +4,19 @@ Import what you need (``from conftest_kernel import audit_state``). ``audit_stat
 not root, fails when another audit daemon is registered (we never take it over), and restores
 what it found: the rule set (exact blobs), enabled, failure, rate_limit, backlog_limit,
 backlog_wait_time; it also unregisters us if a test left us registered.
+
+The kernel's audit state is one per host: ``audit_state`` holds an exclusive flock
+(:data:`LOCK_PATH`) for the whole test, so kernel tests of concurrent pytest runs (or of other
+tools that take the same lock, see :func:`kernel_lock`) do not trample each other.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +25,26 @@ SHARED = Path(os.environ.get("AUDITPIPE_SHARED",
                              Path(__file__).resolve().parents[1].parent / "shared"))
 RULES_DIR = SHARED / "conformance" / "go-libaudit" / "rule" / "testdata"
 RESTORED = ("enabled", "failure", "rate_limit", "backlog_limit", "backlog_wait_time")
+LOCK_PATH = os.environ.get("AUDITPIPE_KERNEL_LOCK", "/run/lock/auditpipe-kernel-tests.lock")
+
+
+@contextlib.contextmanager
+def kernel_lock(timeout: float = 600.0):
+    """Exclusive, host-wide lock around a test that changes kernel audit state."""
+    with open(LOCK_PATH, "a+") as f:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"kernel audit tests: {LOCK_PATH} still held after {timeout:g}s")
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _comm(pid: int) -> str:
@@ -43,6 +70,11 @@ def require_auditctl() -> str:
 def audit_state():
     """Yield an open AuditNetlink; put the kernel's audit configuration back afterwards."""
     require_root()
+    with kernel_lock():
+        yield from _audit_state()
+
+
+def _audit_state():
     from auditpipe.kernel.netlink import AuditNetlink
 
     nl = AuditNetlink()

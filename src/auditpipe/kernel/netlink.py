@@ -106,7 +106,7 @@ class _Requester:
                 if e.errno == E.ENOBUFS:  # our own socket overflowed; the reply may be lost
                     continue
                 raise
-            for m in wire.iter_nlmsgs(data):
+            for m in wire.iter_record_datagram(data):
                 if m.seq != seq:
                     if K.FIRST_USER_MSG <= m.type <= K.LAST_USER_MSG2:
                         self.stray.append((m.type, m.payload))
@@ -317,7 +317,7 @@ class AuditReceiver:
         while n < max_messages:
             try:
                 data = self._sock.recv(_RECV_SIZE, socket.MSG_DONTWAIT)
-            except BlockingIOError:
+            except (BlockingIOError, TimeoutError):  # TimeoutError: socket has a timeout set
                 return
             except InterruptedError:
                 continue
@@ -326,7 +326,7 @@ class AuditReceiver:
                     self.enobufs += 1
                     continue
                 raise
-            self._take(list(wire.iter_nlmsgs(data)))
+            self._take(list(wire.iter_record_datagram(data)))
             while self._pending and n < max_messages:
                 n += 1
                 self.messages += 1

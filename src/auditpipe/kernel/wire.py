@@ -65,6 +65,22 @@ def iter_nlmsgs(buf: bytes) -> Iterator[NlMsg]:
         off += nlmsg_align(length)
 
 
+def iter_record_datagram(buf: bytes) -> Iterator[NlMsg]:
+    """Messages of one datagram read from a receiving (daemon/multicast) socket.
+
+    The kernel sets nlmsg_len of unicast audit records to the *payload* length (audit_log_end(),
+    kept for old auditd); multicast copies get the real length. Records come one per datagram,
+    so a length that is exactly the datagram minus the header means the quirk: the payload is
+    the rest of the datagram."""
+    if len(buf) >= NLMSG_HDRLEN:
+        length, mtype, flags, seq, pid = _NLMSGHDR.unpack_from(buf, 0)
+        if (length == len(buf) - NLMSG_HDRLEN and length >= NLMSG_HDRLEN
+                and K.FIRST_USER_MSG <= mtype <= K.LAST_USER_MSG2):
+            yield NlMsg(mtype, flags, seq, pid, bytes(buf[NLMSG_HDRLEN:]))
+            return
+    yield from iter_nlmsgs(buf)
+
+
 def unpack_nlmsgerr(payload: bytes) -> tuple[int, NlMsg | None]:
     """NLMSG_ERROR payload -> (positive errno or 0 for an ACK, echoed request header)."""
     if len(payload) < 4:
