@@ -207,3 +207,22 @@ def test_receiver_max_messages_keeps_the_rest():
     assert len(list(r.recv_messages(timeout=1, max_messages=2))) == 2
     assert len(list(r.recv_messages(timeout=1))) == 3
     r.close()
+
+
+def test_unicast_length_quirk():
+    """Unicast records carry nlmsg_len = payload length (kernel audit_log_end()); multicast
+    copies the real length. Both must give the whole record."""
+    body = (b"audit(1795294043.251:28): op=set audit_pid=1 old=1 auid=4294967295 "
+            b"ses=4294967295 res=0")
+    quirky = struct.pack("=IHHII", len(body), 1305, 0, 0, 0) + body
+    normal = struct.pack("=IHHII", 16 + len(body), 1305, 0, 0, 0) + body
+    for dgram in (quirky, normal):
+        (m,) = wire.iter_record_datagram(dgram)
+        assert m.payload.rstrip(b"\0") == body
+    # plain iteration would cut 16 bytes off the quirky record
+    assert next(wire.iter_nlmsgs(quirky)).payload == body[:-16]
+    # control replies (ACK, rule lists) are not records: parsed normally
+    req = wire.NlMsg(K.SET, 5, 1, 0, b"")
+    ack = wire.pack_nlmsg(wire.NLMSG_ERROR, wire.pack_nlmsgerr(0, req), flags=0,
+                          count_padding=False)
+    assert [m.type for m in wire.iter_record_datagram(ack)] == [wire.NLMSG_ERROR]
