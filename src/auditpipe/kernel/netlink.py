@@ -87,8 +87,13 @@ class _Requester:
         either order: wait for both. A positive ACK value is a result (``--reset-lost``)."""
         self._seq = (self._seq + 1) & 0x7FFFFFFF or 1
         seq = self._seq
-        self._sock.sendto(wire.pack_nlmsg(msg_type, payload, flags=NLM_F_REQUEST | NLM_F_ACK,
-                                          seq=seq), (0, 0))
+        try:
+            self._sock.sendto(wire.pack_nlmsg(msg_type, payload,
+                                              flags=NLM_F_REQUEST | NLM_F_ACK, seq=seq), (0, 0))
+        except OSError as e:
+            if e.errno is None:
+                raise
+            raise AuditNetlinkError(e.errno, self.explain(e.errno, msg_type, what)) from None
         replies: list[bytes] = []
         acked, done, ack_value = False, reply is None, 0
         deadline = time.monotonic() + self.timeout
