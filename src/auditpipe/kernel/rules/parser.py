@@ -32,7 +32,7 @@ from .syntax import (CONTROL_OPTS, NOT_IN_FILES, Problem, c_number, control, opt
                      split_line, u32)
 
 Resolver = Callable[[str, str], "int | None"]
-PATH_MAX = os.pathconf("/", "PC_PATH_MAX") if hasattr(os, "pathconf") else 4096
+PATH_MAX = 4096  # linux/limits.h, as auditctl checks it
 NAME_MAX = 255
 
 
