@@ -18,11 +18,12 @@ from __future__ import annotations
 from auditpipe import tables
 from auditpipe.normalize.coalesced import iso_timestamp
 from auditpipe.normalize.ecs_fields import (
-    Names, apply_entities, build_address, build_file, build_user, drop_redundant_effective, split_context,
+    Names, apply_entities, build_address, build_file, build_user, drop_redundant_effective,
 )
 from auditpipe.normalize.ecs_table import DEFAULT_SYSCALL_NORM, RECORD_NORMS, SYSCALL_NORMS
 from auditpipe.normalize.summary import summarize
-from auditpipe.parsing import decode_sockaddr, execve_argv, parse_body, proctitle_argv
+from auditpipe.normalize.ecs_walk import DROP, execve_args, merge_fields, split_context, walk_main
+from auditpipe.parsing import decode_sockaddr, execve_argv, parse_body
 
 __all__ = ["make_ecs_normalizer", "ECS_VERSION"]
 
@@ -38,37 +39,8 @@ _SOCKADDR = _T["SOCKADDR"]
 _EOE = _T["EOE"]
 _LOGIN = _T["LOGIN"]
 
-# auparse drops these values: "no value" in audit's spelling.
-_DROP = frozenset(("", "?", "?,", "(null)"))
-
-# Roles of the fields of the record that says who acted (the SYSCALL, else the first record).
-_DATA, _ID, _PROC, _SES, _RES, _KEY, _SUBJ, _SKIP, _MSG = range(9)
-_ROLE = {
-    "pid": _PROC, "ppid": _PROC, "comm": _PROC, "exe": _PROC, "cwd": _PROC, "proctitle": _PROC,
-    "auid": _ID, "uid": _ID, "gid": _ID, "euid": _ID, "egid": _ID, "suid": _ID, "sgid": _ID,
-    "fsuid": _ID, "fsgid": _ID, "ses": _SES, "res": _RES, "success": _RES, "key": _KEY, "subj": _SUBJ,
-    "msg": _MSG, "text": _SKIP,
-    "arch": _DATA, "syscall": _DATA, "exit": _DATA, "a0": _DATA, "a1": _DATA, "a2": _DATA, "a3": _DATA,
-    "items": _DATA, "tty": _DATA, "op": _DATA, "acct": _DATA, "terminal": _DATA, "hostname": _DATA,
-    "addr": _DATA, "id": _DATA,
-}
-_UNSET_IDS = ("auid", "old-auid")  # as auparse: only these (and ses) spell 4294967295 "unset"
 _ERRNO = tables.ERRNO_NAMES
 _ARCH_NAMES = tables.ARCH_NAMES
-
-
-def _result(v: str) -> str:
-    v = v.lower()
-    return "success" if v == "yes" or v == "1" or v.startswith("suc") else "fail"
-
-
-def _tags(value: str) -> list[str]:
-    """Rule keys: several are joined by \\x01 (hex-encoded in the log, decoded by the parser)."""
-    if "\x01" in value:
-        return [k for k in value.split("\x01") if k]
-    if value.startswith("key="):
-        value = value[4:]
-    return [value]
 
 
 def _login_fields(rec) -> dict:
@@ -137,11 +109,11 @@ def _signed32(hexval: str) -> int | None:
 
 def _path_fields(f: dict) -> dict:
     """A PATH record's fields for auditd.paths: dropped values out, obj split into obj_*."""
-    if "obj" not in f and _DROP.isdisjoint(f.values()):
+    if "obj" not in f and DROP.isdisjoint(f.values()):
         return f  # shared with the record: nothing to change
     out = {}
     for k, v in f.items():
-        if v in _DROP:
+        if v in DROP:
             continue
         if k == "obj":
             for part, pv in split_context(v).items():
@@ -160,8 +132,8 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
     extra_tags: appended to tags (after the rule keys).
     """
     extra_tags = list(extra_tags)
-    role_get = _ROLE.get
-    drop = _DROP
+    names = Names(resolver)
+    names_tick = names.tick
 
     def normalize(event) -> list[dict]:
         warnings = [] if include_warnings else None
@@ -182,56 +154,11 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
         main = syscall if syscall is not None else first
         special = first if first is not main else None
 
-        data: dict = {}
-        ids: dict = {}
-        proc: dict = {}
-        selinux = None
-        session = ""
-        result = "unknown"
-        tags = None
-
         # -- the main record: who, how, result ---------------------------------------------------
         fields = main.fields
         if main.type_num == _LOGIN and "text" in fields:
             fields = _login_fields(main)
-        stack = None
-        items = fields.items()
-        while True:
-            for k, v in items:
-                role = role_get(k)
-                if role == _MSG:
-                    if type(v) is str and "=" in v:  # msg=' without its closing quote
-                        v = parse_body(v.strip("'"), main.type_num)[0]
-                    if type(v) is dict:
-                        stack = v
-                        continue
-                    role = _DATA
-                if v in drop:
-                    continue
-                if role is None:
-                    tail = k[-3:]
-                    role = _ID if tail == "uid" or tail == "gid" else _DATA
-                if role == _DATA:
-                    data[k] = v
-                elif role == _ID:
-                    if (v == "4294967295" or v == "-1") and k in _UNSET_IDS:
-                        v = "unset"
-                    ids[k] = v
-                elif role == _PROC:
-                    proc[k] = v
-                elif role == _SES:
-                    session = "unset" if v == "4294967295" or v == "-1" else v
-                elif role == _RES:
-                    if k == "success" or result == "unknown":
-                        result = _result(v)
-                elif role == _KEY:
-                    tags = _tags(v)
-                elif role == _SUBJ:
-                    selinux = split_context(v)
-            if stack is None:
-                break
-            items = stack.items()
-            stack = None
+        data, ids, proc, session, result, tags, selinux = walk_main(fields, main.type_num)
 
         enriched = main.enriched
         if syscall is not None:
@@ -269,44 +196,21 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
                 execs.append(r)
             elif t == _CWD:
                 v = f.get("cwd")
-                if v is not None and v not in drop:
+                if v is not None and v not in DROP:
                     proc["cwd"] = v
             elif t == _PROCTITLE:
                 v = f.get("proctitle")
-                if v is not None:
-                    proc["proctitle"] = " ".join(proctitle_argv(v))
+                if v is not None:  # NUL-separated arguments, as proctitle_argv reads them
+                    proc["proctitle"] = v.rstrip("\0").replace("\0", " ")
             elif t == _SOCKADDR:
                 v = f.get("saddr")
                 if v is not None:
                     sock = decode_sockaddr(v)
                     data["socket"] = {k: str(x) for k, x in sock.items()}
-            elif t == _EOE:
-                continue
-            else:
-                is_special = r is special
-                for k, v in f.items():
-                    if type(v) is not str:
-                        if k == "msg" and type(v) is dict:
-                            for mk, mv in v.items():
-                                if mv not in drop and mk not in data and role_get(mk, _DATA) == _DATA:
-                                    data[mk] = mv
-                        continue
-                    if v in drop:
-                        continue
-                    if is_special:
-                        role = role_get(k, _DATA)
-                        if role == _KEY:
-                            tags = (tags or []) + [t for t in _tags(v) if t not in (tags or ())]
-                            continue
-                        if role != _DATA or k in ids:
-                            continue
-                    if k in data:
-                        if warnings is not None and data[k] != v:
-                            warnings.append(f"duplicate key ({k}) from {r.type} message")
-                        continue
-                    data[k] = v
+            elif t != _EOE:
+                tags = merge_fields(r, data, ids, r is special, tags, warnings)
         if execs is not None:
-            argc, argv = execve_argv(execs)
+            argc, argv = execve_args(execs, execve_argv)
             if argc is not None:
                 data["argc"] = str(argc)
             proc["args"] = argv
@@ -353,8 +257,9 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
         if include_raw:
             ev["original"] = [r.raw for r in recs]
 
-        names = Names(enriched, resolver)
-        user = build_user(ids, names, selinux)
+        names_tick()
+        id_names = {}
+        user = build_user(ids, names, enriched, selinux, id_names)
 
         if norm is not None:
             s = summarize(norm, data, proc, ids, paths or (), sock, warnings)
@@ -365,12 +270,14 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
             v = s.actor_primary
             if v is not None:
                 if v.isdigit():
-                    v = names.of_id(s.actor_primary_key, v, False) or v
+                    k = s.actor_primary_key
+                    v = id_names.get(k) or (None if k in ids else names.of_id(k, v, False, enriched)) or v
                 actor["primary"] = v
             v = s.actor_secondary
             if v is not None:
                 if v.isdigit():
-                    v = names.of_id(s.actor_secondary_key, v, False) or v
+                    k = s.actor_secondary_key
+                    v = id_names.get(k) or (None if k in ids else names.of_id(k, v, False, enriched)) or v
                 actor["secondary"] = v
             if actor:
                 summ["actor"] = actor
@@ -397,7 +304,7 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
                     doc[norm.sockaddr] = addr
                     doc["network"] = {"direction": "ingress" if norm.sockaddr == "source" else "egress"}
             if norm.users:
-                apply_entities(doc, user, norm, s, data, ids, names)
+                apply_entities(doc, user, norm, s, data, ids, names, enriched)
             if norm.exit_code:
                 v = data.get("a0")
                 if v is not None:

@@ -8,6 +8,8 @@ Manager dashboards and rules work unchanged.
 
 from __future__ import annotations
 
+import time
+
 from auditpipe.normalize.idresolve import is_real_name
 
 __all__ = ["Names", "build_user", "apply_entities", "drop_redundant_effective", "build_file", "build_address", "split_context"]
@@ -20,6 +22,8 @@ _ID_SLOT = {
     "fsuid": ("filesystem", False), "fsgid": ("filesystem", True),
     "auid": ("audit", False),
 }
+# uid/gid field → (user.<sub>, under .group, ENRICHED key, is a gid)
+_ID_INFO = {k: (sub, grp, k.upper(), k[-3:] == "gid") for k, (sub, grp) in _ID_SLOT.items()}
 _UNSET_VALUES = frozenset(("", "unset", "4294967295", "-1"))
 _CONTEXT_PARTS = ("user", "role", "domain", "level", "category")
 
@@ -29,26 +33,58 @@ def split_context(ctx: str) -> dict:
     return dict(zip(_CONTEXT_PARTS, ctx.split(":", 4)))
 
 
+_MISS = object()
+
+
 class Names:
-    """Name lookups for one event: its ENRICHED interpretations first, then the resolver."""
+    """Name lookups: the event's ENRICHED interpretations first, then the resolver.
 
-    __slots__ = ("enriched", "resolver")
+    One per normalizer. The resolver's answers are memoized here for `memo_ttl` seconds (a dict
+    get instead of a call chain per uid); `tick()` is called per event and clears the memo when
+    it is due, so renamed accounts and lookups that were still running get asked again.
+    """
 
-    def __init__(self, enriched: dict | None, resolver):
-        self.enriched = enriched
+    __slots__ = ("resolver", "users", "groups", "identities", "memo_ttl", "expires", "count")
+
+    def __init__(self, resolver, memo_ttl: float = 10.0):
         self.resolver = resolver
+        self.users: dict = {}
+        self.groups: dict = {}
+        self.identities: dict = {}
+        self.memo_ttl = memo_ttl
+        self.expires = time.monotonic() + memo_ttl
+        self.count = 0
 
-    def of_id(self, key: str | None, value: str, group: bool) -> str | None:
+    def tick(self) -> None:
+        self.count += 1
+        if self.count & 255 == 0:
+            now = time.monotonic()
+            if now >= self.expires or len(self.identities) > 4096:
+                self.users.clear()
+                self.groups.clear()
+                self.identities.clear()
+                self.expires = now + self.memo_ttl
+
+    def lookup(self, value: str, group: bool) -> str | None:
+        """Name of uid/gid `value` from the resolver (memoized)."""
+        memo = self.groups if group else self.users
+        name = memo.get(value, _MISS)
+        if name is _MISS:
+            resolver = self.resolver
+            if resolver is None:
+                name = None
+            else:
+                name = resolver.group(value) if group else resolver.user(value)
+            memo[value] = name
+        return name
+
+    def of_id(self, key: str | None, value: str, group: bool, enriched: dict | None) -> str | None:
         """Name of uid/gid `value`, found in field `key` (None when it came from elsewhere)."""
-        enriched = self.enriched
         if enriched is not None and key is not None:
             name = enriched.get(key.upper())
             if name is not None and is_real_name(name):
                 return name
-        resolver = self.resolver
-        if resolver is None:
-            return None
-        return resolver.group(value) if group else resolver.user(value)
+        return self.lookup(value, group)
 
     def id_of(self, name: str, group: bool) -> str | None:
         resolver = self.resolver
@@ -57,48 +93,115 @@ class Names:
         return resolver.gid_of(name) if group else resolver.uid_of(name)
 
 
-def build_user(ids: dict, names: Names, selinux: dict | None) -> dict:
-    """user.{id,name,group,effective,saved,filesystem,audit,<other>} from the uid/gid fields."""
+def _enriched_name(enriched: dict, ekey: str) -> str | None:
+    name = enriched.get(ekey)
+    if name is None or name[:8] == "unknown(" or name == "unset" or name == "?" or not name:
+        return None
+    return name
+
+
+_STD_IDS = ("auid", "uid", "gid", "euid", "suid", "fsuid", "egid", "sgid", "fsgid")
+
+
+def build_user(ids: dict, names: Names, enriched: dict | None, selinux: dict | None, id_names: dict) -> dict:
+    """user.{id,name,group,effective,saved,filesystem,audit,<other>} from the uid/gid fields.
+    Fills `id_names` (field → name) for the summary's actor."""
+    if len(ids) == 9 and ids.keys() == _STD_KEYSET:
+        return _build_std_user(ids, names, enriched, selinux, id_names)
     user: dict = {}
+    lookup = names.lookup
     for k, v in ids.items():
         if v == "unset":
             continue
-        slot = _ID_SLOT.get(k)
-        if slot is None:
-            sub, grp = k, False
-        else:
-            sub, grp = slot
+        info = _ID_INFO.get(k)
+        if info is None:
+            info = (k, False, k.upper(), k[-3:] == "gid")
+        sub, grp, ekey, is_gid = info
         if sub is None:
             d = user
         else:
             d = user.get(sub)
             if d is None:
                 d = user[sub] = {}
-        is_gid = k[-3:] == "gid"
         if grp:
             g = d.get("group")
             if g is None:
                 g = d["group"] = {}
             d = g
         d["id"] = v
-        name = names.of_id(k, v, is_gid)
+        name = _enriched_name(enriched, ekey) if enriched is not None else None
+        if name is None:
+            name = lookup(v, is_gid)
         if name is not None:
             d["name"] = name
-    if ids and selinux:
+            id_names[k] = name
+    if selinux and ids:
         user["selinux"] = selinux
     return user
 
 
-def _entity(value: str | None, key: str | None, group: bool, names: Names) -> tuple[str, str]:
+_STD_KEYSET = frozenset(_STD_IDS)
+
+
+_STD_SLOTS = (("auid", "AUID", False), ("uid", "UID", False), ("gid", "GID", True), ("euid", "EUID", False),
+              ("suid", "SUID", False), ("fsuid", "FSUID", False), ("egid", "EGID", True),
+              ("sgid", "SGID", True), ("fsgid", "FSGID", True))
+
+
+def _std_names(ids, names, enriched) -> tuple:
+    out = []
+    for k, ekey, grp in _STD_SLOTS:
+        name = _enriched_name(enriched, ekey) if enriched is not None else None
+        if name is None:
+            name = names.lookup(ids[k], grp)
+        out.append(name)
+    return tuple(out)
+
+
+def _build_std_user(ids, names, enriched, selinux, id_names):
+    """build_user for the nine ids of a SYSCALL record. The names of one identity (ids plus
+    ENRICHED interpretations) are memoized with the resolver's answers; dicts are built fresh."""
+    vals = auid, uid, gid, euid, suid, fsuid, egid, sgid, fsgid = (
+        ids["auid"], ids["uid"], ids["gid"], ids["euid"], ids["suid"], ids["fsuid"], ids["egid"], ids["sgid"],
+        ids["fsgid"])
+    key = (vals, tuple(enriched.values())) if enriched is not None else vals
+    memo = names.identities
+    got = memo.get(key)
+    if got is None:
+        got = memo[key] = _std_names(ids, names, enriched)
+    n_auid, n_uid, n_gid, n_euid, n_suid, n_fsuid, n_egid, n_sgid, n_fsgid = got
+    user = {"id": uid, "name": n_uid} if n_uid is not None else {"id": uid}
+    user["group"] = {"id": gid, "name": n_gid} if n_gid is not None else {"id": gid}
+    d = {"id": euid, "name": n_euid} if n_euid is not None else {"id": euid}
+    d["group"] = {"id": egid, "name": n_egid} if n_egid is not None else {"id": egid}
+    user["effective"] = d
+    d = {"id": suid, "name": n_suid} if n_suid is not None else {"id": suid}
+    d["group"] = {"id": sgid, "name": n_sgid} if n_sgid is not None else {"id": sgid}
+    user["saved"] = d
+    d = {"id": fsuid, "name": n_fsuid} if n_fsuid is not None else {"id": fsuid}
+    d["group"] = {"id": fsgid, "name": n_fsgid} if n_fsgid is not None else {"id": fsgid}
+    user["filesystem"] = d
+    if auid != "unset":
+        user["audit"] = {"id": auid, "name": n_auid} if n_auid is not None else {"id": auid}
+        if n_auid is not None:
+            id_names["auid"] = n_auid
+    if n_uid is not None:
+        id_names["uid"] = n_uid
+    if selinux:
+        user["selinux"] = selinux
+    return user
+
+
+def _entity(value: str | None, key: str | None, group: bool, names: Names, enriched) -> tuple[str, str]:
     """An ECS entity (id, name) from a value that is an id, a name, or unset ("" = absent)."""
     if value is None or value in _UNSET_VALUES:
         return "", ""
     if value.isdigit():
-        return value, (names.of_id(key, value, group) or "")
+        return value, (names.of_id(key, value, group, enriched) or "")
     return (names.id_of(value, group) or ""), value
 
 
-def apply_entities(doc: dict, user: dict, norm, summary, data: dict, ids: dict, names: Names) -> None:
+def apply_entities(doc: dict, user: dict, norm, summary, data: dict, ids: dict, names: Names, enriched) -> None:
     """Fill user / user.effective / user.target / user.changes / group from the table's `users`
     mappings, then related.user."""
     related = None
@@ -116,7 +219,7 @@ def apply_entities(doc: dict, user: dict, norm, summary, data: dict, ids: dict, 
         else:
             value = ids.get(key)
         group = target == "group"
-        ent_id, ent_name = _entity(value, key, group, names)
+        ent_id, ent_name = _entity(value, key, group, names, enriched)
         if group:
             d = doc.get("group")
             if d is None:
@@ -179,27 +282,28 @@ def build_file(item: dict, enriched: dict | None, names: Names) -> dict:
             f["mode"] = f"{int(v, 8) & 0o777:04o}"
         except ValueError:
             pass
-    sub = Names(enriched, names.resolver)
     v = item.get("ouid")
     if v is not None:
         f["uid"] = v
-        owner = sub.of_id("ouid", v, False)
+        owner = _enriched_name(enriched, "OUID") if enriched is not None else None
+        if owner is None:
+            owner = names.lookup(v, False)
         if owner is not None:
             f["owner"] = owner
     v = item.get("ogid")
     if v is not None:
         f["gid"] = v
-        grp = sub.of_id("ogid", v, True)
+        grp = _enriched_name(enriched, "OGID") if enriched is not None else None
+        if grp is None:
+            grp = names.lookup(v, True)
         if grp is not None:
             f["group"] = grp
-    sel = None
-    for part in _CONTEXT_PARTS:
-        v = item.get("obj_" + part)
-        if v is not None:
-            if sel is None:
-                sel = {}
-            sel[part] = v
-    if sel is not None:
+    if "obj_user" in item or "obj_role" in item:
+        sel = {}
+        for part in _CONTEXT_PARTS:
+            v = item.get("obj_" + part)
+            if v is not None:
+                sel[part] = v
         f["selinux"] = sel
     return f
 
