@@ -23,12 +23,13 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = ["FileStat", "Checkpoint", "decide", "find_copy", "resume_plan", "rotated_siblings", "Tailer",
-           "DEFAULT_PATH", "FP_LEN"]
+           "DEFAULT_PATH", "FP_LEN", "follow"]
 
 DEFAULT_PATH = "/var/log/audit/audit.log"
 FP_LEN = 256
@@ -376,15 +377,20 @@ class Tailer:
             fol.open_next()
         return lines + self._read(fol)
 
-    def commit(self) -> None:
-        """Persist the position after the lines handed out so far (call once they are delivered)."""
-        if not self.state_file:
-            return
+    def snapshot(self) -> dict[str, dict]:
+        """The current positions (what ``commit`` would write), to commit later."""
         files = {}
         for name, fol in self.followers.items():
             cp = fol.checkpoint()
             if cp is not None:
                 files[name] = asdict(cp)
+        return files
+
+    def commit(self, snapshot: dict[str, dict] | None = None) -> None:
+        """Persist positions (now, or an earlier ``snapshot``) once the lines before them are delivered."""
+        if not self.state_file:
+            return
+        files = self.snapshot() if snapshot is None else snapshot
         tmp = f"{self.state_file}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -398,7 +404,7 @@ class Tailer:
             fol.close_all()
 
     def run(self, deliver: Callable[[str, list[str]], None], stop: threading.Event, interval: float = 0.25) -> None:
-        """Poll, deliver, checkpoint, until ``stop`` is set."""
+        """Poll, deliver, checkpoint, until ``stop`` is set (for consumers without reassembly)."""
         while not stop.is_set():
             batches = self.poll()
             for path, lines in batches:
@@ -407,3 +413,45 @@ class Tailer:
                 self.commit()
             else:
                 stop.wait(interval)
+
+
+def follow(tailer: Tailer, pipeline: Any, sink: Any, stop: threading.Event, interval: float = 0.25,
+           clock: Callable[[], float] = time.monotonic) -> None:
+    """Tail → ``pipeline`` → ``sink`` until ``stop``; then flush open events and checkpoint.
+
+    A checkpoint must not pass a record whose event is still open in the reassembler (a crash
+    would lose it). The reassembler emits events in the order they opened, so the position taken
+    after a poll is safe to commit once as many events were emitted as had been opened by then.
+    A restart may thus resend a few events (at-least-once), never skip one.
+    """
+    reasm = pipeline.reassembler
+    pending: deque[tuple[int, dict[str, dict]]] = deque()
+    tailer.commit()  # where we start is safe: a crash before the first safe point resumes here
+
+    def write_and_commit(docs: list) -> None:
+        if docs:
+            sink.write(docs)
+        safe = None
+        while pending and pending[0][0] <= reasm.events:
+            safe = pending.popleft()[1]
+        if safe is not None:
+            tailer.commit(safe)
+
+    while not stop.is_set():
+        batches = tailer.poll()
+        now = clock()
+        docs: list = []
+        for path, lines in batches:
+            docs += pipeline.feed_lines(lines, where=path, now=now)
+        if batches:
+            pending.append((reasm.events + reasm.in_flight, tailer.snapshot()))
+        docs += pipeline.tick(now)
+        write_and_commit(docs)
+        if not batches:
+            stop.wait(interval)
+    docs = pipeline.flush()
+    if docs:
+        sink.write(docs)
+    if hasattr(sink, "flush"):
+        sink.flush()
+    tailer.commit()
