@@ -24,6 +24,8 @@ def _register() -> None:
     main.add_command(parse_cmd.parse)
     from auditpipe.cli import serve_cmd; main.add_command(serve_cmd.serve)  # noqa: E702
     from auditpipe.cli import rules_cmd; main.add_command(rules_cmd.rules)  # noqa: E702
+    from auditpipe.cli import run_cmd; main.add_command(run_cmd.run)  # noqa: E702
+    from auditpipe.cli import status_cmd; main.add_command(status_cmd.status)  # noqa: E702
 
 
 _register()
