@@ -108,6 +108,11 @@ def build_user(ids: dict, names: Names, enriched: dict | None, selinux: dict | N
     Fills `id_names` (field → name) for the summary's actor."""
     if len(ids) == 9 and ids.keys() == _STD_KEYSET:
         return _build_std_user(ids, names, enriched, selinux, id_names)
+    return build_any_user(ids, names, enriched, selinux, id_names)
+
+
+def build_any_user(ids: dict, names: Names, enriched: dict | None, selinux: dict | None, id_names: dict) -> dict:
+    """build_user for any set of uid/gid fields (the general path)."""
     user: dict = {}
     lookup = names.lookup
     for k, v in ids.items():
@@ -166,9 +171,12 @@ def _build_std_user(ids, names, enriched, selinux, id_names):
         ids["fsgid"])
     key = (vals, tuple(enriched.values())) if enriched is not None else vals
     memo = names.identities
-    got = memo.get(key)
-    if got is None:
-        got = memo[key] = _std_names(ids, names, enriched)
+    hit = memo.get(key)
+    if hit is None:
+        got = _std_names(ids, names, enriched)
+        hit = memo[key] = (got, {k: n for k, n in zip(_STD_IDS, got) if n is not None})
+    got, named = hit
+    id_names.update(named)
     n_auid, n_uid, n_gid, n_euid, n_suid, n_fsuid, n_egid, n_sgid, n_fsgid = got
     user = {"id": uid, "name": n_uid} if n_uid is not None else {"id": uid}
     user["group"] = {"id": gid, "name": n_gid} if n_gid is not None else {"id": gid}
@@ -183,10 +191,6 @@ def _build_std_user(ids, names, enriched, selinux, id_names):
     user["filesystem"] = d
     if auid != "unset":
         user["audit"] = {"id": auid, "name": n_auid} if n_auid is not None else {"id": auid}
-        if n_auid is not None:
-            id_names["auid"] = n_auid
-    if n_uid is not None:
-        id_names["uid"] = n_uid
     if selinux:
         user["selinux"] = selinux
     return user

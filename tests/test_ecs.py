@@ -1,0 +1,407 @@
+"""`--format ecs`: auditbeat (Auditd Manager) conformance, go-libaudit summary conformance, our
+own corpora, and the normalization table's coverage.
+
+Deliberate differences from the peers are listed here, each with its reason; anything else
+that differs fails.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+
+import pytest
+from helpers import events_of_file, events_of_lines
+
+from auditpipe import tables
+from auditpipe.normalize.ecs import ECS_VERSION, make_ecs_normalizer
+from auditpipe.normalize.ecs_table import (
+    DEFAULT_SYSCALL_NORM, ECS_CATEGORIES, ECS_TYPES, RECORD_NORMS, SYSCALL_NORMS, load_table,
+)
+from auditpipe.normalize.idresolve import IdResolver
+from auditpipe.normalize.jsonl import dumps_line, loads
+
+from conftest import shared_path
+
+BEATS_FILES = ("auditlogin.log", "chown.log", "passwd.log", "setuid.log", "sudo.log")
+
+# Fields the golden files cannot hold: they are `BeatEvent.Fields` of the module's events, and
+# these are set outside them (the timestamp) or by the beat's publisher pipeline.
+AGENT_FIELDS = {
+    "@timestamp": "kept beside Fields by beats; checked on its own below",
+    "event.module": "added by the beats publisher pipeline",
+    "ecs.version": "added by the beats publisher pipeline",
+    "host.name": "added by beats' host processor (we set it from node=, absent in these logs)",
+}
+
+# (file, sequence, field) -> (ours, auditbeat's, why). None = the field is absent.
+BEATS_DIFFERENCES = {
+    ("chown.log", 263, "file.device"): (
+        "fd:02", "00:00",
+        "auditbeat copies the PATH record's rdev (the device a device node stands for, 00:00 for "
+        "every regular file); the device that holds the file is dev, as the kernel and auparse say"),
+    ("sudo.log", 436, "event.category"): (
+        ["iam"], "mac",
+        "auditbeat has no ECS categorization for USER_ROLE_CHANGE and falls back to its legacy "
+        "category string, which is not an ECS event.category value (nor an array)"),
+    ("sudo.log", 436, "event.type"): (
+        ["user", "change"], None, "as above: ECS categorization for a user's role change"),
+}
+for _seq in (431, 435, 462):
+    BEATS_DIFFERENCES[("sudo.log", _seq, "source.address")] = (
+        "127.0.0.1", None, "ECS source.address (the address as given) is filled beside source.ip")
+
+
+def flatten(doc: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in doc.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def beats_docs(name: str, **kw):
+    folder = shared_path("conformance", "beats-auditbeat")
+    resolver = IdResolver(passwd_file=str(folder / "passwd"), group_file=str(folder / "group"))
+    normalize = make_ecs_normalizer(resolver, include_raw=True, include_warnings=False, **kw)
+    events, _ = events_of_file(folder / name)
+    return [d for e in events for d in normalize(e)], json.loads((folder / f"{name}-expected.json").read_text())
+
+
+@pytest.mark.parametrize("name", BEATS_FILES)
+def test_auditbeat_golden_documents(name):
+    ours, expected = beats_docs(name)
+    by_seq = {d["auditd"]["sequence"]: d for d in ours}
+    assert len(by_seq) == len(ours) == len(expected)
+    for want in expected:
+        seq = want["auditd"]["sequence"]
+        got = flatten(by_seq[seq])
+        want = flatten(want)
+        for field in sorted(set(got) | set(want)):
+            if field in AGENT_FIELDS:
+                continue
+            diff = BEATS_DIFFERENCES.get((name, seq, field))
+            if diff is not None:
+                assert (got.get(field), want.get(field)) == diff[:2], (name, seq, field)
+                continue
+            assert got.get(field) == want.get(field), f"{name} #{seq} {field}"
+
+
+def test_auditbeat_differences_all_used():
+    """Every listed difference still occurs (a stale entry would hide a regression)."""
+    seen = set()
+    for name in BEATS_FILES:
+        ours, expected = beats_docs(name)
+        by_seq = {d["auditd"]["sequence"]: flatten(d) for d in ours}
+        for want in expected:
+            seq = want["auditd"]["sequence"]
+            w = flatten(want)
+            for (n, s, field) in BEATS_DIFFERENCES:
+                if n == name and s == seq and by_seq[seq].get(field) != w.get(field):
+                    seen.add((n, s, field))
+    assert seen == set(BEATS_DIFFERENCES)
+
+
+def test_agent_fields_and_timestamp():
+    ours, _ = beats_docs("chown.log")
+    (doc,) = ours
+    assert doc["@timestamp"] == "2021-01-19T21:24:24.740Z"  # audit(1611091464.740:263)
+    assert doc["event"]["module"] == "auditd"
+    assert doc["ecs"] == {"version": ECS_VERSION}
+    assert "host" not in doc
+
+
+def test_without_raw_there_is_no_original():
+    folder = shared_path("conformance", "beats-auditbeat")
+    events, _ = events_of_file(folder / "chown.log")
+    (doc,) = make_ecs_normalizer(None)(events[0])
+    assert "original" not in doc["event"]
+
+
+# ---------------------------------------------------------------------------- go-libaudit summary
+
+# (test name, part) -> (ours, go-libaudit's, why)
+LIBAUDIT_DIFFERENCES = {
+    ("make-device", "object.type"): (
+        "directory", "file",
+        "aucoalesce converts the raw st_mode to a Go os.FileMode, whose type bits differ, so every "
+        "path is a 'file'; mode 040755 is a directory (S_IFMT)"),
+    ("mount syscall", "object.type"): ("directory", "file", "as above"),
+    ("AVC_AppArmor", "category"): (
+        ["intrusion_detection", "file"], ["file"],
+        "our table categorizes AVC records (auditbeat has none and only the syscall's applies)"),
+    ("AVC_AppArmor_unlink", "category"): (["intrusion_detection", "file"], ["file"], "as above"),
+    ("AVC_AppArmor_unlink", "type"): (["info", "deletion"], ["deletion"], "as above"),
+    ("ANOM_PROMISCUOUS", "type"): (
+        ["info", "change"], ["info", "change", "info"],
+        "a record's and its syscall's categorizations are merged without repeating values"),
+    ("NETFILTER_CFG", "category"): (
+        ["configuration", "network"], ["configuration", "process"],
+        "the SYSCALL is setsockopt, which our table maps (network); aucoalesce's catch-all says process"),
+    ("getpeername syscall", "action"): ("checked-address-of", None, "our table maps getpeername"),
+    ("getpeername syscall", "category"): (["network"], ["process"], "as above"),
+    ("getpeername syscall", "object"): (
+        {"primary": "54.36.214.69", "secondary": "60192", "type": "socket"}, None, "as above: a socket object"),
+    ("getsockname syscall", "action"): ("checked-address-of", None, "our table maps getsockname"),
+    ("getsockname syscall", "category"): (["network"], ["process"], "as above"),
+    ("getsockname syscall", "object"): (
+        {"primary": "10.142.0.2", "secondary": "53989", "type": "socket"}, None, "as above: a socket object"),
+}
+
+
+def _libaudit_cases():
+    yaml = pytest.importorskip("yaml")
+    folder = shared_path("conformance", "go-libaudit", "aucoalesce", "testdata")
+    for path in sorted(folder.glob("*.yaml")):
+        tests = yaml.safe_load(path.read_text())["tests"]
+        golden = {t["test_name"]: t["event"] for t in json.loads(path.with_suffix(".json.golden").read_text())}
+        for name, text in tests.items():
+            if name in golden:
+                yield path.name, name, text, golden[name]
+
+
+def test_go_libaudit_summaries():
+    normalize = make_ecs_normalizer(None)
+    seen = set()
+    count = 0
+    for fname, name, text, gold in _libaudit_cases():
+        events, _ = events_of_lines([line for line in text.split("\n") if line.strip()])
+        (doc,) = [d for e in events for d in normalize(e)]
+        summary = doc["auditd"].get("summary", {})
+        ours = {
+            "action": doc["event"].get("action"), "category": doc["event"].get("category"),
+            "type": doc["event"].get("type"), "object": summary.get("object"), "how": summary.get("how"),
+            "actor": summary.get("actor"), "result": doc["auditd"]["result"],
+        }
+        gs = gold["summary"]
+        theirs = {
+            "action": gs.get("action"), "category": gold["ecs"]["event"].get("category"),
+            "type": gold["ecs"]["event"].get("type"), "object": gs.get("object") or None, "how": gs.get("how"),
+            "actor": gs.get("actor"), "result": gold.get("result"),
+        }
+        for part in ours:
+            o, t = ours[part], theirs[part]
+            key = (name, part)
+            if key in LIBAUDIT_DIFFERENCES:
+                assert (o, t) == LIBAUDIT_DIFFERENCES[key][:2], (fname, name, part)
+                seen.add(key)
+                continue
+            if part == "object" and o is not None and t is not None and (name, "object.type") in LIBAUDIT_DIFFERENCES:
+                want = dict(t, type=LIBAUDIT_DIFFERENCES[(name, "object.type")][0])
+                assert o == want, (fname, name)
+                seen.add((name, "object.type"))
+                continue
+            assert o == t, (fname, name, part)
+        count += 1
+    assert count >= 25
+    assert seen == set(LIBAUDIT_DIFFERENCES)
+
+
+# ---------------------------------------------------------------------------- our corpora
+
+
+@pytest.fixture(scope="module")
+def enriched_docs():
+    events, _ = events_of_file(shared_path("corpus", "enriched.log"))
+    normalize = make_ecs_normalizer(IdResolver(enabled=False), include_warnings=True)
+    return [d for e in events for d in normalize(e)]
+
+
+@pytest.fixture(scope="module")
+def raw_docs():
+    events, _ = events_of_file(shared_path("corpus", "raw-node.log"))
+    normalize = make_ecs_normalizer(IdResolver(enabled=False), extra_tags=("corpus",))
+    return [d for e in events for d in normalize(e)]
+
+
+def _execs(docs):
+    return [d for d in docs if d["event"].get("action") == "executed" and d["event"]["outcome"] == "success"]
+
+
+@pytest.mark.parametrize("which", ["enriched_docs", "raw_docs"])
+def test_execve_args_exact(which, request):
+    docs = request.getfixturevalue(which)
+    odd = [d for d in _execs(docs) if d["process"]["args"][:2] == ["/bin/true", "arg with spaces"]]
+    assert len(odd) == 3
+    for i, d in enumerate(sorted(odd, key=lambda d: d["process"]["args"][2]), 1):
+        assert d["process"]["args"] == ["/bin/true", "arg with spaces", str(i), "ünïcödé", "tab\there", 'quote"d']
+        assert d["process"]["args_count"] == 6
+        assert d["auditd"]["data"]["argc"] == "6"
+        assert d["process"]["executable"] == "/usr/bin/true"
+        assert d["file"]["path"] == "/bin/true"
+        assert d["event"]["category"] == ["process"] and d["event"]["type"] == ["start"]
+        assert d["tags"][0] == "exec"
+    many = [d for d in _execs(docs) if d["process"]["args"][0] == "echo" and d["process"]["args_count"] == 301]
+    assert len(many) == 1 and all(a == "x" * 50 for a in many[0]["process"]["args"][1:])
+    # arguments over the kernel's buffer arrive as aN[0], aN[1], ... and are joined again
+    long = [d for d in _execs(docs) if d["process"]["args"][0] == "/bin/true"
+            and any(len(a) >= 9000 for a in d["process"]["args"])]
+    assert long and all(set(a) == {"a"} and len(a) == 9000 for a in long[0]["process"]["args"][1:])
+
+
+@pytest.mark.parametrize("which", ["enriched_docs", "raw_docs"])
+def test_connect_has_destination(which, request):
+    docs = request.getfixturevalue(which)
+    conns = [d for d in docs if d["event"].get("action") == "connected-to"]
+    inet = [d for d in conns if "ip" in d.get("destination", {})]
+    assert {d["destination"]["ip"] for d in inet} >= {"127.0.0.1", "::1"}
+    d = next(d for d in inet if d["destination"]["ip"] == "::1")
+    assert d["destination"]["port"] == 9 and d["network"]["direction"] == "egress"
+    assert d["event"]["outcome"] == "failure" and d["auditd"]["data"]["exit"] == "ECONNREFUSED"
+    assert d["auditd"]["data"]["socket"] == {"family": "inet6", "addr": "::1", "port": "9"}
+    assert d["auditd"]["summary"]["object"] == {"primary": "::1", "secondary": "9", "type": "socket"}
+    assert d["event"]["category"] == ["network"] and d["event"]["type"] == ["connection", "start"]
+    unix = [d for d in conns if "path" in d.get("destination", {})]
+    assert unix and all(d["destination"]["address"] == d["destination"]["path"] for d in unix)
+    accepted = [d for d in docs if d["event"].get("action") == "accepted-connection-from"]
+    assert accepted and all(d["network"]["direction"] == "ingress" and "ip" in d["source"] for d in accepted)
+
+
+@pytest.mark.parametrize("which", ["enriched_docs", "raw_docs"])
+def test_failed_open(which, request):
+    docs = request.getfixturevalue(which)
+    failed = [d for d in docs if d["event"].get("action") == "opened-file" and d["event"]["outcome"] == "failure"]
+    paths = {d["file"]["path"] for d in failed}
+    assert {"/etc/shadow", "/root/secret", "/etc/sudoers"} <= paths
+    for d in failed:
+        assert d["auditd"]["result"] == "fail"
+        assert d["auditd"]["data"]["exit"] in ("EACCES", "EPERM")
+        assert d["tags"][0] == "access"
+        assert d["event"]["category"] == ["file"]
+
+
+def test_host_name_from_node(raw_docs, enriched_docs):
+    assert all(d["host"] == {"name": "web-01.example.com"} for d in raw_docs)
+    assert not any("host" in d for d in enriched_docs)
+
+
+def test_tags_are_rule_keys(raw_docs):
+    keys = {d["tags"][0] for d in raw_docs if len(d["tags"]) > 1}
+    assert {"exec", "access", "identity", "external-access", "perm_mod", "filedel", "setid", "mount",
+            "kill9"} <= keys
+    assert all(d["tags"][-1] == "corpus" for d in raw_docs)  # extra_tags come after the keys
+
+
+def test_enriched_names_win(enriched_docs):
+    """Names auditd wrote are used with resolution off; `unknown(N)` is not a name."""
+    cmd = [d for d in enriched_docs if d["auditd"]["message_type"] == "user_cmd"]
+    assert cmd and all(d["user"]["name"] == "corpususer" and d["user"]["id"] == "1001" for d in cmd)
+    assert all("name" not in d["user"]["audit"] for d in cmd)  # AUID="unknown(5000)"
+    groups = [d for d in enriched_docs if d["auditd"]["message_type"] == "del_group" and "id" in d.get("group", {})]
+    assert any(d["group"] == {"id": "1002", "name": "corpusgrp"} for d in groups)
+    files = [d["file"] for d in enriched_docs if "uid" in d.get("file", {})]
+    assert files and all(f["owner"] == "root" for f in files if f["uid"] == "0")
+    assert all(f["group"] == "root" for f in files if f["gid"] == "0")
+    assert any(f["group"] == "shadow" for f in files)
+
+
+def test_unset_ids(enriched_docs):
+    start = next(d for d in enriched_docs if d["auditd"]["message_type"] == "daemon_start")
+    assert start["auditd"]["summary"]["actor"]["primary"] == "unset"
+    assert "session" not in start["auditd"]  # ses=4294967295
+    assert "audit" not in start["user"]
+
+
+def test_every_corpus_event_is_normalized(enriched_docs):
+    for d in enriched_docs:
+        assert d["event"].get("action"), d["auditd"]["message_type"]
+        assert set(d["event"]["category"]) <= ECS_CATEGORIES and set(d["event"]["type"]) <= ECS_TYPES
+        assert "no normalization found for event" not in d["auditd"].get("warnings", ())
+        dumps_line(d)
+
+
+def test_documents_survive_json(raw_docs):
+    for d in raw_docs:
+        assert loads(dumps_line(d)) == d
+
+
+# ---------------------------------------------------------------------------- table coverage
+
+# Every syscall go-libaudit's normalizations name (facts: the names, not their table).
+ELASTIC_SYSCALLS = """
+creat fallocate truncate ftruncate open openat readlink readlinkat read write setxattr fsetxattr
+lsetxattr removexattr fremovexattr lremovexattr chmod fchmod fchmodat chown fchown fchownat lchown
+finit_module init_module delete_module mkdir mkdirat mount rename renameat renameat2 access faccessat
+fstatat newfstatat stat stat64 fstat lstat getxattr lgetxattr fgetxattr statfs fstatfs symlink
+symlinkat umount umount2 rmdir unlink unlinkat utime utimes futimesat futimens utimensat execve
+execveat listen accept accept4 bind connect recv recvfrom recvmsg recvmmsg send sendto sendmsg
+sendmmsg kill tkill tgkill setuid seteuid setfsuid setreuid setgid setegid setfsgid setregid
+setresuid setresgid settimeofday clock_settime stime adjtimex mknod mknodat sethostname
+setdomainname mmap mmap2 brk sched_setparam sched_setscheduler sched_setattr link linkat
+""".split()
+
+_TYPE_RE = re.compile(rb"^(?:node=\S+ )?type=([A-Z_0-9]+) ", re.M)
+_SYSCALL_RE = re.compile(rb"^(?:node=\S+ )?type=SYSCALL .*? arch=([0-9a-f]+) syscall=(\d+) ", re.M)
+
+
+def _corpus_facts():
+    folder = shared_path("corpus")
+    types, syscalls = set(), set()
+    for path in sorted(folder.glob("*.log")) + [folder / "bench.log.gz"]:
+        data = path.read_bytes()
+        if path.suffix == ".gz":
+            data = gzip.decompress(data)
+        types.update(m.decode() for m in set(_TYPE_RE.findall(data)))
+        for arch, num in set(_SYSCALL_RE.findall(data)):
+            syscalls.add(tables.syscall_name(int(arch, 16), int(num)))
+    return types, syscalls
+
+
+def test_corpus_syscalls_and_types_have_specific_actions():
+    types, syscalls = _corpus_facts()
+    assert {"SYSCALL", "EXECVE", "USER_LOGIN", "ANOM_ABEND"} <= types and {"execve", "connect"} <= syscalls
+    for name in sorted(syscalls):
+        norm = SYSCALL_NORMS.get(name)
+        assert norm is not None and norm is not DEFAULT_SYSCALL_NORM and norm.action, name
+    for t in sorted(types - {"SYSCALL"}):
+        assert t in RECORD_NORMS and RECORD_NORMS[t][-1].action, t
+
+
+def test_table_covers_elastic_and_every_record_type():
+    assert set(ELASTIC_SYSCALLS) <= set(SYSCALL_NORMS)
+    for num, name in tables.RECORD_TYPE_NAMES.items():
+        if name == "SYSCALL" or (1000 <= num < 1100 and name not in ("USER", "LOGIN")):
+            continue  # netlink control messages never reach a log
+        assert name in RECORD_NORMS, name
+
+
+def test_table_rejects_bad_ecs_values(tmp_path):
+    from auditpipe.normalize.ecs_table import DATA
+
+    (tmp_path / "records.toml").write_text((DATA / "records.toml").read_text())
+    good = (DATA / "syscalls.toml").read_text()
+    (tmp_path / "syscalls.toml").write_text(good.replace('category = ["file"]', 'category = ["files"]', 1))
+    with pytest.raises(ValueError, match="not an ECS event.category"):
+        load_table(tmp_path)
+    (tmp_path / "syscalls.toml").write_text(good + '\n[[syscall]]\nnames = ["open"]\naction = "x"\ncategory = ["file"]\ntype = ["info"]\n')
+    with pytest.raises(ValueError, match="listed twice"):
+        load_table(tmp_path)
+
+
+# ---------------------------------------------------------------------------- fast paths
+
+
+def test_fast_paths_agree_with_general_ones():
+    """The SYSCALL fast paths give exactly what the general code gives, on every corpus event."""
+    from auditpipe.normalize import ecs_walk
+    from auditpipe.normalize.ecs_fields import Names, build_any_user, build_user
+
+    names = Names(IdResolver(enabled=False))
+    checked = 0
+    for name in ("enriched.log", "raw-node.log"):
+        events, _ = events_of_file(shared_path("corpus", name))
+        for e in events:
+            for r in e.records:
+                if r.type != "SYSCALL":
+                    continue
+                fast = ecs_walk.walk_main(r.fields, r.type_num)
+                assert fast == ecs_walk._walk_any(r.fields, r.type_num)
+                ids, selinux = fast[1], fast[6]
+                a, b = {}, {}
+                assert build_user(ids, names, r.enriched, selinux, a) == build_any_user(ids, names, r.enriched, selinux, b)
+                assert a == b
+                checked += 1
+    assert checked > 1500
