@@ -197,3 +197,27 @@ def test_throughput_raw_bench_corpus(tmp_path, capsys):
     with capsys.disabled():
         print(f"\nshipper→receiver raw: {len(lines)} records in {dt:.1f}s = {len(lines) / dt:,.0f} records/s")
     assert sink.shipper.sent_events == len(lines)
+
+
+def test_mutual_tls_client_certificate(tmp_path):
+    srv_cert, srv_key = _cert(tmp_path)
+    cli_cert, cli_key = str(tmp_path / "cc.pem"), str(tmp_path / "ck.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", cli_key, "-out", cli_cert,
+                    "-days", "2", "-subj", "/CN=shipper", "-addext", "basicConstraints=critical,CA:TRUE",
+                    "-addext", "keyUsage=digitalSignature,keyCertSign"],
+                   check=True, capture_output=True)
+    out = tmp_path / "recv.jsonl"
+    ctx = make_ssl_context(srv_cert, srv_key, client_ca=cli_cert)
+    with ThreadedReceiver(out, ssl_context=ctx) as rx:
+        url = f"https://127.0.0.1:{rx.port}/"
+        good = open_sink({"type": "http", "url": url, "ca_file": srv_cert, "client_cert": cli_cert,
+                          "client_key": cli_key, "max_wait": 0.05, "queue_dir": str(tmp_path / "q1")})
+        good.write([{"id": "m"}])
+        good.close(drain_timeout=10)
+        assert good.shipper.sent_events == 1
+        anon = open_sink({"type": "http", "url": url, "ca_file": srv_cert, "max_wait": 0.05,
+                          "backoff_initial": 0.05, "queue_dir": str(tmp_path / "q2")})
+        anon.write([{"id": "n"}])
+        anon.close(drain_timeout=0.5)
+        assert anon.shipper.sent_events == 0 and anon.queue.pending == 1
+    assert [d["id"] for d in docs_in(out)] == ["m"]
