@@ -405,3 +405,130 @@ def test_fast_paths_agree_with_general_ones():
                 assert a == b
                 checked += 1
     assert checked > 1500
+
+
+# ---------------------------------------------------------------------------- hand-made events
+
+SYSCALL_HEAD = ("type=SYSCALL msg=audit(1700000000.123:{seq}): arch=c000003e syscall={nr} success={ok} exit={exit} "
+                "a0={a0} a1=0 a2=0 a3=0 items={items} ppid=1 pid=42 auid=1000 uid=0 gid=0 euid=0 suid=0 fsuid=0 "
+                "egid=0 sgid=0 fsgid=0 tty=pts0 ses=3 comm=\"{comm}\" exe=\"{exe}\" key={key}")
+
+
+def one_doc(lines, **kw):
+    events, _ = events_of_lines(lines)
+    docs = [d for e in events for d in make_ecs_normalizer(kw.pop("resolver", None), **kw)(e)]
+    assert len(docs) == 1
+    return docs[0]
+
+
+def syscall_line(seq=1, nr=59, ok="yes", exit="0", a0="0", items=0, comm="x", exe="/usr/bin/x", key='"k"'):
+    return SYSCALL_HEAD.format(seq=seq, nr=nr, ok=ok, exit=exit, a0=a0, items=items, comm=comm, exe=exe, key=key)
+
+
+def test_exit_group_has_exit_code():
+    d = one_doc([syscall_line(nr=231, a0="fffffffffffffffe")])
+    assert d["event"]["action"] == "exited" and d["process"]["exit_code"] == -2
+    d = one_doc([syscall_line(nr=231, a0="3")])
+    assert d["process"]["exit_code"] == 3
+    assert "exit_code" not in one_doc([syscall_line(nr=59)])["process"]
+
+
+def test_interpreter_how_is_the_command_name():
+    d = one_doc([syscall_line(nr=2, comm="myscript", exe="/usr/bin/python3.11")])
+    assert d["auditd"]["summary"]["how"] == "myscript"
+    d = one_doc([syscall_line(nr=2, comm="cat", exe="/usr/bin/cat")])
+    assert d["auditd"]["summary"]["how"] == "/usr/bin/cat"
+
+
+def test_directory_object_type_from_st_mode():
+    d = one_doc([
+        syscall_line(nr=83, items=2, exe="/usr/bin/mkdir", comm="mkdir"),
+        'type=PATH msg=audit(1700000000.123:1): item=0 name="/tmp" inode=1 dev=00:1f mode=041777 ouid=0 ogid=0 '
+        'rdev=00:00 nametype=PARENT',
+        'type=PATH msg=audit(1700000000.123:1): item=1 name="/tmp/d" inode=2 dev=00:1f mode=040755 ouid=0 ogid=0 '
+        'rdev=00:00 nametype=CREATE',
+    ])
+    assert d["event"]["action"] == "created-directory"
+    assert d["auditd"]["summary"]["object"] == {"primary": "/tmp/d", "type": "directory"}
+    assert d["file"]["path"] == "/tmp/d" and d["file"]["mode"] == "0755" and d["file"]["device"] == "00:1f"
+    assert len(d["auditd"]["paths"]) == 2 and "items" not in d["auditd"]["data"]
+
+
+def test_multiple_rule_keys_and_extra_tags():
+    key = "exec\x01detect".encode().hex().upper()
+    d = one_doc([syscall_line(key=key)], extra_tags=("prod",))
+    assert d["tags"] == ["exec", "detect", "prod"]
+    d = one_doc([syscall_line(key="(null)")])
+    assert "tags" not in d
+
+
+def test_record_about_a_syscall_merges_categories_and_keys():
+    d = one_doc([
+        "type=CONFIG_CHANGE msg=audit(1700000000.123:9): auid=1000 ses=3 op=add_rule key=\"exec\" list=4 res=1",
+        syscall_line(seq=9, nr=44, key="(null)", exe="/usr/sbin/auditctl", comm="auditctl"),
+        "type=PROCTITLE msg=audit(1700000000.123:9): proctitle=617564697463746C002D6C",
+    ])
+    assert d["auditd"]["message_type"] == "config_change"
+    assert d["event"]["action"] == "changed-audit-configuration"
+    assert d["event"]["category"] == ["process", "configuration", "network"]
+    assert d["event"]["type"] == ["change", "connection", "info"]
+    assert d["tags"] == ["exec"]
+    assert d["auditd"]["data"]["op"] == "add_rule" and d["auditd"]["data"]["syscall"] == "sendto"
+    assert d["auditd"]["summary"]["object"]["primary"] == "add_rule"
+    assert d["process"]["title"] == "auditctl -l" and d["process"]["pid"] == 42
+
+
+def test_avc_variants():
+    apparmor = one_doc(['type=AVC msg=audit(1700000000.123:5): apparmor="DENIED" operation="open" '
+                        'profile="/usr/sbin/cupsd" name="/etc/ssl/x" pid=9 comm="cupsd" requested_mask="r" '
+                        'denied_mask="r" fsuid=0 ouid=0'])
+    assert apparmor["event"]["action"] == "violated-apparmor-policy"
+    assert apparmor["auditd"]["summary"]["object"] == {"primary": "open", "secondary": "r", "type": "policy"}
+    selinux = one_doc(["type=AVC msg=audit(1700000000.123:6): avc:  denied  { read } for  pid=9 comm=\"cat\" "
+                       "name=\"shadow\" scontext=user_u:user_r:user_t:s0 tcontext=system_u:object_r:shadow_t:s0 "
+                       "tclass=file permissive=0"])
+    assert selinux["event"]["action"] == "violated-selinux-policy"
+    assert selinux["auditd"]["summary"]["actor"]["primary"] == "user_u:user_r:user_t:s0"
+    assert selinux["auditd"]["summary"]["object"]["secondary"] == "file"
+
+
+def test_unknown_record_type_and_warnings():
+    d = one_doc(["type=UNKNOWN[1999] msg=audit(1700000000.123:7): foo=bar"], include_warnings=True)
+    assert "action" not in d["event"] and "category" not in d["event"]
+    assert d["auditd"]["data"] == {"foo": "bar"}
+    assert d["auditd"]["warnings"] == ["no normalization found for event"]
+    d = one_doc([syscall_line(nr=1)], include_warnings=True)  # write, but no PATH record
+    assert d["auditd"]["warnings"] == ["path message not found"]
+    assert "warnings" not in one_doc([syscall_line(nr=1)])["auditd"]
+
+
+def test_unknown_syscall_is_categorized_like_auditbeat():
+    d = one_doc([syscall_line(nr=39)])  # getpid: not in the table
+    assert "action" not in d["event"]
+    assert d["event"]["category"] == ["process"] and d["event"]["type"] == ["info"]
+    assert d["auditd"]["data"]["syscall"] == "getpid"
+
+
+def test_user_message_without_closing_quote():
+    d = one_doc(["type=SERVICE_START msg=audit(1700000000.123:8): pid=1 uid=0 auid=4294967295 ses=4294967295 "
+                 "msg='unit=rsyslog comm=\"systemd\" exe=\"/lib/systemd/systemd\" hostname=? addr=? terminal=? res=success"])
+    assert d["event"]["outcome"] == "success"
+    assert d["auditd"]["summary"]["object"] == {"primary": "rsyslog", "type": "service"}
+    assert d["event"]["type"] == ["start"]
+
+
+def test_resolver_names_and_related_user(tmp_path):
+    (tmp_path / "passwd").write_text("root:x:0:0::/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n")
+    (tmp_path / "group").write_text("root:x:0:\nalice:x:1000:\n")
+    resolver = IdResolver(passwd_file=str(tmp_path / "passwd"), group_file=str(tmp_path / "group"))
+    line = ("type=USER_AUTH msg=audit(1700000000.123:3): pid=5 uid=0 auid=1000 ses=2 msg='op=PAM:authentication "
+            "acct=\"alice\" exe=\"/usr/bin/su\" hostname=? addr=? terminal=pts/0 res=failed'")
+    d = one_doc([line], resolver=resolver)
+    assert d["user"]["id"] == "1000" and d["user"]["name"] == "alice"
+    assert "effective" not in d["user"]  # acct alice is the user: auditbeat drops the repeat
+    assert d["related"] == {"user": ["alice"]}
+    assert d["auditd"]["summary"]["actor"] == {"primary": "alice", "secondary": "alice"}
+    assert d["event"]["outcome"] == "failure" and d["auditd"]["result"] == "fail"
+    d = one_doc([line])  # no resolver: ids, and the names the record holds
+    assert "name" not in d["user"] and d["user"]["effective"] == {"name": "alice"}
+    assert d["related"] == {"user": ["alice"]}

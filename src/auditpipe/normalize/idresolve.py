@@ -5,8 +5,8 @@ Two sources:
   forensics; lookups are plain dict gets.
 - this host (pwd/grp, i.e. NSS): answers are cached for `ttl` seconds, failures too (for
   `negative_ttl`), so a busy uid costs one dict get. NSS may be LDAP/SSSD and hang, so a miss
-  is looked up in a worker thread and waited for at most `timeout` seconds; if it is slower the
-  caller gets None ("unknown") now and the answer lands in the cache for the next event.
+  is looked up in a worker thread and waited for at most `timeout` seconds, once; if it is
+  slower, callers get None ("unknown") without waiting until the answer lands in the cache.
 
 `enabled=False` resolves nothing (names then come only from ENRICHED input).
 """
@@ -169,11 +169,13 @@ class IdResolver:
     def _miss(self, cache: _Cache, key: str, now: float) -> str | None:
         with self._lock:
             fut = cache.pending.get(key)
-            if fut is None:
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="auditpipe-idresolve")
-                fut = self._executor.submit(self._resolve, cache, key)
-                cache.pending[key] = fut
+            if fut is not None:
+                # already asked and still slow: do not wait again, one stall per lookup is enough
+                return fut.result() if fut.done() else None
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="auditpipe-idresolve")
+            fut = self._executor.submit(self._resolve, cache, key)
+            cache.pending[key] = fut
         try:
             return fut.result(timeout=self.timeout)
         except TimeoutError:
