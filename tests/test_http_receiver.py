@@ -180,6 +180,30 @@ def test_bad_lines_counted_and_reported(tmp_path):
     assert "not JSON" in reasons
 
 
+def test_parser_exception_costs_one_line(tmp_path, monkeypatch):
+    good = corpus_lines()[:3]
+
+    async def go():
+        async with Server(tmp_path) as s, httpx.AsyncClient() as c:
+            def make(on_reject):
+                p = factory()(on_reject)
+                real = p.feed_line
+
+                def feed_line(line, where="-", now=None):
+                    if "BOOM" in line:
+                        raise ValueError("parser bug")
+                    return real(line, where, now)
+                p.feed_line = feed_line
+                return p
+            s.receiver.pipeline_factory = make
+            r = await c.post(s.url, content=fluent_body([good[0], "BOOM", good[1], good[2]]))
+            return r.status_code, r.json()
+
+    status, j = run(go())
+    assert status == 200 and j["rejected"] == 1 and j["accepted"] == 3
+    assert "parser bug" in j["errors"][0]["reason"]
+
+
 @pytest.mark.parametrize("body,ctype,why", [
     (b"[1, 2", "application/json", "array"),
     (b"{nope\n{also nope", "application/x-ndjson", "JSON"),

@@ -341,8 +341,15 @@ class Receiver:
             s = self._sender(peer)
             s.last_seen = time.monotonic()
             before = s.pipeline.counters.rejects
-            docs += s.pipeline.feed_lines(raw, where=peer, now=s.last_seen)
-            bad = s.pipeline.counters.rejects - before
+            crashed = 0
+            feed, now = s.pipeline.feed_line, s.last_seen
+            for i, line in enumerate(raw, 1):
+                try:
+                    docs += feed(line, f"{peer}:{i}", now)
+                except Exception as e:  # a parser bug must cost one line, not the request
+                    crashed += 1
+                    s.errors.append((f"{peer}:{i}", f"internal error: {type(e).__name__}: {e}"))
+            bad = s.pipeline.counters.rejects - before + crashed
             rejected += bad
             for where, reason in s.errors[:max(0, MAX_ERRORS_REPORTED - len(report))]:
                 report.append({"line": where, "reason": reason})
