@@ -57,6 +57,11 @@ def test_delete_missing_rule_and_add_duplicate(audit_state):  # noqa: F811
     with pytest.raises(AuditNetlinkError, match="already loaded"):
         nl.add_rule(item.data)
     assert nl.delete_all_rules() == 1 and nl.list_rules() == []
+    # a compiled "-S all" rule (kernel mask form) deletes the loaded rule
+    (every,) = compile_rules(f"-a never,exit -S all -F pid={os.getpid()} -F key=auditpipe-nl")
+    nl.add_rule(every.data)
+    nl.delete_rule(every.data)
+    assert nl.list_rules() == []
 
 
 CHILD = """

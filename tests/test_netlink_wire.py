@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+import time
 
 import pytest
 
@@ -171,6 +172,12 @@ class ScriptedSocket:
     def fileno(self):
         return self.a.fileno()
 
+    def gettimeout(self):
+        return self.a.gettimeout()
+
+    def settimeout(self, t):
+        self.a.settimeout(t)
+
     def recv(self, n, flags=0):
         if self.enobufs:
             self.enobufs -= 1
@@ -196,6 +203,19 @@ def test_receiver_filters_types_counts_enobufs_and_drains():
     assert (r.enobufs, r.replace_pings, r.messages) == (1, 1, 3)
     assert list(r.recv_messages(timeout=0)) == []  # nothing queued: returns at once
     r.close()
+    r.close()
+
+
+def test_receiver_does_not_wait_on_a_socket_timeout():
+    """A request on the receiving socket (registration) leaves a timeout set; draining must
+    still return as soon as the queue is empty, not after that timeout."""
+    s = ScriptedSocket()
+    s.a.settimeout(5)
+    s.b.send(wire.pack_nlmsg(1300, b"audit(1.0:1): a", flags=0, count_padding=False))
+    r = AuditReceiver(s, "unicast", 1 << 20)
+    t0 = time.monotonic()
+    assert len(list(r.recv_messages(timeout=1))) == 1
+    assert time.monotonic() - t0 < 0.5
     r.close()
 
 

@@ -319,10 +319,14 @@ class AuditReceiver:
         ms = -1 if timeout is None else max(0, int(timeout * 1000))
         if not self._poll.poll(ms):
             return
+        if self._sock.gettimeout() != 0.0:
+            # a socket timeout (left by a request on this socket) would make recv() wait
+            # for data despite MSG_DONTWAIT: Python polls first. Non-blocking it is.
+            self._sock.settimeout(0.0)
         while n < max_messages:
             try:
                 data = self._sock.recv(_RECV_SIZE, socket.MSG_DONTWAIT)
-            except (BlockingIOError, TimeoutError):  # TimeoutError: socket has a timeout set
+            except BlockingIOError:
                 return
             except InterruptedError:
                 continue
