@@ -349,7 +349,7 @@ def _located(msg: str, name: str, text: str) -> ConfigError:
     elif _MISSING.search(msg):
         msg = f"missing required option `{_MISSING.search(msg).group(1)}`"
     msg = msg.replace(" | null", "").replace("Expected", "expected").replace(
-        "Invalid enum value", "invalid value")
+        "Invalid enum value", "invalid value").replace("Invalid value", "invalid value")
     msg += _hint(parts)
     line = _find_line(text, parts) if text else None
     return ConfigError(msg, name, line, _where(parts))
@@ -359,6 +359,8 @@ def _hint(parts: list) -> str:
     """The allowed values, for the options whose type is a choice."""
     if len(parts) < 2 or not isinstance(parts[-1], str):
         return ""
+    if parts[0] == "outputs" and parts[-1] == "type":
+        return " (one of: file, stdout, http)"
     table = {"kernel": KernelConfig, "normalize": NormalizeConfig, "source": SourceConfig,
              "rules": RulesConfig}.get(str(parts[0]))
     if table is None:
