@@ -130,10 +130,20 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
     include_raw: event.original holds the event's lines as read.
     include_warnings: auditd.warnings lists what could not be normalized.
     extra_tags: appended to tags (after the rule keys).
+
+    Documents share some values with each other and with the event's records (the per-kind
+    event.category/type lists, PATH field dicts that needed no change): treat them as read-only.
     """
     extra_tags = list(extra_tags)
     names = Names(resolver)
     names_tick = names.tick
+    # closure cells: cheaper than module globals on the hot path
+    SYSCALL, PATH, EXECVE, CWD, PROCTITLE, SOCKADDR, EOE, LOGIN = (
+        _SYSCALL, _PATH, _EXECVE, _CWD, _PROCTITLE, _SOCKADDR, _EOE, _LOGIN)
+    drop = DROP
+    record_norms = RECORD_NORMS
+    path_fields = _path_fields
+    lower: dict[str, str] = {}
 
     def normalize(event) -> list[dict]:
         warnings = [] if include_warnings else None
@@ -142,11 +152,11 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
         syscall = None
         for r in recs:
             t = r.type_num
-            if t == _EOE:
+            if t == EOE:
                 continue
             if first is None:
                 first = r
-            if t == _SYSCALL:
+            if t == SYSCALL:
                 syscall = r
                 break
         if first is None:  # only EOE: nothing but the fact that an event happened
@@ -156,7 +166,7 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
 
         # -- the main record: who, how, result ---------------------------------------------------
         fields = main.fields
-        if main.type_num == _LOGIN and "text" in fields:
+        if main.type_num == LOGIN and "text" in fields:
             fields = _login_fields(main)
         data, ids, proc, session, result, tags, selinux = walk_main(fields, main.type_num)
 
@@ -183,31 +193,32 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
             if r is main:
                 continue
             t = r.type_num
-            f = r.fields
-            if t == _PATH:
+            if t == PATH:
                 if paths is None:
-                    paths = []
-                    path_recs = []
-                paths.append(_path_fields(f))
-                path_recs.append(r)
-            elif t == _EXECVE:
+                    paths = [path_fields(r.fields)]
+                    path_recs = [r]
+                else:
+                    paths.append(path_fields(r.fields))
+                    path_recs.append(r)
+            elif t == EXECVE:
                 if execs is None:
-                    execs = []
-                execs.append(r)
-            elif t == _CWD:
-                v = f.get("cwd")
-                if v is not None and v not in DROP:
+                    execs = [r]
+                else:
+                    execs.append(r)
+            elif t == CWD:
+                v = r.fields.get("cwd")
+                if v is not None and v not in drop:
                     proc["cwd"] = v
-            elif t == _PROCTITLE:
-                v = f.get("proctitle")
+            elif t == PROCTITLE:
+                v = r.fields.get("proctitle")
                 if v is not None:  # NUL-separated arguments, as proctitle_argv reads them
                     proc["proctitle"] = v.rstrip("\0").replace("\0", " ")
-            elif t == _SOCKADDR:
-                v = f.get("saddr")
+            elif t == SOCKADDR:
+                v = r.fields.get("saddr")
                 if v is not None:
                     sock = decode_sockaddr(v)
                     data["socket"] = {k: str(x) for k, x in sock.items()}
-            elif t != _EOE:
+            elif t != EOE:
                 tags = merge_fields(r, data, ids, r is special, tags, warnings)
         if execs is not None:
             argc, argv = execve_args(execs, execve_argv)
@@ -224,7 +235,7 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
             category = norm.category
             etype = norm.type
         else:
-            variants = RECORD_NORMS.get(kind.type)
+            variants = record_norms.get(kind.type)
             norm = None
             if variants is not None:
                 for n in variants:
@@ -244,10 +255,13 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
                     etype = etype + [c for c in sc_norm.type if c not in etype]
 
         # -- the document --------------------------------------------------------------------------
-        outcome = "failure" if result == "fail" else result
-        ev = {"kind": "event", "module": "auditd", "outcome": outcome}
+        ev = {"kind": "event", "module": "auditd", "outcome": "failure" if result == "fail" else result}
         doc = {"@timestamp": iso_timestamp(event.sec, event.msec), "event": ev}
-        auditd = {"message_type": kind.type.lower(), "sequence": event.serial, "result": result, "data": data}
+        ktype = kind.type
+        mtype = lower.get(ktype)
+        if mtype is None:
+            mtype = lower[ktype] = ktype.lower()
+        auditd = {"message_type": mtype, "sequence": event.serial, "result": result, "data": data}
         doc["auditd"] = auditd
         if session != "unset":
             auditd["session"] = session
@@ -266,21 +280,20 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
             if norm.action:
                 ev["action"] = norm.action
             summ = {}
-            actor = {}
             v = s.actor_primary
-            if v is not None:
-                if v.isdigit():
-                    k = s.actor_primary_key
-                    v = id_names.get(k) or (None if k in ids else names.of_id(k, v, False, enriched)) or v
-                actor["primary"] = v
-            v = s.actor_secondary
-            if v is not None:
-                if v.isdigit():
-                    k = s.actor_secondary_key
-                    v = id_names.get(k) or (None if k in ids else names.of_id(k, v, False, enriched)) or v
-                actor["secondary"] = v
-            if actor:
-                summ["actor"] = actor
+            v2 = s.actor_secondary
+            if v is not None or v2 is not None:
+                actor = summ["actor"] = {}
+                if v is not None:
+                    if v.isdigit():
+                        k = s.actor_primary_key
+                        v = id_names.get(k) or (None if k in ids else names.of_id(k, v, False, enriched)) or v
+                    actor["primary"] = v
+                if v2 is not None:
+                    if v2.isdigit():
+                        k = s.actor_secondary_key
+                        v2 = id_names.get(k) or (None if k in ids else names.of_id(k, v2, False, enriched)) or v2
+                    actor["secondary"] = v2
             obj = {}
             if s.object_primary is not None:
                 obj["primary"] = s.object_primary
@@ -293,16 +306,18 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
             if s.how is not None:
                 summ["how"] = s.how
             auditd["summary"] = summ
-            if s.path_item is not None:
-                doc["file"] = build_file(paths[s.path_item], path_recs[s.path_item].enriched, names)
+            i = s.path_item
+            if i is not None:
+                doc["file"] = build_file(paths[i], path_recs[i].enriched, names)
             if s.source_ip is not None:
                 doc["source"] = {"ip": s.source_ip, "address": s.source_ip}
                 doc["network"] = {"direction": "ingress"}
-            if sock is not None and norm.sockaddr is not None:
+            side = norm.sockaddr
+            if sock is not None and side is not None:
                 addr = build_address(sock)
                 if addr is not None:
-                    doc[norm.sockaddr] = addr
-                    doc["network"] = {"direction": "ingress" if norm.sockaddr == "source" else "egress"}
+                    doc[side] = addr
+                    doc["network"] = {"direction": "ingress" if side == "source" else "egress"}
             if norm.users:
                 apply_entities(doc, user, norm, s, data, ids, names, enriched)
             if norm.exit_code:
@@ -312,40 +327,14 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
         if user:
             drop_redundant_effective(user)
             doc["user"] = user
-
         if paths is not None:
             auditd["paths"] = paths
-        process = {}
-        v = proc.get("pid")
-        if v is not None and v.isdigit():
-            process["pid"] = int(v)
-        v = proc.get("ppid")
-        if v is not None and v.isdigit():
-            process["parent"] = {"pid": int(v)}
-        v = proc.get("proctitle")
-        if v is not None:
-            process["title"] = v
-        v = proc.get("comm")
-        if v is not None:
-            process["name"] = v
-        v = proc.get("exe")
-        if v is not None:
-            process["executable"] = v
-        v = proc.get("cwd")
-        if v is not None:
-            process["working_directory"] = v
-        v = proc.get("args")
-        if v:
-            process["args"] = v
-            process["args_count"] = len(v)
-        v = proc.get("exit_code")
-        if v is not None:
-            process["exit_code"] = v
-        if process:
-            doc["process"] = process
-
+        if proc:
+            doc["process"] = _process(proc)
         if tags or extra_tags:
             doc["tags"] = (tags or []) + extra_tags
+        if event.partial and warnings is not None:
+            warnings.append("event incomplete: some of its records were lost or arrived too late")
         if warnings:
             auditd["warnings"] = warnings
         doc["service"] = {"type": "auditd"}
@@ -355,3 +344,34 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
         return [doc]
 
     return normalize
+
+
+def _process(proc: dict) -> dict:
+    """process.* from the process fields gathered from the records."""
+    out = {}
+    v = proc.get("pid")
+    if v is not None and v.isdigit():
+        out["pid"] = int(v)
+    v = proc.get("ppid")
+    if v is not None and v.isdigit():
+        out["parent"] = {"pid": int(v)}
+    v = proc.get("proctitle")
+    if v is not None:
+        out["title"] = v
+    v = proc.get("comm")
+    if v is not None:
+        out["name"] = v
+    v = proc.get("exe")
+    if v is not None:
+        out["executable"] = v
+    v = proc.get("cwd")
+    if v is not None:
+        out["working_directory"] = v
+    v = proc.get("args")
+    if v:
+        out["args"] = v
+        out["args_count"] = len(v)
+    v = proc.get("exit_code")
+    if v is not None:
+        out["exit_code"] = v
+    return out
