@@ -8,6 +8,7 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from auditpipe.cli.common import build_normalizer
 from auditpipe.normalize.coalesced import make_coalesced_normalizer
 from auditpipe.normalize.jsonl import dumps_line, loads
 from auditpipe.parsing import ParseError, parse_kernel, parse_line
@@ -39,9 +40,22 @@ def _lines_from_corpora(limit=400):
 SEED_LINES = _lines_from_corpora()
 
 
+_OTHER_FORMATS = [build_normalizer("ecs", resolve_ids=False, include_raw=True), build_normalizer("panther")]
+
+
 def _feed(lines):
     rejects = []
-    pipe = Pipeline(make_coalesced_normalizer(), Reassembler(), on_reject=lambda w, l, r: rejects.append(l))
+    events = []
+    coalesce = make_coalesced_normalizer()
+
+    def every_format(ev):
+        events.append(ev)
+        for normalize in _OTHER_FORMATS:  # must not raise on anything the parser accepts
+            for d in normalize(ev):
+                assert loads(dumps_line(d)) is not None
+        return coalesce(ev)
+
+    pipe = Pipeline(every_format, Reassembler(), on_reject=lambda w, l, r: rejects.append(l))
     docs = pipe.feed_lines(lines) + pipe.flush()
     for d in docs:
         assert loads(dumps_line(d)) is not None  # every document serializes

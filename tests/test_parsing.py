@@ -191,3 +191,11 @@ def test_enriched_sockaddr_and_unknown_family():
     assert r.enriched == {"SADDR": "{ fam=local path=/tmp/{x} }"}
     r = parse_line("type=SOCKADDR msg=audit(1709205350.768:2195413): saddr=0000\x1dSADDR=unknown family(0)")
     assert r.enriched == {"SADDR": "unknown family(0)"}
+
+
+def test_unicode_digits_are_not_numbers():
+    # "²" is a digit to str.isdigit() but not to int(): such a header is a reject, not a crash
+    with pytest.raises(ParseError):
+        parse_kernel(1300, "audit(1².000:1): a=b".encode())
+    r = parse_line('type=EXECVE msg=audit(1.000:1): argc=²  a0="x"')
+    assert execve_argv([r]) == (None, ["x"])

@@ -27,7 +27,7 @@ def execve_argv(records) -> tuple[int | None, list[str]]:
     for r in records:
         merged.update(r.fields)
     argc_text = merged.get("argc")
-    argc = int(argc_text) if isinstance(argc_text, str) and argc_text.isdigit() else None
+    argc = int(argc_text) if isinstance(argc_text, str) and argc_text.isascii() and argc_text.isdigit() else None
     argv = []
     i = 0
     limit = argc if argc is not None else len(merged)

@@ -67,7 +67,7 @@ def _type_of(name: str) -> tuple[str, int]:
     num = _TYPE_NUMBERS.get(name)
     if num is not None:
         return name, num
-    if name.startswith("UNKNOWN[") and name.endswith("]") and name[8:-1].isdigit():
+    if name.startswith("UNKNOWN[") and name.endswith("]") and name[8:-1].isascii() and name[8:-1].isdigit():
         num = int(name[8:-1])
         return _TYPE_NAMES.get(num, name), num
     if not name or not name.replace("_", "").isalnum():
@@ -79,7 +79,7 @@ def _header_stamp(stamp: str) -> tuple[str, int, int, int]:
     """`SEC.MSEC:SERIAL` → (time text, sec, msec, serial)."""
     time, colon, serial = stamp.partition(":")
     sec, dot, msec = time.partition(".")
-    if not (colon and dot and sec.isdigit() and msec.isdigit() and serial.isdigit()):
+    if not (colon and dot and stamp.isascii() and sec.isdigit() and msec.isdigit() and serial.isdigit()):
         raise ParseError(f"bad timestamp {stamp[:40]!r}")
     return time, int(sec), int(msec), int(serial)
 

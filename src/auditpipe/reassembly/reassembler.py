@@ -86,7 +86,7 @@ def looks_cut_short(event: Event) -> bool:
         t = r.type_num
         if t == _SYSCALL:
             v = r.fields.get("items")
-            if isinstance(v, str) and v.isdigit():
+            if isinstance(v, str) and v.isascii() and v.isdigit():
                 items = int(v)
         elif t == _PATH:
             paths += 1
