@@ -532,3 +532,28 @@ def test_resolver_names_and_related_user(tmp_path):
     d = one_doc([line])  # no resolver: ids, and the names the record holds
     assert "name" not in d["user"] and d["user"]["effective"] == {"name": "alice"}
     assert d["related"] == {"user": ["alice"]}
+
+
+def test_event_whose_syscall_was_lost():
+    d = one_doc([
+        'type=EXECVE msg=audit(1700000000.123:11): argc=2 a0="ls" a1="-l"',
+        'type=CWD msg=audit(1700000000.123:11): cwd="/root"',
+        'type=PATH msg=audit(1700000000.123:11): item=0 name="/usr/bin/ls" inode=5 dev=fe:00 mode=0100755 '
+        'ouid=0 ogid=0 rdev=00:00 nametype=NORMAL',
+        'type=PROCTITLE msg=audit(1700000000.123:11): proctitle=6C73002D6C',
+    ])
+    assert d["auditd"]["message_type"] == "execve" and d["event"]["action"] == "executed"
+    assert d["process"]["args"] == ["ls", "-l"] and d["process"]["working_directory"] == "/root"
+    assert d["process"]["title"] == "ls -l" and d["auditd"]["paths"][0]["name"] == "/usr/bin/ls"
+    assert d["auditd"]["data"] == {"argc": "2"}
+
+
+def test_parts_before_the_syscall_do_not_lead():
+    d = one_doc([
+        'type=PATH msg=audit(1700000000.123:12): item=0 name="/etc/shadow" inode=5 dev=fe:00 mode=0100640 '
+        'ouid=0 ogid=42 rdev=00:00 nametype=NORMAL',
+        syscall_line(seq=12, nr=257, ok="no", exit="-13", items=1, comm="cat", exe="/usr/bin/cat"),
+    ])
+    assert d["auditd"]["message_type"] == "syscall" and d["event"]["action"] == "opened-file"
+    assert d["event"]["outcome"] == "failure" and d["auditd"]["data"]["exit"] == "EACCES"
+    assert d["file"]["path"] == "/etc/shadow"

@@ -39,6 +39,11 @@ _SOCKADDR = _T["SOCKADDR"]
 _EOE = _T["EOE"]
 _LOGIN = _T["LOGIN"]
 
+# Records that only describe a part of a syscall event.
+_PARTS = frozenset(_T[n] for n in (
+    "PATH", "CWD", "EXECVE", "PROCTITLE", "SOCKADDR", "BPRM_FCAPS", "OBJ_PID", "CAPSET", "MMAP", "FD_PAIR",
+    "IPC", "IPC_SET_PERM", "MQ_OPEN", "MQ_SENDRECV", "MQ_NOTIFY", "MQ_GETSETATTR", "SOCKETCALL", "OPENAT2",
+    "EOE") if n in _T)
 _ERRNO = tables.ERRNO_NAMES
 _ARCH_NAMES = tables.ARCH_NAMES
 
@@ -143,6 +148,7 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
     drop = DROP
     record_norms = RECORD_NORMS
     path_fields = _path_fields
+    parts = _PARTS
     lower: dict[str, str] = {}
 
     def normalize(event) -> list[dict]:
@@ -162,12 +168,19 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
         if first is None:  # only EOE: nothing but the fact that an event happened
             first = recs[0]
         main = syscall if syscall is not None else first
-        special = first if first is not main else None
+        # a record before the SYSCALL says what the event is about (CONFIG_CHANGE, AVC, ...);
+        # the parts of a syscall event (PATH, CWD, ...) never do, whatever their order
+        special = first if first is not main and first.type_num not in parts else None
 
         # -- the main record: who, how, result ---------------------------------------------------
         fields = main.fields
-        if main.type_num == LOGIN and "text" in fields:
-            fields = _login_fields(main)
+        if main.type_num in parts:
+            fields = {}  # the SYSCALL was lost: the records are all parts, read below as such
+            main_part = True
+        else:
+            main_part = False
+            if main.type_num == LOGIN and "text" in fields:
+                fields = _login_fields(main)
         data, ids, proc, session, result, tags, selinux = walk_main(fields, main.type_num)
 
         enriched = main.enriched
@@ -190,7 +203,7 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
         execs = None
         sock = None
         for r in recs:
-            if r is main:
+            if r is main and not main_part:
                 continue
             t = r.type_num
             if t == PATH:
