@@ -497,6 +497,7 @@ def test_unknown_record_type_and_warnings():
     assert "action" not in d["event"] and "category" not in d["event"]
     assert d["auditd"]["data"] == {"foo": "bar"}
     assert d["auditd"]["warnings"] == ["no normalization found for event"]
+    assert d["event"]["original"] == ["type=UNKNOWN[1999] msg=audit(1700000000.123:7): foo=bar"]
     d = one_doc([syscall_line(nr=1)], include_warnings=True)  # write, but no PATH record
     assert d["auditd"]["warnings"] == ["path message not found"]
     assert "warnings" not in one_doc([syscall_line(nr=1)])["auditd"]

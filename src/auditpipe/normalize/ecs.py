@@ -350,6 +350,8 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
             warnings.append("event incomplete: some of its records were lost or arrived too late")
         if warnings:
             auditd["warnings"] = warnings
+            if not include_raw:  # as auditbeat: what could not be read is kept to be looked at
+                ev["original"] = [r.raw for r in recs]
         doc["service"] = {"type": "auditd"}
         doc["ecs"] = {"version": ECS_VERSION}
         if event.node is not None:
