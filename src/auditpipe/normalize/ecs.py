@@ -76,11 +76,15 @@ def _syscall_facts(arch_hex: str | None, num: str | None, enriched: dict | None)
             key = (arch_name, sc_name, 1)
             f = _facts_cache.get(key)
             if f is None:
+                if len(_facts_cache) > 16384:
+                    _facts_cache.clear()
                 f = _facts_cache[key] = _SyscallFacts(arch_name, sc_name, SYSCALL_NORMS.get(sc_name, DEFAULT_SYSCALL_NORM))
             return f
     key = (arch_hex, num)
     f = _facts_cache.get(key)
     if f is None:
+        if len(_facts_cache) > 16384:  # only a crafted log has this many (arch, syscall) pairs
+            _facts_cache.clear()
         arch_name = None
         if arch_hex is not None:
             try:
@@ -273,6 +277,8 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
         ktype = kind.type
         mtype = lower.get(ktype)
         if mtype is None:
+            if len(lower) > 4096:
+                lower.clear()
             mtype = lower[ktype] = ktype.lower()
         auditd = {"message_type": mtype, "sequence": event.serial, "result": result, "data": data}
         doc["auditd"] = auditd

@@ -59,7 +59,7 @@ class Names:
         self.count += 1
         if self.count & 255 == 0:
             now = time.monotonic()
-            if now >= self.expires or len(self.identities) > 4096:
+            if now >= self.expires or len(self.identities) > 4096 or len(self.users) + len(self.groups) > 65536:
                 self.users.clear()
                 self.groups.clear()
                 self.identities.clear()
