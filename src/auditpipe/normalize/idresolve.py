@@ -187,6 +187,8 @@ class IdResolver:
         except Exception:  # NSS backends can raise anything; a failure is an answer too
             value = None
         ttl = self.ttl if value is not None else self.negative_ttl
+        if len(cache.answers) > 65536:  # a crafted log full of distinct ids must not grow us
+            cache.answers.clear()
         cache.answers[key] = (value, time.monotonic() + ttl)
         with self._lock:
             cache.pending.pop(key, None)
