@@ -8,8 +8,9 @@ records' fields join auditd.data. The meaning (action, ECS categorization, summa
 the normalization table (normalize/data). Documented differences from auditbeat are in
 tests/test_ecs.py.
 
-Hot path: one pass over each record's fields with a key → role table, per-syscall facts cached,
-timestamp text cached per second, plain dicts out (the per-kind category/type lists are shared
+Hot path (a busy host is mostly execve events): dict literals for the kernel's standard SYSCALL
+record, whole-dict merges for auxiliary records, per-syscall facts, names per identity and
+timestamp text per second cached, plain dicts out (the per-kind category/type lists are shared
 between documents and must not be mutated).
 """
 
@@ -21,8 +22,8 @@ from auditpipe.normalize.ecs_fields import (
     Names, apply_entities, build_address, build_file, build_user, drop_redundant_effective,
 )
 from auditpipe.normalize.ecs_table import DEFAULT_SYSCALL_NORM, RECORD_NORMS, SYSCALL_NORMS
-from auditpipe.normalize.summary import summarize
 from auditpipe.normalize.ecs_walk import DROP, execve_args, merge_fields, split_context, walk_main
+from auditpipe.normalize.summary import summarize
 from auditpipe.parsing import decode_sockaddr, execve_argv, parse_body
 
 __all__ = ["make_ecs_normalizer", "ECS_VERSION"]
@@ -72,7 +73,7 @@ def _syscall_facts(arch_hex: str | None, num: str | None, enriched: dict | None)
     if enriched is not None:
         arch_name = enriched.get("ARCH")
         sc_name = enriched.get("SYSCALL")
-        if arch_name is not None and sc_name is not None:
+        if arch_name is not None and sc_name is not None and "(" not in sc_name:  # not unknown-syscall(N)
             key = (arch_name, sc_name, 1)
             f = _facts_cache.get(key)
             if f is None:
