@@ -130,7 +130,8 @@ def run(config_path, rules, fmt, output, mode, status_file, check, verbose):
                           rate_limit=k.rate_limit, failure=cfg.failure_value(),
                           backlog_wait_time=k.backlog_wait_time, immutable=k.immutable,
                           keep_rules_on_exit=k.keep_rules_on_exit, exclude_self=k.exclude_self,
-                          purge=cfg.rules.purge, rcvbuf=k.rcvbuf, queue_size=k.queue_size)
+                          purge=cfg.rules.purge, rcvbuf=k.rcvbuf, queue_size=k.queue_size,
+                          batch_delay=k.batch_delay)
     runner = LiveRunner(cfg, source, normalize=normalize, sinks=sinks, reload_config=load,
                         compile_rules=_compile)
     try:

@@ -177,7 +177,7 @@ class KernelSource:
                  backlog_wait_time: int | None = None, immutable: bool = False,
                  keep_rules_on_exit: bool = False, exclude_self: bool = True,
                  purge: str | bool = "auto", rcvbuf: int = 8 << 20, queue_size: int = 65536,
-                 default_backlog_limit: int = 8192) -> None:
+                 default_backlog_limit: int = 8192, batch_delay: float = 0.02) -> None:
         self.requested_mode = mode
         self.strategy_name = strategy
         self.settings = {"backlog_limit": backlog_limit, "rate_limit": rate_limit,
@@ -189,6 +189,7 @@ class KernelSource:
         self.purge = purge
         self.rcvbuf = rcvbuf
         self.queue_size = queue_size
+        self.batch_delay = batch_delay
         self.queue = queue
         self.mode: str | None = None
         self.strategy: Strategy | None = None
@@ -464,11 +465,18 @@ class KernelSource:
         recv = self.receiver.recv_messages
         put = self.queue.put
         stop = self._stop.is_set
+        delay = self.batch_delay
+        sleep = time.sleep
         try:
             while not stop():
                 batch = list(recv(0.2, 4096))
                 if batch:
                     put(batch)
+                    # The kernel sends one record per datagram: waking for each costs more
+                    # than handling it. After a burst, let the socket buffer gather the next
+                    # few milliseconds' worth (the buffer holds seconds of it).
+                    if delay and len(batch) < 4096:
+                        sleep(delay)
         except BaseException as e:  # surfaced by the worker: a dead reader must not go unseen
             if not stop():
                 self.reader_error = e

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Live overhead: `auditpipe run` (ECS to a file) beside auditd -f with laurel as its plugin, under
+# the same exec load, in one run, with ../shared/bench/live_overhead.py.
+#
+#   sudo bash benchmarks/live_overhead.sh [RATE] [SECONDS]        (default 1000 15)
+#   sudo bash benchmarks/live_overhead.sh --sweep 2000 3000 4000   (auditpipe alone at each rate)
+#
+# Everything it writes goes to a temporary directory (execload is built by live_overhead.py into
+# /tmp, never into the repo). It takes the kernel-test lock so it never runs beside the kernel
+# tests, refuses to run when an audit daemon is registered, sets backlog_limit 8192 for the auditd
+# run too (auditpipe sets it itself; Debian's rules.d does the same for auditd), and puts
+# backlog_limit, enabled and the rule list back when it ends. Prints one JSON line per run plus
+# the number of events each wrote.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SHARED=${AUDITPIPE_SHARED:-$ROOT/../shared}
+BENCH=$SHARED/bench/live_overhead.py
+LOCK=${AUDITPIPE_KERNEL_LOCK:-/run/lock/auditpipe-kernel-tests.lock}
+AUDITPIPE=$ROOT/.venv/bin/auditpipe
+
+[ "$(id -u)" = 0 ] || { echo "live_overhead: needs root" >&2; exit 1; }
+[ -f "$BENCH" ] || { echo "live_overhead: $BENCH not found" >&2; exit 1; }
+[ -x "$AUDITPIPE" ] || { echo "live_overhead: run scripts/setup.sh first" >&2; exit 1; }
+
+SWEEP=()
+if [ "${1:-}" = --sweep ]; then shift; SWEEP=("$@"); RATE=0; SECS=${SECS:-15}
+else RATE=${1:-1000}; SECS=${2:-15}; fi
+
+exec 9>>"$LOCK"
+flock -w 600 9 || { echo "live_overhead: $LOCK busy" >&2; exit 1; }
+
+status() { auditctl -s | awk -v k="$1" '$1 == k {print $2}'; }
+[ "$(status pid)" = 0 ] || { echo "live_overhead: an audit daemon is registered (pid $(status pid)); stop it first" >&2; exit 1; }
+[ "$(auditctl -l)" = "No rules" ] || { echo "live_overhead: rules are loaded; this benchmark replaces the rule list, so it runs only on an empty one" >&2; exit 1; }
+
+WORK=$(mktemp -d /tmp/auditpipe-live.XXXXXX)
+BACKLOG0=$(status backlog_limit)
+ENABLED0=$(status enabled)
+cleanup() {
+  auditctl -D >/dev/null 2>&1 || true
+  auditctl -b "$BACKLOG0" >/dev/null 2>&1 || true
+  auditctl -e "$ENABLED0" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# --- auditpipe: ECS JSON lines to a file, the benchmark's own rule (no rule files) ---------------
+cat > "$WORK/auditpipe.toml" <<EOF
+[rules]
+files = []
+[normalize]
+format = "ecs"
+[[outputs]]
+path = "$WORK/auditpipe-events.jsonl"
+max_bytes = 0
+[status]
+path = "$WORK/auditpipe-status.json"
+EOF
+
+run_auditpipe() {  # RATE
+  rm -f "$WORK/auditpipe-events.jsonl"
+  local res
+  res=$(python3 "$BENCH" --rate "$1" --seconds "$SECS" -- "$AUDITPIPE" run --config "$WORK/auditpipe.toml")
+  local n; n=$(wc -l < "$WORK/auditpipe-events.jsonl")
+  local drops; drops=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["counters"]; print(c["userspace_drops"], c["enobufs"], c["serial_gaps"])' "$WORK/auditpipe-status.json")
+  echo "{\"collector\": \"auditpipe run (ecs)\", \"result\": $res, \"events_in_output\": $n, \"userspace_drops_enobufs_serial_gaps\": \"$drops\"}"
+}
+
+if [ ${#SWEEP[@]} -gt 0 ]; then
+  for r in "${SWEEP[@]}"; do run_auditpipe "$r"; done
+  exit 0
+fi
+
+run_auditpipe "$RATE"
+
+# --- auditd -f with laurel as its plugin -------------------------------------------------------
+mkdir -p "$WORK/auditd/plugins.d" "$WORK/laurel"
+chown _laurel "$WORK/laurel" 2>/dev/null || true
+chmod 755 "$WORK"
+cat > "$WORK/auditd/auditd.conf" <<EOF
+local_events = yes
+write_logs = yes
+log_file = $WORK/auditd/audit.log
+log_group = root
+log_format = RAW
+flush = NONE
+freq = 50
+max_log_file = 100
+num_logs = 2
+priority_boost = 4
+name_format = NONE
+max_log_file_action = ROTATE
+space_left = 75
+space_left_action = IGNORE
+admin_space_left = 50
+admin_space_left_action = IGNORE
+disk_full_action = IGNORE
+disk_error_action = IGNORE
+tcp_listen_queue = 5
+tcp_max_per_addr = 1
+tcp_client_max_idle = 0
+distribute_network = no
+q_depth = 2000
+overflow_action = SYSLOG
+max_restarts = 10
+plugin_dir = $WORK/auditd/plugins.d
+end_of_event_timeout = 2
+EOF
+chmod 600 "$WORK/auditd/auditd.conf"
+cat > "$WORK/auditd/plugins.d/laurel.conf" <<EOF
+active = yes
+direction = out
+type = always
+format = string
+path = /usr/sbin/laurel
+args = --config $WORK/laurel.toml
+EOF
+chmod 600 "$WORK/auditd/plugins.d/laurel.conf"
+cat > "$WORK/laurel.toml" <<EOF
+directory = "$WORK/laurel"
+user = "_laurel"
+statusreport-period = 0
+[auditlog]
+file = "audit.log"
+size = 1000000000
+generations = 2
+[transform]
+execve-argv = [ "array" ]
+[translate]
+universal = false
+user-db = false
+[enrich]
+pid = true
+execve-env = [ "LD_PRELOAD", "LD_LIBRARY_PATH" ]
+container = true
+script = true
+EOF
+auditctl -b 8192 >/dev/null
+res=$(python3 "$BENCH" --rate "$RATE" --seconds "$SECS" -- /usr/sbin/auditd -f -c "$WORK/auditd")
+n=$(cat "$WORK"/laurel/audit.log* 2>/dev/null | wc -l)
+echo "{\"collector\": \"auditd -f + laurel\", \"result\": $res, \"events_in_output\": $n}"
+auditctl -b "$BACKLOG0" >/dev/null
