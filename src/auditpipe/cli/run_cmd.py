@@ -45,6 +45,8 @@ def _compile(cfg):
     from auditpipe.config import rule_files
     from auditpipe.sources.kernel import compile_rule_files
 
+    if cfg.source.type == "file":
+        return None  # following a file: no rules are installed
     files = rule_files(cfg)
     if not files:
         return None
@@ -106,16 +108,19 @@ def run(config_path, rules, fmt, output, mode, status_file, check, verbose):
         _print_check(cfg, ruleset)
         return
     if cfg.source.type == "file":
-        click.echo("Error: [source] type = \"file\" needs the audit.log tailer "
-                   "(auditpipe.sources.tail), which this build does not have yet", err=True)
-        sys.exit(2)
+        try:
+            from auditpipe.sources import tail  # noqa: F401
+        except ImportError:
+            click.echo("Error: [source] type = \"file\" needs the audit.log tailer "
+                       "(auditpipe.sources.tail), which this build does not have", err=True)
+            sys.exit(2)
+    else:
+        from auditpipe.sources.kernel import missing_capabilities, privilege_message
 
-    from auditpipe.sources.kernel import missing_capabilities, privilege_message
-
-    missing = missing_capabilities(cfg.kernel.mode)
-    if missing:
-        click.echo(f"Error: {privilege_message(missing)}", err=True)
-        sys.exit(1)
+        missing = missing_capabilities(cfg.kernel.mode)
+        if missing:
+            click.echo(f"Error: {privilege_message(missing)}", err=True)
+            sys.exit(1)
 
     from auditpipe.pipeline.live import LiveRunner, open_outputs
     from auditpipe.sources.kernel import KernelSource, KernelSourceError
@@ -126,16 +131,21 @@ def run(config_path, rules, fmt, output, mode, status_file, check, verbose):
         click.echo(f"Error: {e}", err=True)
         sys.exit(2)
     k = cfg.kernel
-    source = KernelSource(mode=k.mode, strategy=k.backpressure_strategy, backlog_limit=k.backlog_limit,
-                          rate_limit=k.rate_limit, failure=cfg.failure_value(),
-                          backlog_wait_time=k.backlog_wait_time, immutable=k.immutable,
-                          keep_rules_on_exit=k.keep_rules_on_exit, exclude_self=k.exclude_self,
-                          purge=cfg.rules.purge, rcvbuf=k.rcvbuf, queue_size=k.queue_size,
-                          batch_delay=k.batch_delay)
+    if cfg.source.type == "file":
+        from auditpipe.pipeline.file_source import FileTailSource
+
+        source = FileTailSource(cfg.source.path, cfg.source.checkpoint, k.queue_size)
+    else:
+        source = KernelSource(mode=k.mode, strategy=k.backpressure_strategy, backlog_limit=k.backlog_limit,
+                              rate_limit=k.rate_limit, failure=cfg.failure_value(),
+                              backlog_wait_time=k.backlog_wait_time, immutable=k.immutable,
+                              keep_rules_on_exit=k.keep_rules_on_exit, exclude_self=k.exclude_self,
+                              purge=cfg.rules.purge, rcvbuf=k.rcvbuf, queue_size=k.queue_size,
+                              batch_delay=k.batch_delay)
     runner = LiveRunner(cfg, source, normalize=normalize, sinks=sinks, reload_config=load,
                         compile_rules=_compile)
     try:
-        code = runner.run(ruleset)
+        code = runner.run(None if cfg.source.type == "file" else ruleset)
     except KernelSourceError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(1)

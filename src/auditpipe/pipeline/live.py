@@ -158,6 +158,8 @@ class LiveRunner:
         self._reload = False
         self.exit_code = 0
         self.fatal: str | None = None
+        self.kind = getattr(source, "kind", "kernel")
+        self._positions: dict | None = None  # file source: positions to commit
 
     # -- signals -----------------------------------------------------------------------------
     def request_stop(self, *_: object) -> None:
@@ -231,7 +233,7 @@ class LiveRunner:
             "updated": _iso(time.time()),
             "uptime_s": round(time.time() - self.started, 1),
             "config": self.cfg.path,
-            "source": "kernel",
+            "source": self.kind,
             "mode": getattr(src, "mode", None),
             "other_daemon": {"pid": other[0], "comm": other[1]} if other else None,
             "backpressure_strategy": strategy.name if strategy else None,
@@ -279,9 +281,38 @@ class LiveRunner:
             self._shutdown()
         return self.exit_code
 
+    def _feed(self, batches: list, now: float) -> list:
+        """Raw batches → documents. Kernel batches hold (type, payload) tuples; file batches
+        hold lines and end with a (None, positions) checkpoint marker."""
+        docs: list = []
+        if self.kind == "kernel":
+            feed = self.pipeline.feed_kernel
+            for batch in batches:
+                for t, p in batch:
+                    out = feed(t, p, now)
+                    if out:
+                        docs += out
+        else:
+            feed = self.pipeline.feed_line
+            where = getattr(self.source, "path", "-")
+            for batch in batches:
+                for item in batch:
+                    if isinstance(item, str):
+                        out = feed(item, where, now)
+                        if out:
+                            docs += out
+                    else:
+                        self._positions = item[1]
+        return docs
+
+    def _maybe_commit(self) -> None:
+        """File source: commit read positions once nothing read before them is in flight."""
+        if self._positions is not None and self.reassembler.in_flight == 0:
+            self.source.commit(self._positions)
+            self._positions = None
+
     def _loop(self) -> None:
         q = self.source.queue
-        feed = self.pipeline.feed_kernel
         tick = self.pipeline.tick
         mono = time.monotonic
         tick_every = min(0.25, self.cfg.reassembly.wall_timeout / 4)
@@ -290,17 +321,14 @@ class LiveRunner:
         while not self._stop:
             batches = q.get(0.2)
             now = mono()
-            docs: list = []
-            for batch in batches:
-                for t, p in batch:
-                    out = feed(t, p, now)
-                    if out:
-                        docs += out
+            docs = self._feed(batches, now) if batches else []
             if now >= next_tick:
                 docs += tick(now)
                 next_tick = now + tick_every
             if docs:
                 self._write(docs)
+            if self._positions is not None:
+                self._maybe_commit()
             if now >= next_status:
                 self.source.poll_status()
                 self.write_status()
@@ -310,23 +338,18 @@ class LiveRunner:
                 self._do_reload()
             if not batches and not self.source.reader_alive():
                 err = getattr(self.source, "reader_error", None)
-                self.fatal = f"the netlink reader stopped: {err}"
+                self.fatal = f"the {self.kind} reader stopped: {err}"
                 log.error("%s", self.fatal)
                 self.exit_code = 1
                 break
 
     def _drain(self) -> None:
         q = self.source.queue
-        feed = self.pipeline.feed_kernel
         while True:
             batches = q.get(0)
             if not batches:
                 break
-            now = time.monotonic()
-            docs: list = []
-            for batch in batches:
-                for t, p in batch:
-                    docs += feed(t, p, now)
+            docs = self._feed(batches, time.monotonic())
             if docs:
                 self._write(docs)
 
@@ -341,6 +364,7 @@ class LiveRunner:
             docs = self.pipeline.flush()
             if docs:
                 self._write(docs)
+            self._maybe_commit()
         except Exception as e:  # noqa: BLE001 - the kernel must be put back whatever happens
             problems.append(f"shutdown: {e}")
             log.exception("shutdown")
