@@ -339,3 +339,31 @@ def test_without_audit_capabilities_run_says_which_and_parse_still_works(tmp_pat
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == 1
+
+
+def test_enobufs_is_counted_and_survived(audit_state, tmp_path):  # noqa: F811
+    """Multicast with a tiny socket buffer and a slow reader: the kernel drops copies for us
+    (ENOBUFS); auditpipe counts them and keeps receiving."""
+    nl = audit_state
+    before = kernel_snapshot(nl)
+    key = unique_key()
+    agent = Agent(tmp_path, rule_for(key), fmt="coalesced", mode="multicast",
+                  extra="rcvbuf = 4096\nbatch_delay = 0.3\n").start()
+    try:
+        procs = [subprocess.Popen([TRUE, "burst"]) for _ in range(150)]
+        for p in procs:
+            p.wait()
+        deadline = time.monotonic() + 5
+        while (agent.read_status() or {}).get("counters", {}).get("enobufs", 0) == 0:
+            assert time.monotonic() < deadline, f"no ENOBUFS counted:\n{agent.stderr()}"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        run_true(["after the overflow"])
+        assert agent.find(lambda d: key in json.dumps(d) and "after the overflow" in json.dumps(d),
+                          timeout=3.0) is not None, agent.stderr()
+        assert agent.proc.poll() is None
+    finally:
+        code = agent.stop()
+    assert code == 0, agent.stderr()
+    assert agent.read_status()["counters"]["enobufs"] > 0
+    assert kernel_snapshot(nl) == before
