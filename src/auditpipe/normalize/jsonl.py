@@ -11,11 +11,12 @@ import orjson
 __all__ = ["dumps_line", "loads"]
 
 _dumps = orjson.dumps
+_NEWLINE = orjson.OPT_APPEND_NEWLINE
 
 
 def dumps_line(doc) -> bytes:
     try:
-        return _dumps(doc) + b"\n"
+        return _dumps(doc, option=_NEWLINE)
     except TypeError:
         return json.dumps(doc, ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n"
 

@@ -306,7 +306,21 @@ def decode_hex_value(val: str) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
+_enriched_memo: dict[str, dict] = {}
+
+
 def _parse_enriched(text: str) -> dict:
+    """The ENRICHED part repeats from record to record (`ARCH=x86_64 SYSCALL=execve UID="root"…`),
+    so parses are memoized: the dict is shared between records and must not be modified."""
+    d = _enriched_memo.get(text)
+    if d is None:
+        if len(_enriched_memo) >= 8192:
+            _enriched_memo.clear()
+        d = _enriched_memo[text] = _parse_enriched_text(text)
+    return d
+
+
+def _parse_enriched_text(text: str) -> dict:
     # Enriched values are names auditd looked up; quotes there are decoration, never encoding.
     if "{" not in text:
         plain = text.replace('"', "")
