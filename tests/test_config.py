@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 
 from auditpipe.cli.run_cmd import apply_overrides
-from auditpipe.config import (DEFAULT_OUTPUT, Config, ConfigError, FileOutput, HttpOutput,
-                              StdoutOutput, load_config, rule_files)
+from auditpipe.config import (
+    DEFAULT_OUTPUT,
+    Config,
+    ConfigError,
+    FileOutput,
+    HttpOutput,
+    StdoutOutput,
+    load_config,
+    rule_files,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "auditpipe.toml"
 
@@ -47,7 +55,7 @@ def test_defaults_need_no_file():
 
 
 def test_no_config_file_means_defaults(monkeypatch):
-    import auditpipe.config as config
+    from auditpipe import config
 
     monkeypatch.setattr(config, "DEFAULT_CONFIG_PATHS", ("/nonexistent/auditpipe.toml",))
     assert load_config() == Config()
@@ -206,7 +214,7 @@ def test_rule_files_expand_globs_in_order(tmp_path):
 
 
 def test_default_rules_glob(monkeypatch, tmp_path):
-    import auditpipe.config as config
+    from auditpipe import config
 
     monkeypatch.setattr(config, "DEFAULT_RULES_GLOB", str(tmp_path / "*.rules"))
     assert rule_files(Config()) == []

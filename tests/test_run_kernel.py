@@ -21,7 +21,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest_kernel import RESTORED, audit_state  # noqa: F401
 
 pytestmark = pytest.mark.kernel
@@ -75,7 +74,7 @@ interval = 0.2
 """)
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 20.0) -> "Agent":
+    def start(self, timeout: float = 20.0) -> Agent:
         with open(self.log, "wb") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "auditpipe", "run", "--config",
                                           str(self.config)], stdout=subprocess.DEVNULL, stderr=err)

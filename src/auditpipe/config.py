@@ -21,10 +21,25 @@ from typing import Any, Literal
 import msgspec
 
 __all__ = [
-    "Config", "ConfigError", "DEFAULT_CONFIG_PATHS", "DEFAULT_OUTPUT", "DEFAULT_RULES_GLOB",
-    "DEFAULT_STATUS_FILE", "FileOutput", "HttpOutput", "KernelConfig", "NormalizeConfig",
-    "ReassemblyConfig", "RulesConfig", "SourceConfig", "StatusConfig", "StdoutOutput",
-    "FAILURE_MODES", "default_config", "load_config", "rule_files",
+    "DEFAULT_CONFIG_PATHS",
+    "DEFAULT_OUTPUT",
+    "DEFAULT_RULES_GLOB",
+    "DEFAULT_STATUS_FILE",
+    "FAILURE_MODES",
+    "Config",
+    "ConfigError",
+    "FileOutput",
+    "HttpOutput",
+    "KernelConfig",
+    "NormalizeConfig",
+    "ReassemblyConfig",
+    "RulesConfig",
+    "SourceConfig",
+    "StatusConfig",
+    "StdoutOutput",
+    "default_config",
+    "load_config",
+    "rule_files",
 ]
 
 #: looked for, in order, when no --config is given; none of them needs to exist

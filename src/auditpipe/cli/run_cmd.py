@@ -14,7 +14,7 @@ import click
 
 from auditpipe.normalize import FORMATS
 
-__all__ = ["run", "apply_overrides"]
+__all__ = ["apply_overrides", "run"]
 
 log = logging.getLogger("auditpipe.run")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import click
 
@@ -92,7 +92,7 @@ def _age(iso: str | None) -> str:
         t = datetime.fromisoformat(iso)
     except ValueError:
         return iso
-    s = (datetime.now(timezone.utc) - t).total_seconds()
+    s = (datetime.now(UTC) - t).total_seconds()
     return f"{iso} ({s:.0f}s ago)"
 
 

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["BoundedQueue", "Strategy", "resolve_strategy", "USERSPACE_RATE_LIMIT"]
+__all__ = ["USERSPACE_RATE_LIMIT", "BoundedQueue", "Strategy", "resolve_strategy"]
 
 USERSPACE_RATE_LIMIT = 5000
 STRATEGIES = ("auto", "kernel", "userspace", "both", "none")
@@ -141,8 +141,7 @@ class BoundedQueue:
         self._q.append(batch)
         self._size += len(batch)
         self.put_items += len(batch)
-        if self._size > self.peak:
-            self.peak = self._size
+        self.peak = max(self.peak, self._size)
         self._not_empty.notify()
 
     def get(self, timeout: float | None = None) -> list[list]:

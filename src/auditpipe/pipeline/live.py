@@ -23,8 +23,9 @@ import os
 import signal
 import threading
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -41,7 +42,7 @@ MAX_LOGGED_REJECTS = 20
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 # ------------------------------------------------------------------------------ building
@@ -365,7 +366,7 @@ class LiveRunner:
             if docs:
                 self._write(docs)
             self._maybe_commit()
-        except Exception as e:  # noqa: BLE001 - the kernel must be put back whatever happens
+        except Exception as e:
             problems.append(f"shutdown: {e}")
             log.exception("shutdown")
         finally:

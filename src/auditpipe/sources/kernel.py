@@ -25,14 +25,21 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from auditpipe.kernel.netlink import (AuditNetlink, AuditNetlinkError, AuditReceiver,
-                                      open_multicast, open_unicast)
+from auditpipe.kernel.netlink import AuditNetlink, AuditNetlinkError, AuditReceiver, open_multicast, open_unicast
 from auditpipe.kernel.rules import RuleData, RuleErrors, RuleItem, compile_line, format_rule, parse_rules
 from auditpipe.pipeline.backpressure import BoundedQueue, Strategy, resolve_strategy
 from auditpipe.tables import K
 
-__all__ = ["KernelSource", "KernelSourceError", "missing_capabilities", "compile_rule_files",
-           "RuleSet", "CAP_AUDIT_CONTROL", "CAP_AUDIT_READ", "SELF_KEY"]
+__all__ = [
+    "CAP_AUDIT_CONTROL",
+    "CAP_AUDIT_READ",
+    "SELF_KEY",
+    "KernelSource",
+    "KernelSourceError",
+    "RuleSet",
+    "compile_rule_files",
+    "missing_capabilities",
+]
 
 log = logging.getLogger("auditpipe.kernel")
 
