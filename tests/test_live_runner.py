@@ -278,3 +278,25 @@ def test_several_outputs_get_the_same_lines(tmp_path, n):
     first = sinks[0].docs[0]
     for s in sinks[1:]:
         assert s.docs[0] == first
+
+
+def test_a_normalizer_bug_on_one_event_is_counted_and_the_stream_goes_on(tmp_path, caplog):
+    runner, src, sink = make_runner(tmp_path)
+    good = runner.pipeline.normalize
+
+    def flaky(ev):
+        if ev.serial == 2:
+            raise KeyError("boom")
+        return good(ev)
+    runner.pipeline.normalize = flaky
+    t = start(runner)
+    try:
+        for s in (1, 2, 3):
+            src.push(execve_event(s))
+        assert wait_until(lambda: len(sink.docs) == 2)
+    finally:
+        runner.request_stop()
+        t.join(5)
+    assert runner.exit_code == 0
+    assert runner.counters()["internal_errors"] == 1
+    assert any("internal error" in r.message for r in caplog.records)

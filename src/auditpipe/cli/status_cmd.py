@@ -33,6 +33,7 @@ COUNTERS = [
     ("queue_depth", "queue depth"),
     ("queue_peak", "queue peak"),
     ("output_errors", "output write errors"),
+    ("internal_errors", "records that met a bug (logged)"),
     ("rules_installed", "rules installed"),
     ("rules_refused", "rules the kernel refused"),
     ("reloads", "reloads (SIGHUP)"),

@@ -153,6 +153,7 @@ class LiveRunner:
         self.compile_rules = compile_rules
         self.status_writer = StatusWriter(cfg.status.path)
         self.output_errors = 0
+        self.internal_errors = 0
         self.reloads = 0
         self.started = time.time()
         self._stop = False
@@ -205,6 +206,7 @@ class LiveRunner:
             "queue_peak": q.peak if q is not None else 0,
             "queue_blocked": q.blocked if q is not None else 0,
             "output_errors": self.output_errors,
+            "internal_errors": self.internal_errors,
             "rules_installed": len(getattr(src, "installed", ())),
             "rules_refused": getattr(src, "rules_refused", 0),
             "reloads": self.reloads,
@@ -290,7 +292,11 @@ class LiveRunner:
             feed = self.pipeline.feed_kernel
             for batch in batches:
                 for t, p in batch:
-                    out = feed(t, p, now)
+                    try:  # free in CPython 3.11+ unless something raises
+                        out = feed(t, p, now)
+                    except Exception as e:  # noqa: BLE001 - one bad record must not stop the agent
+                        self._internal_error(e, f"netlink type {t}: {p[:200]!r}")
+                        continue
                     if out:
                         docs += out
         else:
@@ -299,12 +305,32 @@ class LiveRunner:
             for batch in batches:
                 for item in batch:
                     if isinstance(item, str):
-                        out = feed(item, where, now)
+                        try:
+                            out = feed(item, where, now)
+                        except Exception as e:  # noqa: BLE001
+                            self._internal_error(e, item[:200])
+                            continue
                         if out:
                             docs += out
                     else:
                         self._positions = item[1]
         return docs
+
+    def _internal_error(self, e: Exception, what: str) -> None:
+        """A bug met on some input (parser, reassembler, normalizer): counted, logged with the
+        input and traceback for the first few, and the stream goes on."""
+        self.internal_errors += 1
+        if self.internal_errors <= 5:
+            log.error("internal error on %s: %s", what, e, exc_info=e)
+        elif self.internal_errors == 6:
+            log.error("further internal errors are counted in the status file, not logged")
+
+    def _tick(self, now: float) -> list:
+        try:
+            return self.pipeline.tick(now)
+        except Exception as e:  # noqa: BLE001
+            self._internal_error(e, "tick")
+            return []
 
     def _maybe_commit(self) -> None:
         """File source: commit read positions once nothing read before them is in flight."""
@@ -314,7 +340,6 @@ class LiveRunner:
 
     def _loop(self) -> None:
         q = self.source.queue
-        tick = self.pipeline.tick
         mono = time.monotonic
         tick_every = min(0.25, self.cfg.reassembly.wall_timeout / 4)
         next_tick = mono() + tick_every
@@ -324,7 +349,7 @@ class LiveRunner:
             now = mono()
             docs = self._feed(batches, now) if batches else []
             if now >= next_tick:
-                docs += tick(now)
+                docs += self._tick(now)
                 next_tick = now + tick_every
             if docs:
                 self._write(docs)
