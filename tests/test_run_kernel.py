@@ -366,3 +366,35 @@ def test_enobufs_is_counted_and_survived(audit_state, tmp_path):  # noqa: F811
     assert code == 0, agent.stderr()
     assert agent.read_status()["counters"]["enobufs"] > 0
     assert kernel_snapshot(nl) == before
+
+
+def test_purged_rules_come_back_and_kept_rules_stay(audit_state, tmp_path):  # noqa: F811
+    """Unicast purges the loaded rules and puts them back on exit; keep_rules_on_exit leaves
+    ours loaded (and still removes the self-exclusion rule)."""
+    from auditpipe.kernel.rules import compile_line
+
+    nl = audit_state
+    theirs = compile_line(rule_for(unique_key()).strip())[0].data
+    nl.add_rule(theirs)
+    before = kernel_snapshot(nl)
+    key = unique_key()
+    agent = Agent(tmp_path, rule_for(key), fmt="coalesced", extra="keep_rules_on_exit = true\n").start()
+    try:
+        rules = nl.list_rules()
+        assert theirs not in rules, "purged while auditpipe runs"
+        assert len(rules) == 2
+    finally:
+        code = agent.stop()
+    assert code == 0, agent.stderr()
+    after = kernel_snapshot(nl)
+    assert after[0] == before[0]
+    kept = loaded_rules_text(nl)
+    assert len(kept) == 1 and f"key={key}" in kept[0], kept  # ours kept, theirs not put back
+    assert "auditpipe-self" not in " ".join(kept)
+    # and without keep_rules_on_exit the earlier rule list returns
+    nl.delete_all_rules()
+    nl.add_rule(theirs)
+    agent = Agent(tmp_path, rule_for(key), fmt="coalesced").start()
+    assert theirs not in nl.list_rules()
+    assert agent.stop() == 0, agent.stderr()
+    assert nl.list_rules() == [theirs]
