@@ -374,8 +374,8 @@ def test_purged_rules_come_back_and_kept_rules_stay(audit_state, tmp_path):  # n
     from auditpipe.kernel.rules import compile_line
 
     nl = audit_state
-    theirs = compile_line(rule_for(unique_key()).strip())[0].data
-    nl.add_rule(theirs)
+    nl.add_rule(compile_line(rule_for(unique_key()).strip())[0].data)
+    theirs = nl.list_rules()[0]  # as the kernel lists it (no padding)
     before = kernel_snapshot(nl)
     key = unique_key()
     agent = Agent(tmp_path, rule_for(key), fmt="coalesced", extra="keep_rules_on_exit = true\n").start()

@@ -251,6 +251,7 @@ class KernelSource:
         else:
             self.apply_status(ruleset)
             self.install_rules(ruleset, first=True)
+            self._warn_if_no_rules()
             if st.get("enabled") == 0:
                 self._set("enabled", 1)
                 log.info("auditing enabled (it was off; switched off again on exit)")
@@ -418,6 +419,16 @@ class KernelSource:
         if ruleset is not None:
             log.info("installed %d rule(s) from %d file(s)%s", added, len(ruleset.files),
                      f", {refused} refused" if refused else "")
+
+    def _warn_if_no_rules(self) -> None:
+        try:
+            others = [b for b in self.ctl.list_rules() if not _has_key(b, SELF_KEY.encode())]
+        except AuditNetlinkError:
+            return
+        if not others:
+            log.warning("no audit rules are loaded: only user-space and audit configuration "
+                        "events will arrive. Give rule files with --rules FILE or [rules] files "
+                        "(auditctl syntax, e.g. -a always,exit -F arch=b64 -S execve -k exec)")
 
     def _add_self_rule(self) -> None:
         """``-A never,exit -S all -F pid=<ours>``, prepended so it leads the exit list."""
