@@ -398,3 +398,25 @@ def test_purged_rules_come_back_and_kept_rules_stay(audit_state, tmp_path):  # n
     assert theirs not in nl.list_rules()
     assert agent.stop() == 0, agent.stderr()
     assert nl.list_rules() == [theirs]
+
+
+def test_stale_self_rule_of_a_killed_agent_is_removed(audit_state, tmp_path):  # noqa: F811
+    """An agent killed with SIGKILL leaves its `never` rule behind; the next one removes it."""
+    from auditpipe.kernel.rules import compile_line
+    from auditpipe.sources.kernel import SELF_KEY
+
+    nl = audit_state
+    gone = subprocess.Popen([TRUE])
+    gone.wait()
+    stale = compile_line(f"-A never,exit -S all -F pid={gone.pid} -k {SELF_KEY}")[0].data
+    nl.add_rule(stale)
+    assert any(SELF_KEY in r and f"pid={gone.pid}" in r for r in loaded_rules_text(nl))
+    agent = Agent(tmp_path, rule_for(unique_key()), fmt="coalesced")
+    agent.config.write_text(agent.config.read_text().replace("[rules]\n", "[rules]\npurge = false\n"))
+    agent.start()
+    try:
+        assert not any(f"pid={gone.pid}" in r for r in loaded_rules_text(nl))
+        assert any(f"pid={agent.proc.pid}" in r for r in loaded_rules_text(nl))  # its own is there
+    finally:
+        assert agent.stop() == 0, agent.stderr()
+    assert not any(SELF_KEY in r for r in loaded_rules_text(nl))

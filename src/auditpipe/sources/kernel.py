@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno as E
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -430,9 +431,23 @@ class KernelSource:
                         "events will arrive. Give rule files with --rules FILE or [rules] files "
                         "(auditctl syntax, e.g. -a always,exit -F arch=b64 -S execve -k exec)")
 
+    def _remove_stale_self_rules(self) -> None:
+        """An agent killed with SIGKILL cannot remove its self-exclusion rule: remove those
+        whose pid no longer runs (another live agent's rule is left alone)."""
+        try:
+            blobs = [b for b in self.ctl.list_rules() if _has_key(b, SELF_KEY.encode())]
+        except AuditNetlinkError:
+            return
+        for blob in blobs:
+            m = re.search(r" -F pid=(\d+)", format_rule(blob))
+            if m and not os.path.exists(f"/proc/{m.group(1)}"):
+                log.info("removing the self-exclusion rule of a dead agent (pid %s)", m.group(1))
+                self._delete(blob)
+
     def _add_self_rule(self) -> None:
         """``-A never,exit -S all -F pid=<ours>``, prepended so it leads the exit list."""
         assert self.ctl is not None
+        self._remove_stale_self_rules()
         if self.self_rule is not None:
             self._delete(self.self_rule)
             self.self_rule = None
