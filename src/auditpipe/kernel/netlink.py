@@ -395,6 +395,9 @@ def open_unicast(rcvbuf: int = DEFAULT_RCVBUF, timeout: float = 5.0) -> AuditRec
         except AuditNetlinkError as e:
             with AuditNetlink(timeout) as ctl:
                 raise pid_error(e, pid, ctl.get_status) from None
+        # the request above left a timeout on the socket; with one set, CPython waits for
+        # readability before every recv (MSG_DONTWAIT or not), which would stall a drain
+        sock.settimeout(None)
     except BaseException:
         sock.close()
         raise

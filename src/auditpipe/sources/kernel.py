@@ -296,12 +296,6 @@ class KernelSource:
                 self.receiver = open_multicast(self.rcvbuf)
         except AuditNetlinkError as e:
             raise KernelSourceError(str(e)) from None
-        # The registration request leaves a timeout on the socket; with one set, CPython waits
-        # for readability before every recv, MSG_DONTWAIT or not, so a drain of the socket
-        # would only return after that timeout of silence. The reader needs it blocking-free.
-        sock = getattr(self.receiver, "_sock", None)
-        if sock is not None:
-            sock.settimeout(None)
         self.mode = mode
         log.info("receiving audit records by %s%s (socket buffer %d bytes)", mode,
                  " as the registered audit daemon" if mode == "unicast" else "",
