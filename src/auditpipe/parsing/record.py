@@ -177,6 +177,16 @@ def _put(fields: dict, key: str, value) -> None:
 _split = str.split
 
 
+def _is_encoded(key: str, type_num: int) -> bool:
+    """Whether the kernel hex-encodes this field when its value needs it (by field type; EXECVE
+    arguments and PROCTITLE by record type)."""
+    if key in _ENCODED:
+        return True
+    if type_num == _EXECVE:
+        return key[0] == "a" and key != "argc" and not key.endswith("_len")
+    return type_num == _PROCTITLE and key == "proctitle"
+
+
 def _parse_pairs(text: str, type_num: int) -> dict:
     """`k=v k="v" …` → dict.
 
@@ -184,7 +194,17 @@ def _parse_pairs(text: str, type_num: int) -> dict:
     as tokens; a token without one makes dict() fail), str.split builds the dict; then only
     encoded and quoted values are touched. Anything else takes the careful tokenizer.
     """
-    if type_num not in _AVC_TYPES:
+    if " " not in text:  # one field (PROCTITLE, CWD, …): no tokenizing at all
+        key, eq, val = text.partition("=")
+        if eq and key and "=" not in val:
+            if val[:1] == '"':
+                if len(val) >= 2 and val[-1] == '"':
+                    return {key: val[1:-1]}
+            elif _is_encoded(key, type_num):
+                return {key: decode_hex_value(val)}
+            else:
+                return {key: val}
+    elif type_num not in _AVC_TYPES:
         tokens = text.split(" ")
         if text.count("=") == len(tokens):
             try:
@@ -261,9 +281,7 @@ def _parse_tokens(text: str, fields: dict, type_num: int) -> None:
                         break
                     parts.append(t)
                 val = " ".join(parts)
-        elif key in _ENCODED or (type_num == _EXECVE and key[0] == "a" and key != "argc" and not key.endswith("_len")):
-            val = decode_hex_value(val)
-        elif type_num == _PROCTITLE and key == "proctitle":
+        elif _is_encoded(key, type_num):
             val = decode_hex_value(val)
         if words is not None and type_num in _AVC_TYPES and key not in fields:
             _avc_words(words, fields)
