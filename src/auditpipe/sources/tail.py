@@ -13,6 +13,10 @@ the undelivered batch, and loses nothing.
 
 The decisions are plain functions over stat results (``decide``, ``find_copy``, ``resume_plan``);
 ``Tailer`` is the I/O around them.
+
+Where a file without a checkpoint is started (its end, or its head) is persisted as soon as it is
+decided: otherwise a crash before the first ``commit()`` would make the restart decide again —
+"the end" by then — and skip everything written in between.
 """
 
 from __future__ import annotations
@@ -260,7 +264,9 @@ class Tailer:
         self.max_read = max_read
         self.followers: dict[str, _Follower] = {}
         self._started = False
+        self._state_lock = threading.Lock()  # commit() and discover() may run on different threads
         self._saved = self._load_state()
+        self._committed: dict[str, dict] = {k: asdict(v) for k, v in self._saved.items()}
         self.discover()
 
     def _load_state(self) -> dict[str, Checkpoint]:
@@ -274,7 +280,10 @@ class Tailer:
             return {}  # unreadable state: behave as a first start
 
     def discover(self) -> None:
-        """Pick up files that now match the patterns (a glob can gain files)."""
+        """Pick up files that now match the patterns (a glob can gain files).
+
+        A file picked up without a checkpoint gets one at once, at the position chosen for it."""
+        fresh: dict[str, dict] = {}
         for name in expand(self.patterns):
             if name in self.followers:
                 continue
@@ -292,7 +301,14 @@ class Tailer:
             fol.lost_checkpoints += lost
             fol.open_next()
             self.followers[name] = fol
+            if name not in self._saved:
+                cp = fol.checkpoint()
+                if cp is not None:
+                    fresh[name] = asdict(cp)
         self._started = True
+        if fresh and self.state_file:
+            with self._state_lock:
+                self._write_state({**self._committed, **fresh})
 
     def _read(self, fol: _Follower) -> list[str]:
         out: list[str] = []
@@ -387,10 +403,16 @@ class Tailer:
         return files
 
     def commit(self, snapshot: dict[str, dict] | None = None) -> None:
-        """Persist positions (now, or an earlier ``snapshot``) once the lines before them are delivered."""
+        """Persist positions (now, or an earlier ``snapshot``) once the lines before them are delivered.
+
+        Files the snapshot does not name keep their last persisted position."""
         if not self.state_file:
             return
-        files = self.snapshot() if snapshot is None else snapshot
+        with self._state_lock:
+            self._write_state({**self._committed, **(self.snapshot() if snapshot is None else snapshot)})
+
+    def _write_state(self, files: dict[str, dict]) -> None:
+        assert self.state_file
         tmp = f"{self.state_file}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -398,6 +420,7 @@ class Tailer:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.state_file)
+        self._committed = files
 
     def close(self) -> None:
         for fol in self.followers.values():
