@@ -153,6 +153,17 @@ def parse_body(body: str, type_num: int = 0) -> tuple[dict, dict | None]:
         body = body[:gs]
     # user-space records carry their payload in msg='…'; the payload may itself hold a ' inside
     # double quotes, so its end is the last ' of the body, not the next one.
+    if type_num in _MEMO_TYPES:
+        fields = _body_memo.get(body)
+        if fields is None:
+            if len(_body_memo) >= 16384:
+                _body_memo.clear()
+            fields = _body_memo[body] = _parse_fields(body, type_num)
+        return fields, enriched
+    return _parse_fields(body, type_num), enriched
+
+
+def _parse_fields(body: str, type_num: int) -> dict:
     m = body.find("msg='")
     if m >= 0 and (m == 0 or body[m - 1] == " "):
         end = body.rfind("'")
@@ -161,8 +172,16 @@ def parse_body(body: str, type_num: int = 0) -> tuple[dict, dict | None]:
             _parse_tokens(body[:m], fields, type_num)
             _put(fields, "msg", _parse_pairs(body[m + 5 : end], type_num))
             _parse_tokens(body[end + 1 :], fields, type_num)
-            return fields, enriched
-    return _parse_pairs(body, type_num), enriched
+            return fields
+    return _parse_pairs(body, type_num)
+
+
+# Bodies of these types repeat from event to event (the same binary and loader in PATH, the same
+# working directory, the same capability sets in BPRM_FCAPS): their parses are memoized and the
+# fields dict is shared between records with the same body — read-only, like `enriched`.
+# (A body of one of them holds no type-dependent encoding, so the body text alone is the key.)
+_MEMO_TYPES = frozenset(_TYPE_NUMBERS[n] for n in ("PATH", "CWD", "BPRM_FCAPS") if n in _TYPE_NUMBERS)
+_body_memo: dict[str, dict] = {}
 
 
 def _put(fields: dict, key: str, value) -> None:
