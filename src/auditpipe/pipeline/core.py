@@ -58,23 +58,23 @@ class Pipeline:
         normalize = self.normalize
         docs: list = []
         c = self.counters
-        lineno = first_lineno - 1
-        for line in lines:
-            lineno += 1
+        records = 0
+        for i, line in enumerate(lines):
             if not line:
                 continue
             try:
                 rec = parse_line(line)
             except ParseError as e:
                 c.rejects += 1
-                self.on_reject(f"{where}:{lineno}", line, e.reason)
+                self.on_reject(f"{where}:{first_lineno + i}", line, e.reason)
                 continue
-            c.records += 1
+            records += 1
             events = feed(rec, now)
             if events:
                 for ev in events:
-                    docs.extend(normalize(ev))
-        c.lines = lineno
+                    docs += normalize(ev)
+        c.records += records
+        c.lines = first_lineno - 1 + len(lines)
         c.documents += len(docs)
         return docs
 
