@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from auditpipe.kernel.netlink import process_name
+
 SHARED = Path(os.environ.get("AUDITPIPE_SHARED",
                              Path(__file__).resolve().parents[1].parent / "shared"))
 RULES_DIR = SHARED / "conformance" / "go-libaudit" / "rule" / "testdata"
@@ -45,13 +47,6 @@ def kernel_lock(timeout: float = 600.0):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return "?"
 
 
 def require_root() -> None:
@@ -81,7 +76,7 @@ def _audit_state():
     status = nl.get_status()
     if status["pid"] and status["pid"] != os.getpid():
         nl.close()
-        pytest.fail(f"another audit daemon is registered: {_comm(status['pid'])} "
+        pytest.fail(f"another audit daemon is registered: {process_name(status['pid'])} "
                     f"(pid {status['pid']}); kernel tests do not take it over - stop it first")
     if status["enabled"] == 2:
         nl.close()

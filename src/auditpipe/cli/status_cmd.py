@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 
 import click
 
+from auditpipe.kernel.netlink import process_name
+
 __all__ = ["status"]
 
 _ENABLED = {0: "0 (off)", 1: "1 (on)", 2: "2 (on, locked until reboot)"}
@@ -38,14 +40,6 @@ COUNTERS = [
     ("rules_refused", "rules the kernel refused"),
     ("reloads", "reloads (SIGHUP)"),
 ]
-
-
-def _comm(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def _alive(pid: int) -> bool:
@@ -135,7 +129,7 @@ def status(status_file, config_path, as_json):
             elif k == "failure":
                 v = _FAILURE.get(v, v)
             elif k == "pid" and v:
-                v = f"{v} ({_comm(v) or '?'})"
+                v = f"{v} ({process_name(v)})"
             elif k == "feature_bitmap":
                 v = hex(v)
             t.add_row(k, str(v))

@@ -46,7 +46,8 @@ class AuditNetlinkError(OSError):
         return self.message
 
 
-def _comm(pid: int) -> str:
+def process_name(pid: int) -> str:
+    """The command name of a running process (`/proc/PID/comm`), "?" when it is gone."""
     try:
         with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
             return f.read().strip() or "?"
@@ -256,7 +257,7 @@ def pid_error(e: AuditNetlinkError, pid: int, get_status) -> AuditNetlinkError:
         if holder and holder == os.getpid():
             msg = f"this process (pid {holder}) is already registered as the audit daemon"
         elif holder:
-            msg = (f"{_comm(holder)} (pid {holder}) already receives audit events: "
+            msg = (f"{process_name(holder)} (pid {holder}) already receives audit events: "
                    "stop it or use multicast")
         else:
             msg = "another process already receives audit events: stop it or use multicast"

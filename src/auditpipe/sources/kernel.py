@@ -26,7 +26,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from auditpipe.kernel.netlink import AuditNetlink, AuditNetlinkError, AuditReceiver, open_multicast, open_unicast
+from auditpipe.kernel.netlink import (AuditNetlink, AuditNetlinkError, AuditReceiver, open_multicast, open_unicast,
+                                      process_name)
 from auditpipe.kernel.rules import RuleData, RuleErrors, RuleItem, compile_line, format_rule, parse_rules
 from auditpipe.pipeline.backpressure import BoundedQueue, Strategy, resolve_strategy
 from auditpipe.tables import K
@@ -272,7 +273,7 @@ class KernelSource:
         me = os.getpid()
         if mode == "auto":
             if holder and holder != me:
-                self.other_daemon = (holder, _comm(holder))
+                self.other_daemon = (holder, process_name(holder))
                 log.warning("%s (pid %d) is the registered audit daemon: auditpipe listens on the "
                             "multicast group instead (a read-only copy; the kernel does not wait "
                             "for us when we fall behind)", self.other_daemon[1], holder)
@@ -292,7 +293,7 @@ class KernelSource:
                         raise
             else:
                 if holder and holder != me:
-                    self.other_daemon = self.other_daemon or (holder, _comm(holder))
+                    self.other_daemon = self.other_daemon or (holder, process_name(holder))
                 self.receiver = open_multicast(self.rcvbuf)
         except AuditNetlinkError as e:
             raise KernelSourceError(str(e)) from None
@@ -589,13 +590,6 @@ class KernelSource:
             self.ctl = None
         return problems
 
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
-            return f.read().strip() or "?"
-    except OSError:
-        return "?"
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
