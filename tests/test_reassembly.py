@@ -208,3 +208,52 @@ def test_bench_corpus_has_no_false_loss():
     assert len(evs) == 20649
     assert r.lost == 0
     assert r.late == 0
+
+
+def test_created_and_settled_mark_resume_points():
+    """``settled()`` holds after a record when every queued event is complete; ``created``
+    counts events opened, and events leave in that order, so a position taken when settled
+    with ``created == C`` is behind everything once ``events >= C``."""
+    r = Reassembler(timeout=100)
+    assert r.settled() and (r.created, r.events) == (0, 0)
+    assert r.feed(rec("SYSCALL", "10.000", 1)) == []
+    assert not r.settled() and (r.created, r.events) == (1, 0)
+    r.feed(rec("PATH", "10.000", 1))
+    assert not r.settled()
+    r.feed(rec("PROCTITLE", "10.000", 1, "proctitle=6C73"))
+    # ended, held for a possible EOE: complete, so nothing before this point is still open
+    assert r.settled() and r.in_flight == 1 and (r.created, r.events) == (1, 0)
+    c1 = r.created
+    # interleaved events: A opens, B opens and ends, A still open → not settled
+    r.feed(rec("SYSCALL", "11.000", 2))
+    assert r.events == 1 >= c1  # the held event left as the next record came
+    assert not r.settled()
+    r.feed(rec("SYSCALL", "11.000", 3))
+    r.feed(rec("PROCTITLE", "11.000", 3, "proctitle=6C73"))
+    assert not r.settled() and r.created == 3  # event 2 is still open
+    r.feed(rec("PROCTITLE", "11.000", 2, "proctitle=6C73"))
+    assert r.settled() and r.created == 3
+    # an EOE for the held event keeps it settled and lets everything out
+    out = r.feed(rec("EOE", "11.000", 2, ""))
+    assert r.settled() and r.in_flight == 0 and r.events == r.created == 3
+    assert [e.serial for e in out] == [2, 3]  # creation order, though 3 ended first
+    # standalone records are complete at once; a late record makes a new event, counted too
+    r.feed(rec("USER_LOGIN", "12.000", 4, "msg='op=login res=success'"))
+    assert r.settled() and r.created == 4
+    r.feed(rec("PATH", "11.000", 2))
+    assert not r.settled() and r.created == 5
+    r.flush()
+    assert r.settled() and r.events == r.created == 5
+
+
+def test_events_leave_in_creation_order_whatever_ends_them():
+    """The order ``created``/``events`` resume points rely on, with wall-clock timeouts too."""
+    r = Reassembler(timeout=100, wall_timeout=1.0)
+    out = []
+    out += r.feed(rec("SYSCALL", "10.000", 1), now=0.0)
+    out += r.feed(rec("SYSCALL", "10.000", 2), now=0.5)
+    out += r.feed(rec("PROCTITLE", "10.000", 2, "proctitle=6C73"), now=0.6)
+    assert out == [] and r.created == 2
+    out += r.tick(1.2)  # 1 times out; 2 (held for its EOE) is released with it
+    out += r.flush()
+    assert [e.serial for e in out] == [1, 2] and r.events == r.created == 2

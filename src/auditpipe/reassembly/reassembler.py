@@ -117,7 +117,8 @@ class Reassembler:
         self._recent_ids = recent_ids
         self._newest = 0.0
         self.serials = SerialTracker()
-        self.events = 0
+        self.events = 0  # emitted
+        self.created = 0  # opened; events leave in the order they were opened
         self.records = 0
         self.partial = 0
         self.late = 0
@@ -130,6 +131,19 @@ class Reassembler:
     @property
     def in_flight(self) -> int:
         return len(self._queue)
+
+    def settled(self) -> bool:
+        """Whether every event not yet emitted is complete (``done``): no record fed so far can
+        still be joined by a later one. Typically the queue then holds at most the event its
+        PROCTITLE just ended (kept for a possible EOE), so this is cheap to ask after each record.
+
+        With ``created`` it makes resume points for a reader that keeps byte positions: the
+        position after a record is safe when this holds, and everything before it has left once
+        ``events`` reaches the ``created`` of that moment (events leave in creation order)."""
+        for ev in self._queue:
+            if not ev.done:
+                return False
+        return True
 
     def feed(self, record, now: float | None = None) -> list:
         self.records += 1
@@ -161,6 +175,7 @@ class Reassembler:
                 self.serials.see(record.node, record.serial)
             opened[key] = ev
             self._queue.append(ev)
+            self.created += 1
         if ev.late:
             self.late += 1
         ev.records.append(record)
