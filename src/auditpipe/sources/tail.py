@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from itertools import accumulate
 from typing import Any, NamedTuple
 
 __all__ = ["FileStat", "Checkpoint", "decide", "find_copy", "resume_plan", "rotated_siblings", "Tailer",
@@ -144,6 +145,28 @@ def expand(patterns: Sequence[str]) -> list[str]:
                 found.append(m)
     bases = set(found)
     return [f for f in found if not (_ROTATED.search(f) and _ROTATED.sub("", f) in bases)]
+
+
+def _split_with_offsets(chunk: bytes, start: int, out: list[str], offs: list) -> None:
+    """Complete lines (``chunk`` without its last newline, found at ``start`` in the file) →
+    ``out`` (decoded with surrogateescape, blank lines left out) and the offset after each → ``offs``."""
+    if chunk.isascii():  # the usual case: a character is a byte
+        lines = chunk.decode("ascii").split("\n")
+        sizes = [len(ln) + 1 for ln in lines]
+    else:  # split the bytes: a decoded character may stand for several
+        raw = chunk.split(b"\n")
+        sizes = [len(b) + 1 for b in raw]
+        lines = [b.decode("utf-8", "surrogateescape") for b in raw]
+    ends = accumulate(sizes, initial=start)
+    next(ends)
+    if "" in lines:
+        for ln, end in zip(lines, ends):
+            if ln:
+                out.append(ln)
+                offs.append(end)
+    else:
+        out += lines
+        offs += ends
 
 
 # ---- I/O ---------------------------------------------------------------------------------------
@@ -310,13 +333,16 @@ class Tailer:
             with self._state_lock:
                 self._write_state({**self._committed, **fresh})
 
-    def _read(self, fol: _Follower) -> list[str]:
+    def _read(self, fol: _Follower, offs: list | None = None) -> list[str]:
+        """New complete lines of ``fol``'s file, blank ones left out. With ``offs``, the byte
+        offset just after each line returned is appended to it (blank lines count in them)."""
         out: list[str] = []
         budget = self.max_read
         while budget > 0:
             data = os.pread(fol.fd, min(budget, 1 << 20), fol.read_pos)
             if not data:
                 break
+            start = fol.offset  # where fol.partial, and so buf, begins in the file
             fol.read_pos += len(data)
             budget -= len(data)
             buf = fol.partial + data
@@ -324,22 +350,27 @@ class Tailer:
             if cut < 0:
                 fol.partial = buf
                 continue
-            out += buf[:cut].decode("utf-8", "surrogateescape").split("\n")
+            if offs is None:
+                out += buf[:cut].decode("utf-8", "surrogateescape").split("\n")
+            else:
+                _split_with_offsets(buf[:cut], start, out, offs)
             fol.offset = fol.read_pos - (len(buf) - cut - 1)
             fol.partial = buf[cut + 1:]
-        return [ln for ln in out if ln]
+        return out if offs is not None else [ln for ln in out if ln]
 
-    def _finish(self, fol: _Follower) -> list[str]:
+    def _finish(self, fol: _Follower, offs: list | None = None) -> list[str]:
         """Read a file we are leaving to its end; a last line without newline is handed out too."""
         lines: list[str] = []
         while True:
-            lines += self._read(fol)
+            lines += self._read(fol, offs)
             if fol.read_pos >= os.fstat(fol.fd).st_size:
                 break
         if fol.partial:
             lines.append(fol.partial.decode("utf-8", "surrogateescape"))
             fol.offset = fol.read_pos
             fol.partial = b""
+            if offs is not None:
+                offs.append(fol.offset)
         return lines
 
     def poll(self) -> list[tuple[str, list[str]]]:
@@ -352,15 +383,51 @@ class Tailer:
                 out.append((fol.path, lines))
         return out
 
-    def _poll_one(self, fol: _Follower) -> list[str]:
+    def poll_offsets(self) -> list[tuple[str, str, list[str], list[int | None]]]:
+        """``poll()`` with positions: ``[(name, path, lines, offsets)]``.
+
+        ``name`` is the followed name (the key of ``snapshot()``), ``path`` the file now followed
+        under it. ``offsets[i]`` is the byte offset just after ``lines[i]`` in that file, or None
+        for a line of an older file finished during this poll (a rotation, a resume plan).
+        ``checkpoint_at(name, offset)`` — asked before the next poll, which may switch files —
+        turns one into a checkpoint entry. Blank lines are left out but counted in the offsets.
+        """
+        self.discover()
+        out = []
+        for name, fol in self.followers.items():
+            offs: list[int | None] = []
+            lines = self._poll_one(fol, offs)
+            if lines:
+                out.append((name, fol.path, lines, offs))
+        return out
+
+    def checkpoint_at(self, name: str, offset: int) -> dict:
+        """The ``snapshot()`` entry of ``name`` at ``offset`` of the file followed now (device,
+        inode and fingerprint of that file): what to ``commit`` once the lines before it are
+        delivered."""
+        cp = self.followers[name].checkpoint()
+        if cp is None:
+            raise KeyError(f"{name}: no file followed")
+        cp.offset = offset
+        return asdict(cp)
+
+    def _switch(self, fol: _Follower, offs: list | None) -> bool:
+        """Open the next file of the plan; the offsets of lines read so far are then in a file
+        we left, which a checkpoint cannot name: None."""
+        switched = fol.open_next()
+        if switched and offs:
+            offs[:] = [None] * len(offs)
+        return switched
+
+    def _poll_one(self, fol: _Follower, offs: list | None = None) -> list[str]:
         lines: list[str] = []
         if fol.fd < 0:
             fol.set_plan(_Snapshot(fol.name).take([(fol.name, 0)]))
             if not fol.open_next():
                 return lines
         while fol.plan:  # older files of a resume plan: finish each, then the next
-            lines += self._finish(fol)
-            fol.open_next()
+            lines += self._finish(fol, offs)
+            self._switch(fol, offs)
         # look before reading: after a copytruncate refilled past our offset, reading first would
         # hand out the middle of a new line
         try:
@@ -371,9 +438,9 @@ class Tailer:
         head_changed = bool(fol.fp) and os.pread(fol.fd, len(fol.fp), 0) != fol.fp
         action = decide(fol.stat, fol.read_pos, at, head_changed)
         if action in ("read", "idle", "gone"):
-            return lines + self._read(fol)  # "gone": rotation under way, keep reading ours
+            return lines + self._read(fol, offs)  # "gone": rotation under way, keep reading ours
         if action == "rotated":
-            lines += self._finish(fol)
+            lines += self._finish(fol, offs)
             fol.rotations += 1
             snap = _Snapshot(fol.name)
             chain = [c for c, _ in snap.items]  # newest first
@@ -387,11 +454,11 @@ class Tailer:
             copy = find_copy(fol.fp, fol.offset, snap.rotated(fol.name), exclude=(fol.stat.dev, fol.stat.ino))
             # what we had not read yet went to the copy: resume there at our last whole line
             fol.set_plan(snap.take(([(copy.path, fol.offset)] if copy is not None else []) + [(fol.name, 0)]))
-        fol.open_next()
+        self._switch(fol, offs)
         while fol.plan:
-            lines += self._finish(fol)
-            fol.open_next()
-        return lines + self._read(fol)
+            lines += self._finish(fol, offs)
+            self._switch(fol, offs)
+        return lines + self._read(fol, offs)
 
     def snapshot(self) -> dict[str, dict]:
         """The current positions (what ``commit`` would write), to commit later."""
