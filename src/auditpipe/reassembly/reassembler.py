@@ -46,7 +46,7 @@ def ends_event(type_num: int) -> bool:
     return type_num == _PROCTITLE or type_num == _EOE or is_standalone(type_num)
 
 
-_ENDS = frozenset(n for n in range(0, 1 << 16) if ends_event(n))
+_ENDS = frozenset(n for n in range(1 << 12) if ends_event(n))  # audit types stop below 3000
 
 
 class Event:
