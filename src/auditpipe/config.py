@@ -135,6 +135,9 @@ class SourceConfig(_S):
     #: for type = "file": the audit.log to follow
     path: str = "/var/log/audit/audit.log"
     checkpoint: str | None = None
+    #: for type = "file", without a checkpoint: "end" (only what is written from now on) or
+    #: "head" (the whole file)
+    start: Literal["end", "head"] = "end"
 
 
 class StatusConfig(_S):
@@ -387,7 +390,7 @@ def _hint(parts: list) -> str:
     choices = {"mode": "auto, unicast, multicast", "failure_mode": "silent, printk, panic (or 0, 1, 2)",
                "backpressure_strategy": "auto, kernel, userspace, both, none",
                "format": "ecs, panther, coalesced", "type": "kernel, file",
-               "purge": "auto, true, false"}.get(parts[-1])
+               "purge": "auto, true, false", "start": "end, head"}.get(parts[-1])
     if choices and parts[-1] in table.__struct_fields__:
         return f" (one of: {choices})"
     return ""

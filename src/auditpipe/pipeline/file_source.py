@@ -1,11 +1,19 @@
 """`[source] type = "file"`: follow an audit.log (``auditpipe.sources.tail``) instead of the kernel.
 
 Same interface as :class:`auditpipe.sources.kernel.KernelSource` for the live loop: a reader thread
-polls the tailer and puts batches of lines in the bounded queue, each batch ending with a
-``(None, positions)`` marker. The worker commits those positions (the checkpoint) once every line
-before them has left in an event (nothing in flight), so a restart resumes without losing or
-repeating an event; at a clean stop, after the flush, the last positions are committed.
-Nothing in the kernel is touched.
+polls the tailer (``Tailer.poll_offsets``) and puts one batch per poll in the bounded queue. A
+batch holds ``(line, offset)`` items — ``offset``: the byte position just after the line in the
+file followed, None for a line of a rotated file being finished — and markers ``(None, marker)``:
+
+* ``("at", name, entry)`` before the lines of each followed name: ``entry`` is the checkpoint
+  entry of the file their offsets are in (``Tailer.checkpoint_at``); the worker makes a
+  checkpoint of it by setting the offset of a line;
+* ``("end", positions)`` last: the positions after the whole poll (``Tailer.snapshot``).
+
+The worker (``pipeline.live``) commits the position after a line once that line and every line
+before it have left in events the outputs accepted, so a SIGKILL resends at most what the
+outputs had accepted but not yet confirmed; at a clean stop, after the flush, the end positions
+are committed. Nothing in the kernel is touched.
 """
 
 from __future__ import annotations
@@ -24,11 +32,11 @@ class FileTailSource:
     kind = "file"
 
     def __init__(self, path: str, checkpoint: str | None = None, queue_size: int = 65536,
-                 interval: float = 0.25, start: str = "end") -> None:
+                 interval: float = 0.25, start: str | None = None) -> None:
         self.path = path
         self.checkpoint = checkpoint
         self.interval = interval
-        self.start_at = start
+        self.start_at = start  # "end" | "head" without a checkpoint; None: [source] start, else "end"
         self.queue = BoundedQueue(queue_size, "block")  # a file can wait; nothing is dropped
         self.mode = "file"
         self.strategy = Strategy("none", "block", None, None)
@@ -51,7 +59,7 @@ class FileTailSource:
 
         if ruleset is not None:
             log.info("source = file: rule files are not installed (the kernel is left alone)")
-        self.tailer = Tailer([self.path], start=self.start_at, state_file=self.checkpoint)
+        self.tailer = Tailer([self.path], start=self.start_at or "end", state_file=self.checkpoint)
         self._thread = threading.Thread(target=self._read_loop, name="auditpipe-tail-reader", daemon=True)
         self._thread.start()
         log.info("following %s%s", self.path, f" (checkpoint {self.checkpoint})" if self.checkpoint else "")
@@ -60,13 +68,14 @@ class FileTailSource:
         t = self.tailer
         try:
             while not self._stop.is_set():
-                got = t.poll()
+                got = t.poll_offsets()
                 if got:
                     batch: list = []
-                    for _path, lines in got:
-                        batch.extend(lines)
-                    self.messages += len(batch)
-                    batch.append((None, t.snapshot()))
+                    for name, _path, lines, offsets in got:
+                        batch.append((None, ("at", name, t.checkpoint_at(name, 0))))
+                        batch += zip(lines, offsets)
+                        self.messages += len(lines)
+                    batch.append((None, ("end", t.snapshot())))
                     self.queue.put(batch)
                 else:
                     self._stop.wait(self.interval)

@@ -14,6 +14,21 @@ Shutdown order: our rules are deleted and status fields restored while the reade
 (so the kernel's CONFIG_CHANGE records for them are still collected), then the reader stops, the
 queue is drained, in-flight events are flushed, outputs closed, ``enabled`` restored and the pid
 unregistered.
+
+File source (``pipeline.file_source``): every line comes with the byte position after it. After
+a line, that position is a *resume point* when every event still in the reassembler is complete
+(``Reassembler.settled()``: no later record will join an event with a record from before it);
+events leave in the order they were opened, so a resume point taken when ``created == C`` is
+behind everything once ``events >= C`` and those documents were written (an HTTP output's
+``write`` returns once its durable queue has them on disk). After each write the newest such
+point is committed as the checkpoint: a SIGKILL then resends only what the outputs had
+accepted and not yet confirmed, whether or not the log ever goes quiet. The per-line work is on
+this path only; the kernel path and ``auditpipe parse`` do none of it.
+
+Raw forwarding: an ``[[outputs]] type = "http"`` with ``format = "raw"`` gets the records as read
+(file: the lines; kernel: ``Record.raw``) through ``write_raw``; the other outputs get documents.
+With raw outputs only, nothing is normalized and a line's position is a resume point as soon as
+the line is written.
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -90,6 +106,15 @@ def _describe_output(spec: dict) -> str:
     return spec.get("path") or spec.get("url") or spec["type"]
 
 
+def _wants_raw(spec: dict, sink) -> bool:
+    """An HTTP output configured to forward the records themselves (``format = "raw"``)."""
+    return spec.get("type") == "http" and spec.get("format") == "raw" and hasattr(sink, "write_raw")
+
+
+def _no_documents(event) -> list:
+    return []
+
+
 # ---------------------------------------------------------------------------- status file
 class StatusWriter:
     """Writes the agent's status as one JSON object, atomically (temp file + rename)."""
@@ -147,8 +172,10 @@ class LiveRunner:
                                        wall_timeout=r.wall_timeout)
         self.rejects = 0
         self.pipeline = Pipeline(self.normalize, self.reassembler, on_reject=self._on_reject)
-        self.sinks = sinks if sinks is not None else open_outputs(cfg)
-        self.output_specs = cfg.output_specs()
+        self._raw: list[str] = []  # records read, for the raw outputs' next write
+        self._sinks: list = sinks if sinks is not None else open_outputs(cfg)
+        self._output_specs: list[dict] = cfg.output_specs()
+        self._setup_outputs()
         self.reload_config = reload_config
         self.compile_rules = compile_rules
         self.status_writer = StatusWriter(cfg.status.path)
@@ -161,7 +188,13 @@ class LiveRunner:
         self.exit_code = 0
         self.fatal: str | None = None
         self.kind = getattr(source, "kind", "kernel")
-        self._positions: dict | None = None  # file source: positions to commit
+        # file source: the end positions of the last poll, when no line was fed since
+        self._positions: dict | None = None
+        # file source: resume points (created, name, checkpoint entry, offset), oldest first
+        self._safe: deque = deque()
+        self._at: tuple | None = None  # (name, checkpoint entry) of the lines being fed
+        if self.kind == "file" and getattr(source, "start_at", "") is None:
+            source.start_at = cfg.source.start  # where to begin without a checkpoint
 
     # -- signals -----------------------------------------------------------------------------
     def request_stop(self, *_: object) -> None:
@@ -250,19 +283,64 @@ class LiveRunner:
         self.status_writer.write(self.status_doc(running))
 
     # -- output ------------------------------------------------------------------------------
-    def _write(self, docs: list) -> None:
-        sinks = self.sinks
-        if len(sinks) > 1:
-            from auditpipe.sinks.encode import dumps_line
+    @property
+    def sinks(self) -> list:
+        return self._sinks
 
-            docs = [dumps_line(d) for d in docs]
-        for s in sinks:
-            try:
-                s.write(docs)
-            except Exception as e:  # noqa: BLE001 - one failing output must not stop the others
-                self.output_errors += 1
-                if self.output_errors <= 10:
-                    log.error("output %s: %s", type(s).__name__, e)
+    @sinks.setter
+    def sinks(self, sinks: list) -> None:
+        self._sinks = sinks
+        self._setup_outputs()
+
+    @property
+    def output_specs(self) -> list[dict]:
+        return self._output_specs
+
+    @output_specs.setter
+    def output_specs(self, specs: list[dict]) -> None:
+        self._output_specs = specs
+        self._setup_outputs()
+
+    def _setup_outputs(self) -> None:
+        """Which outputs get documents and which the raw records (``format = "raw"``)."""
+        specs = self.output_specs
+        raw, docs = [], []
+        for i, s in enumerate(self.sinks):
+            (raw if _wants_raw(specs[i] if i < len(specs) else {}, s) else docs).append(s)
+        self._raw_sinks, self._doc_sinks = raw, docs
+        self._forward_raw = bool(raw)
+        self._raw_only = bool(raw) and not docs
+        # raw outputs only: events are still assembled (counters, resume points), not normalized
+        self.pipeline.normalize = _no_documents if self._raw_only else self.normalize
+
+    def _write(self, docs: list) -> bool:
+        """Documents to the document outputs, the records read since the last write to the raw
+        ones. True when every output accepted its part."""
+        ok = True
+        sinks = self._doc_sinks
+        if docs and sinks:
+            if len(sinks) > 1:
+                from auditpipe.sinks.encode import dumps_line
+
+                docs = [dumps_line(d) for d in docs]
+            for s in sinks:
+                ok = self._write_one(s, s.write, docs) and ok
+        if self._raw:
+            lines, self._raw = self._raw, []
+            date = time.time()  # as Fluent Bit's tail input stamps a record: when it was read
+            for s in self._raw_sinks:
+                ok = self._write_one(s, s.write_raw, lines, date=date) and ok
+        return ok
+
+    def _write_one(self, sink, write, items, **kw) -> bool:
+        try:
+            write(items, **kw)
+            return True
+        except Exception as e:  # noqa: BLE001 - one failing output must not stop the others
+            self.output_errors += 1
+            if self.output_errors <= 10:
+                log.error("output %s: %s", type(sink).__name__, e)
+            return False
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self, ruleset=None) -> int:
@@ -286,9 +364,11 @@ class LiveRunner:
 
     def _feed(self, batches: list, now: float) -> list:
         """Raw batches → documents. Kernel batches hold (type, payload) tuples; file batches
-        hold lines and end with a (None, positions) checkpoint marker."""
+        hold (line, offset) tuples and markers (see ``pipeline.file_source``)."""
         docs: list = []
         if self.kind == "kernel":
+            if self._forward_raw:
+                return self._feed_kernel_raw(batches, now)
             feed = self.pipeline.feed_kernel
             for batch in batches:
                 for t, p in batch:
@@ -300,20 +380,76 @@ class LiveRunner:
                     if out:
                         docs += out
         else:
-            feed = self.pipeline.feed_line
-            where = getattr(self.source, "path", "-")
-            for batch in batches:
-                for item in batch:
-                    if isinstance(item, str):
-                        try:
-                            out = feed(item, where, now)
-                        except Exception as e:  # noqa: BLE001
-                            self._internal_error(e, item[:200])
-                            continue
-                        if out:
-                            docs += out
+            docs = self._feed_file(batches, now)
+        return docs
+
+    def _feed_file(self, batches: list, now: float) -> list:
+        """File batches → documents, noting resume points (module docstring) as lines go in."""
+        docs: list = []
+        feed = self.pipeline.feed_line
+        where = getattr(self.source, "path", "-")
+        ra = self.reassembler
+        settled = ra.settled
+        safe = self._safe
+        raw = self._raw if self._forward_raw else None
+        raw_only = self._raw_only
+        at = self._at
+        for batch in batches:
+            for line, off in batch:
+                if line is None:  # a marker
+                    if off[0] == "at":
+                        at = off[1:]
+                        self._positions = None
+                    else:  # "end": every line of the poll is in
+                        self._positions = off[1]
+                    continue
+                if raw is not None:
+                    raw.append(line)
+                try:
+                    out = feed(line, where, now)
+                except Exception as e:  # noqa: BLE001
+                    self._internal_error(e, line[:200])
+                    out = None
+                if out:
+                    docs += out
+                if off is not None and (raw_only or settled()):
+                    c = 0 if raw_only else ra.created
+                    if safe and safe[-1][0] == c and safe[-1][1] == at[0]:
+                        safe[-1] = (c, at[0], at[1], off)  # same events, further on
                     else:
-                        self._positions = item[1]
+                        safe.append((c, at[0], at[1], off))
+        self._at = at
+        return docs
+
+    def _feed_kernel_raw(self, batches: list, now: float) -> list:
+        """``Pipeline.feed_kernel`` for when raw outputs want ``Record.raw`` as well."""
+        from auditpipe.parsing import ParseError, parse_kernel
+
+        pipe = self.pipeline
+        c = pipe.counters
+        feed = self.reassembler.feed
+        normalize = pipe.normalize
+        raw = self._raw
+        docs: list = []
+        for batch in batches:
+            for t, p in batch:
+                try:
+                    rec = parse_kernel(t, p)
+                except ParseError as e:
+                    c.rejects += 1
+                    pipe.on_reject(f"netlink type {t}", p.decode("utf-8", "surrogateescape"), e.reason)
+                    continue
+                except Exception as e:  # noqa: BLE001
+                    self._internal_error(e, f"netlink type {t}: {p[:200]!r}")
+                    continue
+                c.records += 1
+                raw.append(rec.raw)
+                try:
+                    for ev in feed(rec, now):
+                        docs += normalize(ev)
+                except Exception as e:  # noqa: BLE001
+                    self._internal_error(e, f"netlink type {t}: {p[:200]!r}")
+        c.documents += len(docs)
         return docs
 
     def _internal_error(self, e: Exception, what: str) -> None:
@@ -332,11 +468,29 @@ class LiveRunner:
             self._internal_error(e, "tick")
             return []
 
-    def _maybe_commit(self) -> None:
-        """File source: commit read positions once nothing read before them is in flight."""
+    def _commit_positions(self) -> None:
+        """File source, after a write: commit the newest resume point whose events have all
+        left — or, when nothing is in flight and no line came after the last poll's end, the
+        end positions of that poll."""
+        safe = self._safe
+        emitted = self.reassembler.events
+        newest: dict = {}
+        while safe and safe[0][0] <= emitted:
+            _, name, entry, off = safe.popleft()
+            newest[name] = (entry, off)
         if self._positions is not None and self.reassembler.in_flight == 0:
-            self.source.commit(self._positions)
+            positions = self._positions
             self._positions = None
+            safe.clear()
+        else:
+            positions = {name: {**entry, "offset": off} for name, (entry, off) in newest.items()}
+        if positions:
+            self.source.commit(positions)
+
+    def _write_and_commit(self, docs: list) -> None:
+        ok = self._write(docs) if docs or self._raw else True
+        if ok and (self._safe or self._positions is not None):
+            self._commit_positions()
 
     def _loop(self) -> None:
         q = self.source.queue
@@ -351,10 +505,7 @@ class LiveRunner:
             if now >= next_tick:
                 docs += self._tick(now)
                 next_tick = now + tick_every
-            if docs:
-                self._write(docs)
-            if self._positions is not None:
-                self._maybe_commit()
+            self._write_and_commit(docs)
             if now >= next_status:
                 self.source.poll_status()
                 self.write_status()
@@ -375,9 +526,7 @@ class LiveRunner:
             batches = q.get(0)
             if not batches:
                 break
-            docs = self._feed(batches, time.monotonic())
-            if docs:
-                self._write(docs)
+            self._write_and_commit(self._feed(batches, time.monotonic()))
 
     def _shutdown(self) -> None:
         src = self.source
@@ -387,10 +536,7 @@ class LiveRunner:
             time.sleep(0.1)  # the CONFIG_CHANGE records of the restore, while the reader runs
             src.stop_reader()
             self._drain()
-            docs = self.pipeline.flush()
-            if docs:
-                self._write(docs)
-            self._maybe_commit()
+            self._write_and_commit(self.pipeline.flush())
         except Exception as e:
             problems.append(f"shutdown: {e}")
             log.exception("shutdown")
@@ -446,8 +592,8 @@ class LiveRunner:
                                          "backlog_wait_time": k.backlog_wait_time})
         except Exception as e:  # noqa: BLE001
             log.error("reload: kernel rules/status: %s", e)
-        self.pipeline.normalize = normalize
         self.normalize = normalize
+        self._setup_outputs()
         r = new.reassembly
         self.reassembler.timeout = r.timeout
         self.reassembler.max_in_flight = r.max_in_flight

@@ -32,6 +32,10 @@ from auditpipe.sinks.queue import DiskQueue
 __all__ = ["HttpConfig", "HttpShipper", "QueueSink", "raw_record", "build_client", "is_retryable"]
 
 log = logging.getLogger(__name__)
+# httpx logs every request at INFO ("HTTP Request: POST … 200 OK"), one line per batch sent;
+# failures are ours to report (retries, dead letters)
+for _name in ("httpx", "httpcore"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 CONTENT_TYPE = "application/x-ndjson"
 
