@@ -261,3 +261,41 @@ type = "stdout"
     assert [ln.split(" ", 1)[0] for ln in raw.raw] == [
         "type=SYSCALL", "type=EXECVE", "type=CWD", "type=PATH", "type=PROCTITLE", "type=EOE"]
     assert runner.counters()["rejects"] == 1 and runner.counters()["documents"] == 1
+
+
+def test_a_long_batch_is_written_and_committed_in_slices(tmp_path):
+    """Catching up (a poll of thousands of lines): documents reach the outputs in slices of at
+    most one HTTP batch (``max_events``), each followed by its checkpoint, so a kill between a
+    write and its commit resends one slice at most."""
+    log = tmp_path / "audit.log"
+    log.write_text("".join("\n".join(event_lines(n)) + "\n" for n in range(1, 301)))
+    trail: list = []  # ("w", documents) and ("c", offset), in order
+
+    class Sink(RecordingSink):
+        def write(self, docs):
+            trail.append(("w", len(docs)))
+            return super().write(docs)
+
+    sink = Sink()
+    runner, src = file_runner(tmp_path, log, [sink], start="head",
+                              specs=[{"type": "http", "url": "http://x", "max_events": 40}])
+    commit = src.commit
+
+    def spy(positions):
+        trail.append(("c", positions[str(log)]["offset"]))
+        commit(positions)
+    src.commit = spy
+    t = run(runner)
+    try:
+        assert wait_until(lambda: len(sink.docs) == 299)  # 300: held for a possible EOE
+    finally:
+        runner.request_stop()
+        t.join(10)
+    assert serials(sink) == list(range(1, 301))
+    writes = [n for k, n in trail if k == "w"]
+    assert max(writes) <= 40 and len(writes) >= 300 // 40
+    # never two writes without a commit between them, and commits only move forward
+    kinds = "".join(k for k, _ in trail)
+    assert "ww" not in kinds, kinds
+    offsets = [n for k, n in trail if k == "c"]
+    assert offsets == sorted(offsets) and offsets[-1] == log.stat().st_size

@@ -1,8 +1,8 @@
 """Tailer.poll_offsets(): the byte offset after each line, and checkpoint_at() (issue 4).
 
 A reader that commits a checkpoint in the middle of a poll's lines needs, for each line, where
-the next one starts in the file followed; lines of a file being finished (a rotation, a resume
-plan) have no position a checkpoint could name (None)."""
+the next one starts in its file, and which file that is: a poll that meets a rotation (or a
+resume plan) hands out the rest of the old file first, as a part of its own."""
 
 from __future__ import annotations
 
@@ -29,9 +29,13 @@ def append(path, data: bytes) -> None:
 
 
 def only(got):
-    """The single (name, path, lines, offsets) of a poll."""
+    """The single (name, entry, lines, offsets) of a poll."""
     assert len(got) == 1, got
     return got[0]
+
+
+def nums(lines):
+    return [int(ln.rsplit("n=", 1)[1]) for ln in lines]
 
 
 def ends_of(data: bytes, start: int = 0) -> list[int]:
@@ -48,8 +52,8 @@ def test_offsets_are_bytes_after_each_line(tmp_path):
     p = tmp_path / "audit.log"
     write(p, 0, 5)
     t = Tailer([str(p)], start="head")
-    name, path, lines, offs = only(t.poll_offsets())
-    assert name == path == str(p)
+    name, entry, lines, offs = only(t.poll_offsets())
+    assert name == entry["path"] == str(p) and entry == t.snapshot()[name]
     data = p.read_bytes()
     assert [ln + "\n" for ln in lines] == [line(i) for i in range(5)]
     assert offs == ends_of(data) and offs[-1] == len(data)
@@ -100,22 +104,22 @@ def test_partial_line_gets_its_offset_once_complete(tmp_path):
     assert lines == [line(2)[:-1]] and offs == [len(line(1)) + len(line(2))]
 
 
-def test_rotation_mid_poll_old_lines_have_no_offset(tmp_path):
+def test_rotation_mid_poll_the_old_file_is_a_part_of_its_own(tmp_path):
     p = str(tmp_path / "audit.log")
     write(p, 0, 3)
     t = Tailer([p], start="head")
-    only(t.poll_offsets())
+    _, first, _, _ = only(t.poll_offsets())
     write(p, 3, 5)  # written after our last read, then rotated away
     os.rename(p, p + ".1")
     write(p, 5, 8)
-    name, path, lines, offs = only(t.poll_offsets())
-    assert (name, path) == (p, p)
-    assert [int(ln.rsplit("n=", 1)[1]) for ln in lines] == list(range(3, 8))
-    assert offs[:2] == [None, None]
-    assert offs[2:] == ends_of(Path(p).read_bytes())
-    # checkpoint_at names the new file
-    cp = t.checkpoint_at(p, offs[3])
-    assert cp["ino"] == os.stat(p).st_ino and cp["offset"] == offs[3]
+    (n1, old, lines1, offs1), (n2, new, lines2, offs2) = t.poll_offsets()
+    assert n1 == n2 == p
+    assert (nums(lines1), nums(lines2)) == ([3, 4], [5, 6, 7])
+    assert old["ino"] == first["ino"] == os.stat(p + ".1").st_ino and old["offset"] == os.path.getsize(p + ".1")
+    assert offs1 == ends_of(Path(p + ".1").read_bytes())[3:]
+    assert new["ino"] == os.stat(p).st_ino and new == t.snapshot()[p]
+    assert offs2 == ends_of(Path(p).read_bytes())
+    assert t.checkpoint_at(p, offs2[1]) == {**new, "offset": offs2[1]}
 
 
 def test_rotated_file_ending_without_newline(tmp_path):
@@ -124,15 +128,16 @@ def test_rotated_file_ending_without_newline(tmp_path):
     p = str(tmp_path / "audit.log")
     write(p, 0, 2)
     t = Tailer([p], start="head")
-    _, _, _, offs = only(t.poll_offsets())
+    only(t.poll_offsets())
     append(p, b"type=SYSCALL msg=audit(1.1:9): cut")
     os.rename(p, p + ".1")
     write(p, 2, 3)
-    _, _, lines, offs = only(t.poll_offsets())
-    assert lines[0].endswith("cut") and offs == [None, len(line(2))]
+    (_, _, lines1, offs1), (_, _, lines2, offs2) = t.poll_offsets()
+    assert lines1 == ["type=SYSCALL msg=audit(1.1:9): cut"] and offs1 == [os.path.getsize(p + ".1")]
+    assert nums(lines2) == [2] and offs2 == [len(line(2))]
 
 
-def test_copytruncate_copy_lines_have_no_offset(tmp_path):
+def test_copytruncate_copy_is_a_part_of_its_own(tmp_path):
     p = str(tmp_path / "audit.log")
     write(p, 0, 4)
     t = Tailer([p], start="head")
@@ -142,14 +147,14 @@ def test_copytruncate_copy_lines_have_no_offset(tmp_path):
         dst.write(src.read())
     os.truncate(p, 0)
     write(p, 6, 8)
-    _, _, lines, offs = only(t.poll_offsets())
-    assert len(lines) == 4 and offs[:2] == [None, None]
-    assert offs[2:] == ends_of(Path(p).read_bytes())
-    cp = t.checkpoint_at(p, offs[-1])
-    assert cp["fingerprint"] == Path(p).read_bytes()[:256].hex()
+    (_, copy, lines1, offs1), (_, live, lines2, offs2) = t.poll_offsets()
+    assert (nums(lines1), nums(lines2)) == ([4, 5], [6, 7])
+    assert copy["ino"] == os.stat(p + ".1").st_ino and offs1 == ends_of(Path(p + ".1").read_bytes())[4:]
+    assert live["ino"] == os.stat(p).st_ino and offs2 == ends_of(Path(p).read_bytes())
+    assert live["fingerprint"] == Path(p).read_bytes()[:256].hex()
 
 
-def test_resume_plan_older_files_have_no_offset(tmp_path):
+def test_resume_plan_older_files_are_parts_of_their_own(tmp_path):
     p = str(tmp_path / "audit.log")
     state = str(tmp_path / "state.json")
     write(p, 0, 3)
@@ -161,8 +166,10 @@ def test_resume_plan_older_files_have_no_offset(tmp_path):
     os.rename(p, p + ".1")
     write(p, 5, 6)
     t = Tailer([p], start="end", state_file=state)
-    _, _, lines, offs = only(t.poll_offsets())
-    assert len(lines) == 3 and offs == [None, None, len(line(5))]
+    (_, old, lines1, offs1), (_, new, lines2, offs2) = t.poll_offsets()
+    assert (nums(lines1), nums(lines2)) == ([3, 4], [5])
+    assert old["ino"] == os.stat(p + ".1").st_ino and offs1[-1] == os.path.getsize(p + ".1")
+    assert new["ino"] == os.stat(p).st_ino and offs2 == [len(line(5))]
 
 
 def test_checkpoint_at_is_the_snapshot_entry_at_that_offset(tmp_path):
@@ -176,8 +183,8 @@ def test_checkpoint_at_is_the_snapshot_entry_at_that_offset(tmp_path):
 
 
 def test_commit_at_any_line_resumes_just_after_it(tmp_path):
-    """A checkpoint made (as a reader does) of ``checkpoint_at`` right after the poll and the
-    offset after line i resumes at line i + 1, whatever i, also once its file was rotated away."""
+    """The checkpoint made of a line's part entry and offset resumes at the next line, whatever
+    the line — also in a file rotated away since, and in one finished during the poll."""
     p = str(tmp_path / "audit.log")
     state = str(tmp_path / "state.json")
     write(p, 0, 6)
@@ -185,10 +192,8 @@ def test_commit_at_any_line_resumes_just_after_it(tmp_path):
     points = []  # (line number, checkpoint entry)
 
     def poll() -> None:
-        _, _, lines, offs = only(t.poll_offsets())
-        base = t.checkpoint_at(p, 0)
-        points.extend((int(ln.rsplit("n=", 1)[1]), {**base, "offset": off})
-                      for ln, off in zip(lines, offs) if off is not None)
+        for _, entry, lines, offs in t.poll_offsets():
+            points.extend((n, {**entry, "offset": off}) for n, off in zip(nums(lines), offs))
 
     poll()
     write(p, 6, 8)
@@ -196,14 +201,19 @@ def test_commit_at_any_line_resumes_just_after_it(tmp_path):
     write(p, 8, 12)
     poll()
     t.close()
-    assert [n for n, _ in points] == [0, 1, 2, 3, 4, 5, 8, 9, 10, 11]  # 6, 7: finished after the rotation
+    assert [n for n, _ in points] == list(range(12))
     for n, entry in points:
         with open(state, "w") as f:
             json.dump({"version": 1, "files": {p: entry}}, f)
         t2 = Tailer([p], start="end", state_file=state)
-        rest = [int(ln.rsplit("n=", 1)[1]) for _, lines in t2.poll() for ln in lines]
+        rest = [x for _, lines in t2.poll() for x in nums(lines)]
+        assert t2.followers[p].lost_checkpoints == 0
         t2.close()
         assert rest == list(range(n + 1, 12)), n
+
+
+def by_inode(directory, ino: int) -> bytes:
+    return next(f.read_bytes() for f in directory.iterdir() if f.stat().st_ino == ino)
 
 
 def test_poll_offsets_agrees_with_poll_on_random_writes(tmp_path):
@@ -234,10 +244,9 @@ def test_poll_offsets_agrees_with_poll_on_random_writes(tmp_path):
         if rng.random() < 0.5:
             plain = ta.poll()
             with_offs = tb.poll_offsets()
-            assert [ln for _, _, ln, _ in with_offs] == [ln for _, ln in plain]
-            for _, path, lines, offs in with_offs:
-                data = Path(path).read_bytes()
+            assert [x for _, _, ln, _ in with_offs for x in ln] == [x for _, ln in plain for x in ln]
+            for _, entry, lines, offs in with_offs:
+                data = by_inode(b, entry["ino"])
                 for ln, off in zip(lines, offs):
-                    if off is not None:
-                        enc = ln.encode("utf-8", "surrogateescape")
-                        assert data[off - len(enc) - 1:off] == enc + b"\n"
+                    enc = ln.encode("utf-8", "surrogateescape")
+                    assert data[off - len(enc) - 1:off] == enc + b"\n", (ln, off)

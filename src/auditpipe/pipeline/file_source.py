@@ -2,12 +2,12 @@
 
 Same interface as :class:`auditpipe.sources.kernel.KernelSource` for the live loop: a reader thread
 polls the tailer (``Tailer.poll_offsets``) and puts one batch per poll in the bounded queue. A
-batch holds ``(line, offset)`` items — ``offset``: the byte position just after the line in the
-file followed, None for a line of a rotated file being finished — and markers ``(None, marker)``:
+batch holds ``(line, offset)`` items — ``offset``: the byte position just after the line in its
+file — and markers ``(None, marker)``:
 
-* ``("at", name, entry)`` before the lines of each followed name: ``entry`` is the checkpoint
-  entry of the file their offsets are in (``Tailer.checkpoint_at``); the worker makes a
-  checkpoint of it by setting the offset of a line;
+* ``("at", name, entry)`` before the lines of each file read (a poll that meets a rotation has
+  two): ``entry`` is the checkpoint entry of that file for the followed ``name``; the worker makes
+  the checkpoint after a line of it by setting the line's offset in it;
 * ``("end", positions)`` last: the positions after the whole poll (``Tailer.snapshot``).
 
 The worker (``pipeline.live``) commits the position after a line once that line and every line
@@ -71,8 +71,8 @@ class FileTailSource:
                 got = t.poll_offsets()
                 if got:
                     batch: list = []
-                    for name, _path, lines, offsets in got:
-                        batch.append((None, ("at", name, t.checkpoint_at(name, 0))))
+                    for name, entry, lines, offsets in got:
+                        batch.append((None, ("at", name, entry)))
                         batch += zip(lines, offsets)
                         self.messages += len(lines)
                     batch.append((None, ("end", t.snapshot())))

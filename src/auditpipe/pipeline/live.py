@@ -55,6 +55,10 @@ __all__ = ["LiveRunner", "StatusWriter", "build_normalizer_from", "open_outputs"
 log = logging.getLogger("auditpipe.run")
 
 MAX_LOGGED_REJECTS = 20
+#: file source: at most this many documents (or raw records) reach the outputs between two
+#: checkpoint commits — what a SIGKILL between a write and its commit may resend. An HTTP
+#: output with a smaller ``max_events`` (one batch) lowers it.
+WRITE_SLICE = 500
 
 
 def _iso(t: float) -> str:
@@ -113,6 +117,13 @@ def _wants_raw(spec: dict, sink) -> bool:
 
 def _no_documents(event) -> list:
     return []
+
+
+def _max_events(spec: dict) -> int:
+    try:
+        return max(1, int(spec.get("max_events", WRITE_SLICE)))
+    except (TypeError, ValueError):
+        return WRITE_SLICE
 
 
 # ---------------------------------------------------------------------------- status file
@@ -310,6 +321,7 @@ class LiveRunner:
         self._raw_sinks, self._doc_sinks = raw, docs
         self._forward_raw = bool(raw)
         self._raw_only = bool(raw) and not docs
+        self._slice = min([WRITE_SLICE] + [_max_events(spec) for spec in specs if spec.get("type") == "http"])
         # raw outputs only: events are still assembled (counters, resume points), not normalized
         self.pipeline.normalize = _no_documents if self._raw_only else self.normalize
 
@@ -418,6 +430,13 @@ class LiveRunner:
                         safe[-1] = (c, at[0], at[1], off)  # same events, further on
                     else:
                         safe.append((c, at[0], at[1], off))
+                    if len(docs) >= self._slice or len(self._raw) >= self._slice:
+                        # a long batch (catching up): write and commit in slices, so that a
+                        # kill between a write and its commit resends one slice at most
+                        self._write_and_commit(docs)
+                        docs = []
+                        if raw is not None:
+                            raw = self._raw  # the write took the list
         self._at = at
         return docs
 

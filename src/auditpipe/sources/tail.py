@@ -383,22 +383,30 @@ class Tailer:
                 out.append((fol.path, lines))
         return out
 
-    def poll_offsets(self) -> list[tuple[str, str, list[str], list[int | None]]]:
-        """``poll()`` with positions: ``[(name, path, lines, offsets)]``.
+    def poll_offsets(self) -> list[tuple[str, dict, list[str], list[int]]]:
+        """``poll()`` with positions: ``[(name, entry, lines, offsets)]``, one item per file
+        read from, in reading order (a poll that meets a rotation finishes the old file first).
 
-        ``name`` is the followed name (the key of ``snapshot()``), ``path`` the file now followed
-        under it. ``offsets[i]`` is the byte offset just after ``lines[i]`` in that file, or None
-        for a line of an older file finished during this poll (a rotation, a resume plan).
-        ``checkpoint_at(name, offset)`` — asked before the next poll, which may switch files —
-        turns one into a checkpoint entry. Blank lines are left out but counted in the offsets.
+        ``name`` is the followed name (the key of ``snapshot()``); ``entry`` the checkpoint entry
+        of the file the lines come from (``snapshot()``'s format, at the end of what was read);
+        ``offsets[i]`` the byte offset just after ``lines[i]`` in that file, so that
+        ``{**entry, "offset": offsets[i]}`` is the checkpoint that resumes just after line i —
+        also when that file was rotated away since (a restart finds it by device, inode and
+        fingerprint among the rotated ones). Blank lines are left out but counted in the offsets.
         """
         self.discover()
         out = []
         for name, fol in self.followers.items():
-            offs: list[int | None] = []
-            lines = self._poll_one(fol, offs)
-            if lines:
-                out.append((name, fol.path, lines, offs))
+            offs: list[int] = []
+            parts: list[tuple[int, dict]] = []  # (lines so far, entry of the file they end in)
+            lines = self._poll_one(fol, offs, parts)
+            if not lines:
+                continue
+            self._cut(fol, offs, parts)
+            start = 0
+            for end, entry in parts:
+                out.append((name, entry, lines[start:end], offs[start:end]))
+                start = end
         return out
 
     def checkpoint_at(self, name: str, offset: int) -> dict:
@@ -411,15 +419,22 @@ class Tailer:
         cp.offset = offset
         return asdict(cp)
 
-    def _switch(self, fol: _Follower, offs: list | None) -> bool:
-        """Open the next file of the plan; the offsets of lines read so far are then in a file
-        we left, which a checkpoint cannot name: None."""
-        switched = fol.open_next()
-        if switched and offs:
-            offs[:] = [None] * len(offs)
-        return switched
+    @staticmethod
+    def _cut(fol: _Follower, offs: list | None, parts: list | None) -> None:
+        """The lines read since the last cut end in ``fol``'s current file: note its entry."""
+        if parts is not None and offs is not None and len(offs) > (parts[-1][0] if parts else 0):
+            cp = fol.checkpoint()
+            assert cp is not None
+            parts.append((len(offs), asdict(cp)))
 
-    def _poll_one(self, fol: _Follower, offs: list | None = None) -> list[str]:
+    def _switch(self, fol: _Follower, offs: list | None, parts: list | None) -> bool:
+        """Open the next file of the plan, after noting which file the lines so far came from."""
+        if not fol.plan:
+            return False
+        self._cut(fol, offs, parts)
+        return fol.open_next()
+
+    def _poll_one(self, fol: _Follower, offs: list | None = None, parts: list | None = None) -> list[str]:
         lines: list[str] = []
         if fol.fd < 0:
             fol.set_plan(_Snapshot(fol.name).take([(fol.name, 0)]))
@@ -427,7 +442,7 @@ class Tailer:
                 return lines
         while fol.plan:  # older files of a resume plan: finish each, then the next
             lines += self._finish(fol, offs)
-            self._switch(fol, offs)
+            self._switch(fol, offs, parts)
         # look before reading: after a copytruncate refilled past our offset, reading first would
         # hand out the middle of a new line
         try:
@@ -454,10 +469,10 @@ class Tailer:
             copy = find_copy(fol.fp, fol.offset, snap.rotated(fol.name), exclude=(fol.stat.dev, fol.stat.ino))
             # what we had not read yet went to the copy: resume there at our last whole line
             fol.set_plan(snap.take(([(copy.path, fol.offset)] if copy is not None else []) + [(fol.name, 0)]))
-        self._switch(fol, offs)
+        self._switch(fol, offs, parts)
         while fol.plan:
             lines += self._finish(fol, offs)
-            self._switch(fol, offs)
+            self._switch(fol, offs, parts)
         return lines + self._read(fol, offs)
 
     def snapshot(self) -> dict[str, dict]:
