@@ -22,8 +22,11 @@ events leave in the order they were opened, so a resume point taken when ``creat
 behind everything once ``events >= C`` and those documents were written (an HTTP output's
 ``write`` returns once its durable queue has them on disk). After each write the newest such
 point is committed as the checkpoint: a SIGKILL then resends only what the outputs had
-accepted and not yet confirmed, whether or not the log ever goes quiet. The per-line work is on
-this path only; the kernel path and ``auditpipe parse`` do none of it.
+accepted and not yet confirmed, whether or not the log ever goes quiet. A long batch (catching
+up) is written and committed in slices of ``WRITE_SLICE`` documents, or one HTTP batch
+(``max_events``) when smaller, so that a kill between a write and its commit resends one slice
+at most. The per-line work is on this path only; the kernel path and ``auditpipe parse`` do
+none of it.
 
 Raw forwarding: an ``[[outputs]] type = "http"`` with ``format = "raw"`` gets the records as read
 (file: the lines; kernel: ``Record.raw``) through ``write_raw``; the other outputs get documents.
