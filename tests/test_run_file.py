@@ -31,13 +31,14 @@ def wait_for(pred, timeout=10.0):
     return False
 
 
-def start(tmp_path, log, out):
+def start(tmp_path, log, out, source_extra=""):
     cfg = tmp_path / "c.toml"
     cfg.write_text(f"""
 [source]
 type = "file"
 path = "{log}"
 checkpoint = "{tmp_path / 'checkpoint.json'}"
+{source_extra}
 [normalize]
 format = "coalesced"
 [reassembly]
@@ -97,3 +98,22 @@ def test_follow_stop_and_resume(tmp_path):
     assert [sum(x in w for w in got) for x in ("first", "while-stopped", "second-run")] == [1, 1, 1]
     st = json.loads((tmp_path / "status.json").read_text())
     assert st["source"] == "file" and st["running"] is False
+
+
+def test_start_head_reads_what_was_there(tmp_path):
+    """[source] start = "head": without a checkpoint, the file is read from its beginning."""
+    log = tmp_path / "audit.log"
+    log.write_text(event_lines(1, "already-there"))
+    out = tmp_path / "events.jsonl"
+    p = start(tmp_path, log, out, 'start = "head"')
+    try:
+        with open(log, "a") as f:
+            f.write(event_lines(2, "appended"))
+        assert wait_for(lambda: any("appended" in w for w in words(out))), (tmp_path / "err.log").read_text()
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(20) == 0, (tmp_path / "err.log").read_text()
+    got = words(out)
+    assert [sum(x in w for w in got) for x in ("already-there", "appended")] == [1, 1]
+    cp = json.loads((tmp_path / "checkpoint.json").read_text())["files"][str(log)]
+    assert cp["offset"] == log.stat().st_size
