@@ -11,6 +11,11 @@ reused inode (same inode, other bytes) apart. It is written (atomically) by ``co
 the caller invokes after the lines returned by ``poll()`` were delivered: a crash re-reads at most
 the undelivered batch, and loses nothing.
 
+A reader that delivers a poll's lines in pieces (the live loop: events leave the reassembler one
+by one) uses ``poll_offsets()``: each line comes with the byte offset after it in its file, and
+each file read with its checkpoint entry, so a checkpoint can be committed after any line — also
+one of a file that was rotated away meanwhile.
+
 The decisions are plain functions over stat results (``decide``, ``find_copy``, ``resume_plan``);
 ``Tailer`` is the I/O around them.
 
