@@ -132,3 +132,16 @@ def test_mutation_run_over_whole_corpora():
         lines.append(cut)
     docs = _feed(lines)
     assert docs
+
+
+def test_nested_msg_in_unusual_places_does_not_break_normalizers():
+    """A nested msg='…' (a dict value) where a normalizer expects only strings: in a PATH record
+    and in a record merged into a syscall event (found by the mutation test above)."""
+    lines = [
+        'type=SYSCALL msg=audit(1.000:5): arch=c000003e syscall=2 success=yes exit=3 items=1 pid=1 uid=0 auid=0 ses=1 comm="x" exe="/x" key=(null)',
+        "type=PATH msg=audit(1.000:5): item=0 name=\"/etc/x\" msg='op=odd res=1'",
+        "type=CHGRP_ID msg=audit(1.000:5): pid=1 uid=0 msg='op=changing new_gid=4550 res=success'",
+        "type=PROCTITLE msg=audit(1.000:5): proctitle=78",
+    ]
+    docs = _feed(lines)  # CHGRP_ID (user space) ends the event, as in auparse; PROCTITLE starts one
+    assert [len(d["records"]) for d in docs] == [3, 1]

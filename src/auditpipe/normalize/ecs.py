@@ -119,10 +119,13 @@ def _signed32(hexval: str) -> int | None:
 
 def _path_fields(f: dict) -> dict:
     """A PATH record's fields for auditd.paths: dropped values out, obj split into obj_*."""
-    if "obj" not in f and DROP.isdisjoint(f.values()):
+    if "obj" not in f and "msg" not in f and DROP.isdisjoint(f.values()):
         return f  # shared with the record: nothing to change
     out = {}
     for k, v in f.items():
+        if type(v) is not str:  # a nested msg='…' in a damaged PATH line: kept as it is
+            out[k] = v
+            continue
         if v in DROP:
             continue
         if k == "obj":

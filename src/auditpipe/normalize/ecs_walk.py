@@ -135,9 +135,9 @@ def merge_fields(rec, data: dict, ids: dict, special: bool, tags, warnings):
     first value of a key wins). For the event's leading record (`special`) only its own fields
     count: identity fields repeat the SYSCALL's, and its rule key joins the tags. → tags."""
     f = rec.fields
-    if not special and data.keys().isdisjoint(f) and DROP.isdisjoint(f.values()):
+    if not special and "msg" not in f and data.keys().isdisjoint(f) and DROP.isdisjoint(f.values()):
         data.update(f)  # the usual case (BPRM_FCAPS, OBJ_PID...): nothing to check per field
-        return tags
+        return tags  # (a nested msg is a dict, which DROP cannot hold: it takes the loop below)
     role_get = ROLE.get
     for k, v in f.items():
         if type(v) is not str:
