@@ -16,7 +16,7 @@ __all__ = ["serve", "split_listen"]
 def split_listen(listen: str) -> tuple[str, int]:
     """``HOST:PORT`` / ``[::1]:PORT`` → (host, port)."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not port.isdecimal():
         raise click.BadParameter(f"expected HOST:PORT, got {listen!r}", param_hint="--listen")
     return host.strip("[]") or "0.0.0.0", int(port)
 

@@ -93,7 +93,7 @@ def _syscall_facts(arch_hex: str | None, num: str | None, enriched: dict | None)
             except ValueError:
                 pass
         sc_name = None
-        if num is not None and arch_name is not None and num.isdigit():
+        if num is not None and arch_name is not None and num.isdecimal():
             try:
                 sc_name = tables.syscall_name(arch_name, int(num))
             except (KeyError, ValueError):
@@ -104,7 +104,7 @@ def _syscall_facts(arch_hex: str | None, num: str | None, enriched: dict | None)
 
 
 def _exit_name(v: str) -> str:
-    if v[:1] == "-" and v[1:].isdigit():
+    if v[:1] == "-" and v[1:].isdecimal():
         return _ERRNO.get(int(v[1:]), v)
     return v
 
@@ -308,12 +308,12 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
             if v is not None or v2 is not None:
                 actor = summ["actor"] = {}
                 if v is not None:
-                    if v.isdigit():
+                    if v.isdecimal():
                         k = s.actor_primary_key
                         v = id_names.get(k) or (None if k in ids else names.of_id(k, v, False, enriched)) or v
                     actor["primary"] = v
                 if v2 is not None:
-                    if v2.isdigit():
+                    if v2.isdecimal():
                         k = s.actor_secondary_key
                         v2 = id_names.get(k) or (None if k in ids else names.of_id(k, v2, False, enriched)) or v2
                     actor["secondary"] = v2
@@ -371,27 +371,22 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
     return normalize
 
 
+_PROCESS_STRINGS = (("proctitle", "title"), ("comm", "name"), ("exe", "executable"), ("cwd", "working_directory"))
+
+
 def _process(proc: dict) -> dict:
     """process.* from the process fields gathered from the records."""
     out = {}
     v = proc.get("pid")
-    if v is not None and v.isdigit():
+    if v is not None and v.isdecimal():
         out["pid"] = int(v)
     v = proc.get("ppid")
-    if v is not None and v.isdigit():
+    if v is not None and v.isdecimal():
         out["parent"] = {"pid": int(v)}
-    v = proc.get("proctitle")
-    if v is not None:
-        out["title"] = v
-    v = proc.get("comm")
-    if v is not None:
-        out["name"] = v
-    v = proc.get("exe")
-    if v is not None:
-        out["executable"] = v
-    v = proc.get("cwd")
-    if v is not None:
-        out["working_directory"] = v
+    for src, dst in _PROCESS_STRINGS:
+        v = proc.get(src)
+        if v is not None:
+            out[dst] = v
     v = proc.get("args")
     if v:
         out["args"] = v

@@ -200,7 +200,7 @@ def _entity(value: str | None, key: str | None, group: bool, names: Names, enric
     """An ECS entity (id, name) from a value that is an id, a name, or unset ("" = absent)."""
     if value is None or value in _UNSET_VALUES:
         return "", ""
-    if value.isdigit():
+    if value.isdecimal():
         return value, (names.of_id(key, value, group, enriched) or "")
     return (names.id_of(value, group) or ""), value
 
@@ -266,20 +266,18 @@ def drop_redundant_effective(user: dict) -> None:
             del user["effective"]
 
 
+# The device holding the file is `dev`; `rdev` is the device a device node stands for.
+# auditbeat writes rdev as file.device (so "00:00" for every regular file); the kernel's meaning wins.
+_FILE_STRINGS = (("name", "path"), ("dev", "device"), ("inode", "inode"))
+
+
 def build_file(item: dict, enriched: dict | None, names: Names) -> dict:
     """file.* from the PATH item that is the event's object."""
     f: dict = {}
-    v = item.get("name")
-    if v is not None:
-        f["path"] = v
-    # The device holding the file is `dev`; `rdev` is the device a device node stands for.
-    # auditbeat writes rdev here (so "00:00" for every regular file); the kernel's meaning wins.
-    v = item.get("dev")
-    if v is not None:
-        f["device"] = v
-    v = item.get("inode")
-    if v is not None:
-        f["inode"] = v
+    for src, dst in _FILE_STRINGS:
+        v = item.get(src)
+        if v is not None:
+            f[dst] = v
     v = item.get("mode")
     if v is not None:
         try:

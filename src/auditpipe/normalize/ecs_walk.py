@@ -169,7 +169,7 @@ def execve_args(execs: list, execve_argv) -> tuple[int | None, list[str]]:
     if len(execs) == 1:
         f = execs[0].fields
         argc = f.get("argc")
-        if argc is not None and argc.isdigit():
+        if argc is not None and argc.isdecimal():
             n = int(argc)
             if len(f) == n + 1 and (n == 0 or ("a0" in f and f"a{n - 1}" in f)):
                 values = list(f.values())

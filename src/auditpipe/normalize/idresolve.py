@@ -35,7 +35,7 @@ def _read_db(path: str) -> tuple[dict[str, str], dict[str, str]]:
             if not line.strip() or line.startswith("#"):
                 continue
             parts = line.rstrip("\n").split(":")
-            if len(parts) < 3 or not parts[2].isdigit():
+            if len(parts) < 3 or not parts[2].isdecimal():
                 continue
             name, num = parts[0], str(int(parts[2]))
             by_id.setdefault(num, name)  # the first entry wins, as getpwuid does
