@@ -107,14 +107,7 @@ def run(config_path, rules, fmt, output, mode, status_file, check, verbose):
     if check:
         _print_check(cfg, ruleset)
         return
-    if cfg.source.type == "file":
-        try:
-            from auditpipe.sources import tail  # noqa: F401
-        except ImportError:
-            click.echo("Error: [source] type = \"file\" needs the audit.log tailer "
-                       "(auditpipe.sources.tail), which this build does not have", err=True)
-            sys.exit(2)
-    else:
+    if cfg.source.type != "file":
         from auditpipe.sources.kernel import missing_capabilities, privilege_message
 
         missing = missing_capabilities(cfg.kernel.mode)
