@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-pytest.importorskip("auditpipe.sources.tail")
 
 
 def event_lines(serial: int, word: str) -> str:
