@@ -877,7 +877,7 @@ def render(args, sources, notes, consts, short, record_names, record_numbers, ar
     w("# field name -> auparse interpretation type (AUPARSE_TYPE_* lower-cased, prefix removed).")
     w("FIELD_TYPES: dict[str, str] = " + _plain(field_types))
     w("")
-    w(f"# auparse types whose values are hex-encoded untrusted strings.")
+    w("# auparse types whose values are hex-encoded untrusted strings.")
     w(f"ENCODED_TYPES: frozenset[str] = frozenset({_fmt(sorted(ENCODED_TYPES))})")
     w("")
     w("# field names of those types (the value is hex when it held special characters).")

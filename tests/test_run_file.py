@@ -8,9 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-
 
 def event_lines(serial: int, word: str) -> str:
     h = f"msg=audit(1795294192.263:{serial}): "
