@@ -199,3 +199,11 @@ def test_unicode_digits_are_not_numbers():
         parse_kernel(1300, "audit(1².000:1): a=b".encode())
     r = parse_line('type=EXECVE msg=audit(1.000:1): argc=²  a0="x"')
     assert execve_argv([r]) == (None, ["x"])
+
+
+def test_long_and_huge_lines():
+    long_value = "x" * 20000  # over the kernel's 8,970-byte message limit: still a record
+    r = parse_line(f'type=USER_CMD msg=audit(1.000:1): pid=1 cmd="{long_value}"')
+    assert r.fields["cmd"] == long_value
+    with pytest.raises(ParseError, match="too long"):
+        parse_line("type=USER_CMD msg=audit(1.000:1): cmd=" + "x" * (1 << 20))
