@@ -207,3 +207,13 @@ def test_long_and_huge_lines():
     assert r.fields["cmd"] == long_value
     with pytest.raises(ParseError, match="too long"):
         parse_line("type=USER_CMD msg=audit(1.000:1): cmd=" + "x" * (1 << 20))
+
+
+def test_legacy_login_old_new_words():
+    r = parse_line("type=LOGIN msg=audit(1234877011.799:7734): login pid=26125 uid=0 old auid=4294967295 "
+                   "new auid=0 old ses=4294967295 new ses=1172")
+    assert r.fields == {"pid": "26125", "uid": "0", "old-auid": "4294967295", "auid": "0",
+                        "old-ses": "4294967295", "ses": "1172", "text": "login"}
+    # today's form is unchanged
+    r = parse_line("type=LOGIN msg=audit(1.000:2): pid=1 uid=0 old-auid=4294967295 auid=5000 tty=(none) old-ses=4294967295 ses=4 res=1")
+    assert (r.fields["old-auid"], r.fields["auid"], r.fields["old-ses"], r.fields["ses"]) == ("4294967295", "5000", "4294967295", "4")

@@ -61,6 +61,7 @@ _TYPE_NAMES = tables.RECORD_TYPE_NAMES
 _ENCODED = tables.ENCODED_FIELDS
 _EXECVE = _TYPE_NUMBERS.get("EXECVE", 1309)
 _PROCTITLE = _TYPE_NUMBERS.get("PROCTITLE", 1327)
+_LOGIN = _TYPE_NUMBERS.get("LOGIN", 1006)
 
 
 def _type_of(name: str) -> tuple[str, int]:
@@ -281,6 +282,14 @@ def _parse_tokens(text: str, fields: dict, type_num: int) -> None:
                 continue
             if last_key is not None and tok[0] == "(" and tok[-1] == ")" and isinstance(fields.get(last_key), str):
                 fields[last_key] += " " + tok
+                continue
+            if (tok == "old" or tok == "new") and type_num == _LOGIN and i < n and "=" in tokens[i]:
+                # kernels before 3.x: `old auid=… new auid=… old ses=… new ses=…`; read as today's
+                # `old-auid=… auid=… old-ses=… ses=…`
+                k2, _, v2 = tokens[i].partition("=")
+                _put(fields, ("old-" + k2) if tok == "old" else k2, v2)
+                last_key = None
+                i += 1
                 continue
             if words is None:
                 words = []
