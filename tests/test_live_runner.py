@@ -12,7 +12,8 @@ import pytest
 
 from auditpipe.config import load_config
 from auditpipe.pipeline.backpressure import BoundedQueue, Strategy
-from auditpipe.pipeline.live import LiveRunner, read_status_file
+from auditpipe.pipeline.live import LiveRunner
+from auditpipe.pipeline.status import read_status_file
 
 
 def execve_event(serial: int, sec: int = 1795294192, eoe: bool = True) -> list[tuple[int, bytes]]:

@@ -97,7 +97,7 @@ def run(config_path, rules, fmt, output, mode, status_file, check, verbose):
             click.echo(f"Error: {err}", err=True)
         click.echo(f"{len(e.errors)} error(s) in the rule files: nothing was changed", err=True)
         sys.exit(2)
-    from auditpipe.pipeline.live import build_normalizer_from
+    from auditpipe.pipeline.outputs import build_normalizer_from
 
     try:
         normalize = build_normalizer_from(cfg)
@@ -115,7 +115,8 @@ def run(config_path, rules, fmt, output, mode, status_file, check, verbose):
             click.echo(f"Error: {privilege_message(missing)}", err=True)
             sys.exit(1)
 
-    from auditpipe.pipeline.live import LiveRunner, open_outputs
+    from auditpipe.pipeline.live import LiveRunner
+    from auditpipe.pipeline.outputs import open_outputs
     from auditpipe.sources.kernel import KernelSource, KernelSourceError
 
     try:

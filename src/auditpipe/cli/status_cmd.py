@@ -68,7 +68,7 @@ def _kernel_status() -> tuple[dict | None, int | None, str | None]:
 
 
 def _agent(path: str) -> tuple[dict | None, str | None]:
-    from auditpipe.pipeline.live import read_status_file
+    from auditpipe.pipeline.status import read_status_file
 
     if not os.path.exists(path):
         return None, f"no status file at {path} (is `auditpipe run` running? see --status-file)"

@@ -46,127 +46,24 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 
 from auditpipe.config import Config, ConfigError, load_config, rule_files
 from auditpipe.pipeline.backpressure import BoundedQueue
 from auditpipe.pipeline.core import Pipeline
+from auditpipe.pipeline.outputs import (WRITE_SLICE, build_normalizer_from, close_sink, describe_output, max_events,
+                                        no_documents, open_outputs, wants_raw)
+from auditpipe.pipeline.status import StatusWriter
 from auditpipe.reassembly import Reassembler
 
-__all__ = ["LiveRunner", "StatusWriter", "build_normalizer_from", "open_outputs", "read_status_file"]
+__all__ = ["LiveRunner"]
 
 log = logging.getLogger("auditpipe.run")
 
 MAX_LOGGED_REJECTS = 20
-#: file source: at most this many documents (or raw records) reach the outputs between two
-#: checkpoint commits — what a SIGKILL between a write and its commit may resend. An HTTP
-#: output with a smaller ``max_events`` (one batch) lowers it.
-WRITE_SLICE = 500
 
 
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
-
-
-# ------------------------------------------------------------------------------ building
-def build_normalizer_from(cfg: Config):
-    """The normalizer the ``[normalize]`` table asks for."""
-    from auditpipe.cli.common import build_normalizer
-
-    n = cfg.normalize
-    try:
-        return build_normalizer(n.format, resolve_ids=n.resolve_ids, passwd=n.passwd_file,
-                                group=n.group_file, include_raw=n.include_raw, extra_tags=n.tags)
-    except ImportError as e:
-        raise ConfigError(f"the {n.format!r} output format is not available in this build ({e}); "
-                          "choose another with --format or [normalize] format",
-                          cfg.path, where="[normalize] format") from None
-
-
-def open_outputs(cfg: Config) -> list:
-    """Open every ``[[outputs]]`` sink; on failure close those already open and raise."""
-    from auditpipe.sinks import open_sink
-
-    sinks = []
-    try:
-        for i, spec in enumerate(cfg.output_specs()):
-            try:
-                sinks.append(open_sink(spec))
-            except (OSError, ValueError, TypeError) as e:
-                raise ConfigError(f"cannot open output: {e}", cfg.path,
-                                  where=f"[[outputs]] #{i + 1} ({spec.get('path') or spec.get('url') or spec['type']})") from None
-    except BaseException:
-        for s in sinks:
-            _close_sink(s)
-        raise
-    return sinks
-
-
-def _close_sink(s) -> None:
-    try:
-        s.close()
-    except Exception as e:  # noqa: BLE001 - closing must go on for the other sinks
-        log.error("closing output: %s", e)
-
-
-def _describe_output(spec: dict) -> str:
-    return spec.get("path") or spec.get("url") or spec["type"]
-
-
-def _wants_raw(spec: dict, sink) -> bool:
-    """An HTTP output configured to forward the records themselves (``format = "raw"``)."""
-    return spec.get("type") == "http" and spec.get("format") == "raw" and hasattr(sink, "write_raw")
-
-
-def _no_documents(event) -> list:
-    return []
-
-
-def _max_events(spec: dict) -> int:
-    try:
-        return max(1, int(spec.get("max_events", WRITE_SLICE)))
-    except (TypeError, ValueError):
-        return WRITE_SLICE
-
-
-# ---------------------------------------------------------------------------- status file
-class StatusWriter:
-    """Writes the agent's status as one JSON object, atomically (temp file + rename)."""
-
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        self._warned = False
-
-    def write(self, doc: dict) -> bool:
-        if not self.path:
-            return False
-        tmp = f"{self.path}.tmp.{os.getpid()}"
-        try:
-            d = os.path.dirname(self.path)
-            if d:
-                os.makedirs(d, mode=0o755, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.path)
-            return True
-        except OSError as e:
-            if not self._warned:
-                log.warning("cannot write the status file %s: %s", self.path, e)
-                self._warned = True
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            return False
-
-
-def read_status_file(path: str) -> dict | None:
-    try:
-        with open(path, "rb") as f:
-            return orjson.loads(f.read())
-    except (OSError, orjson.JSONDecodeError):
-        return None
 
 
 # ---------------------------------------------------------------------------------- runner
@@ -265,7 +162,7 @@ class LiveRunner:
         other = getattr(src, "other_daemon", None)
         outs = []
         for spec, sink in zip(self.output_specs, self.sinks):
-            o = {"type": spec["type"], "target": _describe_output(spec)}
+            o = {"type": spec["type"], "target": describe_output(spec)}
             stats = getattr(sink, "stats", None)
             if callable(stats):
                 try:
@@ -320,13 +217,13 @@ class LiveRunner:
         specs = self.output_specs
         raw, docs = [], []
         for i, s in enumerate(self.sinks):
-            (raw if _wants_raw(specs[i] if i < len(specs) else {}, s) else docs).append(s)
+            (raw if wants_raw(specs[i] if i < len(specs) else {}, s) else docs).append(s)
         self._raw_sinks, self._doc_sinks = raw, docs
         self._forward_raw = bool(raw)
         self._raw_only = bool(raw) and not docs
-        self._slice = min([WRITE_SLICE] + [_max_events(spec) for spec in specs if spec.get("type") == "http"])
+        self._slice = min([WRITE_SLICE] + [max_events(spec) for spec in specs if spec.get("type") == "http"])
         # raw outputs only: events are still assembled (counters, resume points), not normalized
-        self.pipeline.normalize = _no_documents if self._raw_only else self.normalize
+        self.pipeline.normalize = no_documents if self._raw_only else self.normalize
 
     def _write(self, docs: list) -> bool:
         """Documents to the document outputs, the records read since the last write to the raw
@@ -366,10 +263,10 @@ class LiveRunner:
         except BaseException:
             self.source.close()
             for s in self.sinks:
-                _close_sink(s)
+                close_sink(s)
             raise
         log.info("running: %s → %s (%s); status file %s", self.source.mode,
-                 ", ".join(_describe_output(s) for s in self.output_specs),
+                 ", ".join(describe_output(s) for s in self.output_specs),
                  self.cfg.normalize.format, self.cfg.status.path)
         try:
             self._loop()
@@ -564,7 +461,7 @@ class LiveRunner:
             log.exception("shutdown")
         finally:
             for s in self.sinks:
-                _close_sink(s)
+                close_sink(s)
             problems += src.close()
             self.write_status(running=False)
         c = self.counters()
@@ -622,7 +519,7 @@ class LiveRunner:
         self.reassembler.wall_timeout = r.wall_timeout
         if sinks is not self.sinks:
             for s in self.sinks:
-                _close_sink(s)
+                close_sink(s)
             self.sinks = sinks
             self.output_specs = new_specs
         self.status_writer = StatusWriter(new.status.path)
