@@ -29,7 +29,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-__all__ = ["USERSPACE_RATE_LIMIT", "BoundedQueue", "Strategy", "resolve_strategy"]
+__all__ = ["USERSPACE_RATE_LIMIT", "BoundedQueue", "ReaderThread", "Strategy", "resolve_strategy"]
 
 USERSPACE_RATE_LIMIT = 5000
 STRATEGIES = ("auto", "kernel", "userspace", "both", "none")
@@ -162,3 +162,19 @@ class BoundedQueue:
             self.closed = True
             self._not_empty.notify_all()
             self._not_full.notify_all()
+
+
+class ReaderThread:
+    """The reader thread's lifecycle, shared by the sources (kernel, file): each sets
+    ``self._thread`` (started by its ``start``) and ``self._stop`` (a threading.Event)."""
+
+    _thread: threading.Thread | None = None
+    _stop: threading.Event
+
+    def reader_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop_reader(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

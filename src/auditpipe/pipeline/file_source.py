@@ -21,14 +21,14 @@ from __future__ import annotations
 import logging
 import threading
 
-from auditpipe.pipeline.backpressure import BoundedQueue, Strategy
+from auditpipe.pipeline.backpressure import BoundedQueue, ReaderThread, Strategy
 
 __all__ = ["FileTailSource"]
 
 log = logging.getLogger("auditpipe.file")
 
 
-class FileTailSource:
+class FileTailSource(ReaderThread):
     kind = "file"
 
     def __init__(self, path: str, checkpoint: str | None = None, queue_size: int = 65536,
@@ -100,14 +100,6 @@ class FileTailSource:
 
     def reload(self, ruleset, settings=None) -> None:
         pass
-
-    def reader_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def stop_reader(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def close(self) -> list[str]:
         self.stop_reader()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from auditpipe.kernel.netlink import (AuditNetlink, AuditNetlinkError, AuditReceiver, open_multicast, open_unicast,
                                       process_name)
 from auditpipe.kernel.rules import RuleData, RuleErrors, RuleItem, compile_line, format_rule, parse_rules
-from auditpipe.pipeline.backpressure import BoundedQueue, Strategy, resolve_strategy
+from auditpipe.pipeline.backpressure import BoundedQueue, ReaderThread, Strategy, resolve_strategy
 from auditpipe.tables import K
 
 __all__ = [
@@ -169,7 +169,7 @@ _LE = sys.byteorder == "little"
 
 
 # ----------------------------------------------------------------------------- the source
-class KernelSource:
+class KernelSource(ReaderThread):
     """See the module docstring. Typical use::
 
         src = KernelSource(mode="auto", queue=q, strategy="auto", ...)
@@ -518,14 +518,6 @@ class KernelSource:
     @property
     def messages(self) -> int:
         return self.receiver.messages if self.receiver else self._final[0]
-
-    def reader_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def stop_reader(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     # -- close -------------------------------------------------------------------------------
     def restore_rules_and_status(self) -> list[str]:
