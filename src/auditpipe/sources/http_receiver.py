@@ -27,6 +27,7 @@ import ssl
 import time
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,9 +216,13 @@ class Receiver:
                                  registry=r)
         self.m_senders = Gauge("auditpipe_receiver_senders", "senders with reassembly state", registry=r)
         self.m_open = Gauge("auditpipe_receiver_open_events", "events waiting for more records", registry=r)
-        self.m_open.set_function(lambda: sum(s.pipeline.reassembler.in_flight for s in self.senders.values()))
+        self.m_open.set_function(lambda: sum(s.pipeline.reassembler.in_flight for s in list(self.senders.values())))
         self.m_senders.set_function(lambda: len(self.senders))
         self.inflated_bytes = 0
+        # Decoding, parsing and writing run on this one thread, in arrival order: the event loop
+        # stays free for other requests while a large body is parsed, and the per-sender
+        # reassembly state and the sink are only ever touched from one thread.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="auditpipe-receiver")
 
     # ---- app -------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -236,13 +241,14 @@ class Receiver:
             await task
         except asyncio.CancelledError:
             pass
-        self.flush_all()
+        await asyncio.get_running_loop().run_in_executor(self._worker, self.flush_all)
+        self._worker.shutdown(wait=False)
 
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.tick_interval)
             try:
-                self.tick(time.monotonic())
+                await asyncio.get_running_loop().run_in_executor(self._worker, self.tick, time.monotonic())
             except Exception:
                 log.exception("receiver tick failed")
 
@@ -316,22 +322,29 @@ class Receiver:
         if cfg.auth == "hmac" and not authmod.check("hmac", cfg.secret, request.headers, wire, cfg.auth_header):
             return self._fail(401, "bad signature")
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("gzip", "x-gzip", "deflate", "identity", ""):
+            return self._fail(415, f"unsupported Content-Encoding {encoding!r}")
         try:
-            if encoding in ("gzip", "x-gzip", "deflate"):
-                body, inflated = inflate_capped(wire, encoding, cfg.max_body)
-                self.inflated_bytes += inflated
-                self.m_inflated.inc(inflated)
-            elif encoding in ("identity", ""):
-                body = wire
-            else:
-                return self._fail(415, f"unsupported Content-Encoding {encoding!r}")
-            raw, events, errors = decode_body(body, request.headers.get("Content-Type", ""))
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._worker, self._process, wire, encoding, request.headers.get("Content-Type", ""),
+                request.remote or "-")
         except BodyError as e:
             if e.status == 413:
                 self.inflated_bytes += cfg.max_body + 1
                 self.m_inflated.inc(cfg.max_body + 1)
             return self._fail(e.status, e.reason)
-        return web.json_response(self._accept(request.remote or "-", raw, events, errors))
+        return web.json_response(result)
+
+    def _process(self, wire: bytes, encoding: str, content_type: str, peer: str) -> dict:
+        """On the worker thread: inflate (capped), decode, parse, write. Raises BodyError."""
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            body, inflated = inflate_capped(wire, encoding, self.cfg.max_body)
+            self.inflated_bytes += inflated
+            self.m_inflated.inc(inflated)
+        else:
+            body = wire
+        raw, events, errors = decode_body(body, content_type)
+        return self._accept(peer, raw, events, errors)
 
     def _accept(self, peer: str, raw: list[str], events: list[bytes], errors: list[tuple[int, str]]) -> dict:
         docs: list = list(events)
