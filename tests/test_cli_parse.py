@@ -86,3 +86,16 @@ def test_whole_bench_corpus_counts():
     res = subprocess.run([sys.executable, "-m", "auditpipe", "parse", str(path), "-o", os.devnull],
                          capture_output=True, text=True, check=True)
     assert "143115 records, 20649 events, 0 partial, 0 rejects, 0 lost serials, 0 late records" in res.stderr
+
+
+def test_include_raw_makes_coalesced_byte_exact(tmp_path):
+    path = b"type=PATH msg=audit(1700000000.100:10): name=\"/\xff\"\n"
+    data = b"".join(line.encode() + b"\n" for line in GOOD[:2]) + path + GOOD[2].encode() + b"\n"
+    src = tmp_path / "audit.log"
+    src.write_bytes(data)
+    res = subprocess.run([sys.executable, "-m", "auditpipe", "parse", str(src), "--include-raw"], capture_output=True, check=True)
+    doc = json.loads(res.stdout)
+    rebuilt = b"".join(r["raw"].encode("utf-8", "surrogateescape") + b"\n" for r in doc["records"])
+    assert rebuilt == data
+    assert "raw" not in json.loads(subprocess.run([sys.executable, "-m", "auditpipe", "parse", str(src)],
+                                                  capture_output=True, check=True).stdout)["records"][0]

@@ -31,7 +31,7 @@ def build_normalizer(fmt: str, resolve_ids: bool = True, passwd=None, group=None
         return make_normalizer("ecs", resolver=resolver, include_raw=include_raw, extra_tags=tuple(extra_tags))
     if fmt == "panther":
         return make_normalizer("panther", now=time.time, row_id=unique_row_ids())
-    return make_normalizer(fmt)
+    return make_normalizer(fmt, include_raw=include_raw)
 
 
 def unique_row_ids():

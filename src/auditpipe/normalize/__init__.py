@@ -10,7 +10,7 @@ def make_normalizer(fmt: str, **options):
     if fmt == "coalesced":
         from auditpipe.normalize.coalesced import make_coalesced_normalizer
 
-        return make_coalesced_normalizer()
+        return make_coalesced_normalizer(**options)
     if fmt == "ecs":
         from auditpipe.normalize.ecs import make_ecs_normalizer
 

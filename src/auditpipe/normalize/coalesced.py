@@ -27,7 +27,9 @@ def iso_timestamp(sec: int, msec: int) -> str:
     return f"{head}.{msec:03d}Z"
 
 
-def make_coalesced_normalizer():
+def make_coalesced_normalizer(include_raw: bool = False):
+    """`include_raw`: each record also carries its line as read (`raw`), byte for byte."""
+
     def normalize(event) -> list[dict]:
         recs = []
         execs = None
@@ -41,6 +43,8 @@ def make_coalesced_normalizer():
             out = {"type": r.type, "fields": r.fields}
             if r.enriched is not None:
                 out["enriched"] = r.enriched
+            if include_raw:
+                out["raw"] = r.raw
             t = r.type_num
             if t == _EXECVE:
                 if execs is None:
