@@ -217,3 +217,9 @@ def test_legacy_login_old_new_words():
     # today's form is unchanged
     r = parse_line("type=LOGIN msg=audit(1.000:2): pid=1 uid=0 old-auid=4294967295 auid=5000 tty=(none) old-ses=4294967295 ses=4 res=1")
     assert (r.fields["old-auid"], r.fields["auid"], r.fields["old-ses"], r.fields["ses"]) == ("4294967295", "5000", "4294967295", "4")
+
+
+def test_crlf_line_parses_without_the_cr_and_keeps_it_in_raw():
+    r = parse_line('type=CWD msg=audit(1.000:1): cwd="/tmp"\r\n')
+    assert r.fields == {"cwd": "/tmp"}
+    assert r.raw == 'type=CWD msg=audit(1.000:1): cwd="/tmp"\r'

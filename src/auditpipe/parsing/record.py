@@ -92,7 +92,8 @@ def parse_line(line: str) -> Record:
     """Parse one audit.log line (with or without `node=` and trailing newline)."""
     if line[-1:] == "\n":
         line = line[:-1]
-    if line[-1:] == "\r":
+    raw = line
+    if line[-1:] == "\r":  # a log that went through Windows: parsed without the CR, kept in raw
         line = line[:-1]
     m = _HEADER.match(line)
     if m is None:
@@ -104,7 +105,7 @@ def parse_line(line: str) -> Record:
     if num is None:
         type_name, num = _type_of(type_name)
     fields, enriched = parse_body(line[m.end():], num)
-    return Record(node, type_name, num, time, int(sec), int(msec), int(serial), fields, enriched, line)
+    return Record(node, type_name, num, time, int(sec), int(msec), int(serial), fields, enriched, raw)
 
 
 def _header_problem(line: str) -> str:
