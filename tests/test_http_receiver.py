@@ -360,3 +360,23 @@ def test_tls_receiver_verified_client(tmp_path):
             return ok.status_code
 
     assert run(go()) == 200
+
+
+def test_event_loop_answers_while_a_large_body_is_parsed(tmp_path):
+    """Parsing runs on the receiver's worker thread: /healthz answers before a large body of raw
+    records (~6 MB, a few hundred ms of parsing) has been parsed and written."""
+    lines = corpus_lines()
+    body = fluent_body(lines * 4)
+
+    async def go():
+        async with Server(tmp_path, max_body=16 << 20) as s, httpx.AsyncClient(timeout=30) as c:
+            ingest = asyncio.create_task(c.post(s.url + "/", content=body, headers={"Content-Type": "application/x-ndjson"}))
+            await asyncio.sleep(0.1)  # the body is on its way / being parsed
+            health = await c.get(s.url + "/healthz")
+            assert health.status_code == 200
+            health_done_first = not ingest.done()
+            r = await ingest
+            assert r.status_code == 200 and r.json()["rejected"] == 0
+            return health_done_first
+
+    assert run(go())
