@@ -99,3 +99,31 @@ def test_include_raw_makes_coalesced_byte_exact(tmp_path):
     assert rebuilt == data
     assert "raw" not in json.loads(subprocess.run([sys.executable, "-m", "auditpipe", "parse", str(src)],
                                                   capture_output=True, check=True).stdout)["records"][0]
+
+
+def test_truncated_and_multi_member_gzip_and_gzip_on_stdin(tmp_path):
+    whole = ("\n".join(GOOD * 400) + "\n").encode()  # 1,600 lines
+    full = gzip.compress(whole)
+    cut = tmp_path / "audit.log.2.gz"
+    cut.write_bytes(full[: len(full) * 2 // 3])
+    res = subprocess.run([sys.executable, "-m", "auditpipe", "parse", str(cut), "-o", os.devnull],
+                         capture_output=True, text=True)
+    assert res.returncode == 1
+    assert f"{cut}: read error after line" in res.stderr
+    got = int(res.stderr.split(" records,")[0].rsplit(" ", 1)[1])
+    assert 0 < got < 1600  # what could be decompressed was parsed; the damaged tail reported
+    two = tmp_path / "two.gz"
+    two.write_bytes(full + full)  # `cat a.gz b.gz`: two gzip members
+    res = subprocess.run([sys.executable, "-m", "auditpipe", "parse", str(two), "-o", os.devnull],
+                         capture_output=True, text=True, check=True)
+    assert "3200 records" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "auditpipe", "parse", "-", "-o", os.devnull], input=full,
+                         capture_output=True, check=True)
+    assert b"1600 records" in res.stderr
+
+
+def test_missing_file_and_directory_are_clear_errors(tmp_path):
+    res = run([str(tmp_path / "nope.log")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    res = run([str(tmp_path)])
+    assert res.exit_code == 2 and "is a directory" in res.output

@@ -8,6 +8,7 @@ import os
 import secrets
 import sys
 import time
+import zlib
 
 import click
 
@@ -75,6 +76,7 @@ def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_fl
     out, close_out = _open_output(output)
     write = out.write
     bar = _Progress(paths) if progress else None
+    read_errors = 0
     try:
         for path in paths:
             stream = open_audit_file(path)
@@ -88,6 +90,10 @@ def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_fl
                     lineno += len(lines)
                     if docs:
                         write(b"".join(map(dumps_line, docs)))
+            except (OSError, EOFError, zlib.error) as e:
+                # a truncated or corrupt .gz, an I/O error: keep what was read, go on to the next file
+                read_errors += 1
+                click.echo(f"{where}: read error after line {lineno - 1}: {e}", err=True)
             finally:
                 if stream is not sys.stdin.buffer:
                     stream.close()
@@ -101,7 +107,7 @@ def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_fl
         if close_out:
             out.close()
         reject.close()
-    return pipeline.stats()
+    return {**pipeline.stats(), "read_errors": read_errors}
 
 
 class _Progress:

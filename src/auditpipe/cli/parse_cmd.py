@@ -13,7 +13,7 @@ __all__ = ["parse"]
 
 
 @click.command()
-@click.argument("paths", nargs=-1, type=click.Path(allow_dash=True))
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="coalesced", show_default=True,
               help="Output document format.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
@@ -49,5 +49,7 @@ def parse(paths, fmt, output, rejects, strict, timeout, max_in_flight, resolve_i
         f"{elapsed:.2f}s, {rate:,.0f} records/s",
         err=True,
     )
+    if stats["read_errors"]:
+        sys.exit(1)  # a damaged file (truncated gzip, I/O error): what could be read was written
     if strict and stats["rejects"]:
         sys.exit(1)
