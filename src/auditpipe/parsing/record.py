@@ -1,8 +1,11 @@
 """One audit line → one `Record`.
 
-Fast path first: the body is split on spaces and each token partitioned on `=`; quoted values
-that contain spaces are stitched back together, and the nested `msg='…'` of user-space records
-is cut out by position before tokenizing. No regular expression runs per field.
+The header is one compiled match. Bodies take the fast path when every space-separated token is
+one `key=value`: the dict is built by `str.split` alone (in C), then only quoted and hex-encoded
+values are touched. Anything else — quoted values with spaces, AVC `{ perms }`, words outside
+key=value — goes through the careful tokenizer; the nested `msg='…'` of user-space records is
+cut out by position first. Bodies and ENRICHED parts that repeat event after event are parsed
+once (memoized; the dicts are shared and read-only). No regular expression runs per field.
 
 Non-UTF-8 bytes travel as lone surrogates (`surrogateescape`), so every value round-trips to
 the exact bytes the kernel wrote.
