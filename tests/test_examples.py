@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -18,7 +20,9 @@ def test_starter_rules_compile():
 
 
 def test_example_config_validates():
-    res = CliRunner().invoke(main, ["run", "--check", "--config", str(EXAMPLES / "auditpipe.toml"),
-                                    "--rules", str(EXAMPLES / "starter.rules")])
-    assert res.exit_code == 0, res.output
-    assert "10 rule(s)" in res.output and "OK" in res.output
+    # a real process: `run` registers a stack dumper on stderr's file descriptor
+    res = subprocess.run([sys.executable, "-m", "auditpipe", "run", "--check", "--config",
+                          str(EXAMPLES / "auditpipe.toml"), "--rules", str(EXAMPLES / "starter.rules")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "10 rule(s)" in res.stdout + res.stderr and "OK" in res.stdout + res.stderr
