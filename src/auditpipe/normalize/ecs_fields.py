@@ -269,6 +269,8 @@ def drop_redundant_effective(user: dict) -> None:
 # The device holding the file is `dev`; `rdev` is the device a device node stands for.
 # auditbeat writes rdev as file.device (so "00:00" for every regular file); the kernel's meaning wins.
 _FILE_STRINGS = (("name", "path"), ("dev", "device"), ("inode", "inode"))
+# PATH field, its ENRICHED name, file.* id field, file.* name field, is a group
+_FILE_OWNERS = (("ouid", "OUID", "uid", "owner", False), ("ogid", "OGID", "gid", "group", True))
 
 
 def build_file(item: dict, enriched: dict | None, names: Names) -> dict:
@@ -284,22 +286,15 @@ def build_file(item: dict, enriched: dict | None, names: Names) -> dict:
             f["mode"] = f"{int(v, 8) & 0o777:04o}"
         except ValueError:
             pass
-    v = item.get("ouid")
-    if v is not None:
-        f["uid"] = v
-        owner = _enriched_name(enriched, "OUID") if enriched is not None else None
-        if owner is None:
-            owner = names.lookup(v, False)
-        if owner is not None:
-            f["owner"] = owner
-    v = item.get("ogid")
-    if v is not None:
-        f["gid"] = v
-        grp = _enriched_name(enriched, "OGID") if enriched is not None else None
-        if grp is None:
-            grp = names.lookup(v, True)
-        if grp is not None:
-            f["group"] = grp
+    for key, ekey, id_field, name_field, group in _FILE_OWNERS:
+        v = item.get(key)
+        if v is not None:
+            f[id_field] = v
+            name = _enriched_name(enriched, ekey) if enriched is not None else None
+            if name is None:
+                name = names.lookup(v, group)
+            if name is not None:
+                f[name_field] = name
     if "obj_user" in item or "obj_role" in item:
         sel = {}
         for part in _CONTEXT_PARTS:

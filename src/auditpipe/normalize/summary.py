@@ -51,6 +51,16 @@ class Summary:
                  "object_type", "how", "path_item", "source_ip")
 
 
+def _actor(keys, which: str, fallback: str, data, proc, ids, warnings):
+    """(value, key) of an actor from the table's keys, else the `fallback` id (auid/uid)."""
+    v, k = find_value(keys, data, proc, ids)
+    if v is None:
+        if warnings is not None:
+            warnings.append(f"failed to set subject {which} using keys={list(keys)} because they were not found")
+        v, k = ids.get(fallback), fallback
+    return v, k
+
+
 def summarize(norm, data: dict, proc: dict, ids: dict, paths: list, sock: dict | None, warnings) -> Summary:
     """Apply one normalization. `paths` are the PATH records' field dicts in item order; `sock` the
     decoded SOCKADDR. `warnings` is a list to append to, or None. May remove the source address
@@ -96,18 +106,9 @@ def summarize(norm, data: dict, proc: dict, ids: dict, paths: list, sock: dict |
             obj_s, obj_s_key = str(v), "saddr"
     s.object_type = what
 
-    v, k = find_value(norm.actor_primary, data, proc, ids)
-    if v is None:
-        if warnings is not None:
-            warnings.append(f"failed to set subject primary using keys={list(norm.actor_primary)} because they were not found")
-        v, k = ids.get("auid"), "auid"
-    s.actor_primary, s.actor_primary_key = v, k
-    v, k = find_value(norm.actor_secondary, data, proc, ids)
-    if v is None:
-        if warnings is not None:
-            warnings.append(f"failed to set subject secondary using keys={list(norm.actor_secondary)} because they were not found")
-        v, k = ids.get("uid"), "uid"
-    s.actor_secondary, s.actor_secondary_key = v, k
+    s.actor_primary, s.actor_primary_key = _actor(norm.actor_primary, "primary", "auid", data, proc, ids, warnings)
+    s.actor_secondary, s.actor_secondary_key = _actor(norm.actor_secondary, "secondary", "uid", data, proc, ids,
+                                                      warnings)
 
     if norm.object_primary:
         v, k = find_value(norm.object_primary, data, proc, ids)
