@@ -483,9 +483,10 @@ def source_version(src: Path) -> str:
     return f"audit-userspace source {src.name}"
 
 
-def parse_typetab(src: Path) -> list[tuple[str, str, tuple[str, ...]]]:
-    """typetab.h: _S(AUPARSE_TYPE_X, "name") -> [(name, "x", enclosing #ifdef conditions)]."""
-    text = Preprocessor._strip_comments((src / "auparse" / "typetab.h").read_text())
+def parse_s_entries(path: Path) -> list[tuple[str, str, tuple[str, ...]]]:
+    """libaudit's ``_S(KEY, "name")`` table files -> [(KEY, name, enclosing #ifdef conditions)]
+    in file order; commented-out entries are left out."""
+    text = Preprocessor._strip_comments(path.read_text(encoding="utf-8", errors="replace"))
     entries: list[tuple[str, str, tuple[str, ...]]] = []
     stack: list[str] = []
     for line in text.splitlines():
@@ -497,10 +498,17 @@ def parse_typetab(src: Path) -> list[tuple[str, str, tuple[str, ...]]]:
         elif re.match(r"#\s*endif", line):
             stack.pop()
         elif re.match(r"#\s*if", line):
-            raise GenError(f"typetab.h: cannot handle {line!r}")
-        elif m := re.match(r'_S\(\s*AUPARSE_TYPE_(\w+)\s*,\s*"([^"]+)"\s*\)', line):
-            entries.append((m.group(2), m.group(1).lower(), tuple(stack)))
+            raise GenError(f"{path.name}: cannot handle {line!r}")
+        elif m := re.match(r'_S\(\s*(\w+)\s*,\s*"([^"]+)"\s*\)', line):
+            entries.append((m.group(1), m.group(2), tuple(stack)))
     return entries
+
+
+def parse_typetab(src: Path) -> list[tuple[str, str, tuple[str, ...]]]:
+    """typetab.h: _S(AUPARSE_TYPE_X, "name") -> [(name, "x", enclosing #ifdef conditions)]."""
+    return [(name, key[len("AUPARSE_TYPE_"):].lower(), conds)
+            for key, name, conds in parse_s_entries(src / "auparse" / "typetab.h")
+            if key.startswith("AUPARSE_TYPE_")]
 
 
 def check_interpret_c(src: Path) -> None:
@@ -557,6 +565,92 @@ def libauparse_field_candidates() -> tuple[list[str], str]:
 
 
 # --------------------------------------------------------------------------------------------
+# libaudit's current tables (audit-userspace lib/*.h, read in place from the shared folder)
+# --------------------------------------------------------------------------------------------
+
+def find_tables_src(explicit: str | None) -> Path | None:
+    """audit-userspace table tree: --tables-src, $AUDITPIPE_TABLES_SRC, else
+    tables-src/audit-userspace in the shared folder ($AUDITPIPE_SHARED or ../shared next to the
+    repository). An explicit path that is not such a tree is an error."""
+    if explicit:
+        p = Path(explicit)
+        if not (p / "lib" / "x86_64_table.h").exists():
+            raise GenError(f"{p}/lib/x86_64_table.h not found (--tables-src/$AUDITPIPE_TABLES_SRC)")
+        return p
+    shared = Path(os.environ.get("AUDITPIPE_SHARED") or ROOT.parent / "shared")
+    default = shared / "tables-src" / "audit-userspace"
+    return default if (default / "lib" / "x86_64_table.h").exists() else None
+
+
+def tables_src_version(tree: Path) -> str:
+    """'audit-userspace at commit X (date)' from the README next to the tree, if it says."""
+    readme = tree.parent / "README.md"
+    text = readme.read_text() if readme.exists() else ""
+    m = re.search(r"commit\s+([0-9a-f]{7,40})\s*(\([^)]*\))?", text)
+    return f"audit-userspace {m.group(1)} {m.group(2) or ''}".strip() if m else \
+        f"audit-userspace tree {tree}"
+
+
+def newest(what: str, candidates: list[tuple[str, dict]], notes: list[str]) -> tuple[str, dict]:
+    """Pick the newest of several versions of one table: the one that knows the most entries
+    (libaudit's tables only grow; a number never changes meaning). Disagreements are noted."""
+    have = [(label, table) for label, table in candidates if table]
+    if not have:
+        raise GenError(f"no source for {what}")
+    label, best = max(have, key=lambda lt: len(lt[1]))  # max() keeps the first on ties
+    for other_label, other in have:
+        clash = sorted(k for k in other.keys() & best.keys() if other[k] != best[k])
+        if clash:
+            notes.append(f"{what}: {label} and {other_label} disagree on "
+                         + ", ".join(f"{k!r} ({best[k]!r} vs {other[k]!r})" for k in clash[:8])
+                         + f"; {label} kept")
+    return label, best
+
+
+def machine_groups(tree: Path) -> dict[str, list[str]]:
+    """machinetab.h: MACH_* -> its uname spellings in order (the first is the table's name as
+    ausyscall prints it, e.g. MACH_ARM -> armeb, arm, armv5tejl, ...)."""
+    groups: dict[str, list[str]] = {}
+    for key, name, _ in parse_s_entries(tree / "lib" / "machinetab.h"):
+        groups.setdefault(key, []).append(name)
+    return groups
+
+
+def shared_syscall_tables(tree: Path, groups: dict[str, list[str]]) -> tuple[dict[str, dict[int, str]], list[str]]:
+    """lib/<stem>_table.h -> {arch table name: {number: syscall}}. A machine without a file of
+    its own (ppc64, ppc64le) uses the file whose stem prefixes its name, as libaudit does."""
+    files = {p.name[: -len("_table.h")]: p for p in sorted((tree / "lib").glob("*_table.h"))
+             if not p.name.startswith("uringop")}
+    tables: dict[str, dict[int, str]] = {}
+    shared_notes: list[str] = []
+    for key, names in groups.items():
+        if key == "MACH_IO_URING":
+            continue
+        stem = next((n for n in names if n in files), None)
+        if stem is None:
+            prefixes = [s for s in files if names[0].startswith(s)]
+            if not prefixes:
+                continue
+            stem = max(prefixes, key=len)
+            shared_notes.append(f"{names[0]}: no {names[0]}_table.h, uses {stem}_table.h")
+        tables[names[0]] = {int(num, 0): name for num, name, _ in parse_s_entries(files[stem])}
+    return tables, shared_notes
+
+
+def resolve_entries(entries, pp: Preprocessor) -> tuple[dict[str, int], list[str]]:
+    """[(AUDIT_X, name, conds)] -> {name: value} for the symbols the headers define; the rest
+    are returned by symbol (a source newer than the headers)."""
+    out: dict[str, int] = {}
+    unknown: list[str] = []
+    for sym, name, _ in entries:
+        try:
+            out.setdefault(name, pp.value(sym))
+        except Unresolvable:
+            unknown.append(sym)
+    return out, unknown
+
+
+# --------------------------------------------------------------------------------------------
 # generation
 # --------------------------------------------------------------------------------------------
 
@@ -602,7 +696,29 @@ def build(args) -> str:
     else:
         notes.append("python3-audit unavailable: record type and arch names are the header names")
 
-    lib_types = {int(k): v for k, v in (probe or {}).get("msg_types", {}).items()}
+    tree = find_tables_src(args.tables_src or os.environ.get("AUDITPIPE_TABLES_SRC"))
+    tree_label = tables_src_version(tree) if tree else ""
+    if tree:
+        sources.append(f"shared tables-src/audit-userspace ({tree_label}): libaudit's current "
+                       "tables lib/*_table.h, "
+                       "msg_typetab.h, fieldtab.h, machinetab.h, fstypetab.h, uringop_table.h, "
+                       "auparse/typetab.h")
+    else:
+        notes.append("no audit-userspace tables tree (--tables-src / $AUDITPIPE_TABLES_SRC / "
+                     "../shared/tables-src/audit-userspace): only installed sources used")
+    won: dict[str, str] = {}   # table -> the source it came from
+
+    libaudit_label = f"libaudit1 {package_version('libaudit1')} (python3-audit)"
+    name_sources = [(libaudit_label, {int(k): v for k, v in (probe or {}).get("msg_types", {}).items()})]
+    if tree:
+        typetab, unknown_syms = resolve_entries(
+            parse_s_entries(tree / "lib" / "msg_typetab.h"), pp)
+        name_sources.append((f"{tree_label} lib/msg_typetab.h", {v: n for n, v in typetab.items()}))
+        if unknown_syms:
+            notes.append("msg_typetab.h names record types no installed header gives a number for "
+                         "(they stay UNKNOWN[n] until linux-libc-dev/libaudit-dev define them): "
+                         + ", ".join(unknown_syms))
+    won["record type names"], lib_types = newest("record type names", name_sources, notes)
     record_names: dict[int, str] = {}
     record_numbers: dict[str, int] = {}
     for name, v in header_types.items():
@@ -645,16 +761,51 @@ def build(args) -> str:
     ausyscall = args.ausyscall or shutil.which("ausyscall") or "/usr/bin/ausyscall"
     if not os.path.exists(ausyscall):
         raise GenError("ausyscall not found (install auditd)")
-    syscalls: dict[str, dict[int, str]] = {}
+    dumped: dict[str, dict[int, str]] = {}
     for name in sorted(set(arch_names.values()) | set(arch_numbers)):
         got = ausyscall_dump(ausyscall, name)
         # ausyscall silently falls back to x86_64 for arches it does not know
         if got and got[0] == name and got[1]:
-            syscalls[name] = got[1]
-    if "x86_64" not in syscalls:
+            dumped[name] = got[1]
+    if "x86_64" not in dumped:
         raise GenError("ausyscall x86_64 --dump gave nothing")
+    ausyscall_label = f"ausyscall --dump (auditd {package_version('auditd')})"
     sources.append(f"{ausyscall} <arch> --dump (auditd {package_version('auditd')}) for "
-                   f"{', '.join(sorted(syscalls))}")
+                   f"{', '.join(sorted(dumped))}")
+    groups = machine_groups(tree) if tree else {}
+    shared_tables, shared_notes = shared_syscall_tables(tree, groups) if tree else ({}, [])
+    notes.extend(shared_notes)
+    syscalls: dict[str, dict[int, str]] = {}
+    for name in sorted(set(dumped) | set(shared_tables)):
+        if name not in arch_numbers:
+            notes.append(f"{name}_table.h: no AUDIT_ARCH_* for {name} in the headers, left out")
+            continue
+        label, syscalls[name] = newest(f"syscalls {name}", [
+            (ausyscall_label, dumped.get(name, {})),
+            (f"{tree_label} lib/*_table.h", shared_tables.get(name, {}))], notes)
+        won[f"syscalls {name}"] = label
+
+    # ---- rule vocabulary: fields, machines, fstypes, io_uring ops ---------------------
+    rule_fields: list[tuple[str, int]] = []
+    machines: dict[str, str] = {}
+    fstypes: dict[str, int] = {}
+    uring_ops: dict[int, str] = {}
+    if tree:
+        lib = tree / "lib"
+        for sym, name, _ in parse_s_entries(lib / "fieldtab.h"):
+            try:
+                rule_fields.append((name, pp.value(sym)))
+            except Unresolvable:
+                notes.append(f"fieldtab.h {name}: {sym} is not in the installed headers, left out")
+        for names in groups.values():
+            if names[0] in syscalls:
+                machines.update((n, names[0]) for n in names)
+        fstypes = {name: int(num, 0) for num, name, _ in parse_s_entries(lib / "fstypetab.h")}
+        uring_ops = {int(num, 0): name for num, name, _ in parse_s_entries(lib / "uringop_table.h")}
+        for table in ("rule fields", "machines", "fstypes", "io_uring ops"):
+            won[table] = f"{tree_label} lib/" + {
+                "rule fields": "fieldtab.h", "machines": "machinetab.h",
+                "fstypes": "fstypetab.h", "io_uring ops": "uringop_table.h"}[table]
 
     # ---- errno / signals / capabilities ----------------------------------------------
     epp = Preprocessor()
@@ -692,6 +843,12 @@ def build(args) -> str:
     # ---- field types -----------------------------------------------------------------
     src = None if args.no_audit_source else find_audit_source(
         args.audit_source or os.environ.get("AUDITPIPE_AUDIT_SRC"))
+    src_label = source_version(src) if src else ""
+    if tree and (tree / "auparse" / "typetab.h").exists() and not args.no_audit_source:
+        candidates = [(src_label, {n: (t, c) for n, t, c in parse_typetab(src)} if src else {}),
+                      (tree_label, {n: (t, c) for n, t, c in parse_typetab(tree)})]
+        src_label, _ = newest("auparse typetab.h", candidates, notes)
+        src = tree if src_label == tree_label else src
     type_ids, ids_from = auparse_type_ids(inc, py)
     if type_ids and ids_from:
         sources.append(ids_from)
@@ -729,9 +886,11 @@ def build(args) -> str:
                             if conds else ""))
         elif conds:
             notes.append(f"typetab.h entries under {', '.join(conds)} kept unchecked")
-        sources.append(f"auparse/typetab.h from {source_version(src)} (--audit-source / "
-                       f"$AUDITPIPE_AUDIT_SRC / ~/.cache/auditpipe/audit-src): field name -> "
-                       f"auparse type; auparse/interpret.c: which types are hex-decoded")
+        won["field types"] = f"{src_label} auparse/typetab.h"
+        sources.append(f"auparse/typetab.h from {src_label} (the newest of --audit-source / "
+                       f"$AUDITPIPE_AUDIT_SRC / ~/.cache/auditpipe/audit-src and the tables "
+                       f"tree): field name -> auparse type; auparse/interpret.c (when present): "
+                       f"which types are hex-decoded")
     else:
         warn("no audit-userspace source (auparse/typetab.h): pass --audit-source DIR, set "
              "$AUDITPIPE_AUDIT_SRC, or run with --fetch-audit-source (needs a deb-src line). "
@@ -742,6 +901,7 @@ def build(args) -> str:
             raise GenError("neither the audit source nor python3-audit (+ auparse type ids) is "
                            "available for field types")
         field_types = {n: t for n, t in got.items() if t != "unclassified"}
+        won["field types"] = f"{lib} (probed)"
         sources.append(f"{lib} ({package_of(lib)}): field-like strings in it, classified by "
                        f"auparse AuParser.get_field_type() over one synthetic SYSCALL record "
                        f"(audit-userspace source not available: auparse's per-record type "
@@ -767,9 +927,11 @@ def build(args) -> str:
     if clashes:
         notes.append("not in K (short name taken): " + ", ".join(sorted(clashes)))
 
+    vocab = {"RULE_FIELDS": rule_fields, "MACHINES": machines, "FSTYPES": fstypes,
+             "URING_OPS": uring_ops}
     return render(args, sources, notes, consts, short, record_names, record_numbers, arch_names,
                   arch_numbers, syscalls, errno_names, errno_all, signal_names, sig_all,
-                  capabilities, field_types, encoded)
+                  capabilities, field_types, encoded, won, vocab)
 
 
 def _fmt(obj) -> str:
@@ -805,7 +967,7 @@ def _plain(d: dict, key_hex=False, val_hex=False) -> str:
 
 def render(args, sources, notes, consts, short, record_names, record_numbers, arch_names,
            arch_numbers, syscalls, errno_names, errno_all, signal_names, sig_all, capabilities,
-           field_types, encoded) -> str:
+           field_types, encoded, won, vocab) -> str:
     out: list[str] = []
     w = out.append
     w("# GENERATED FILE - DO NOT EDIT BY HAND.")
@@ -816,6 +978,10 @@ def render(args, sources, notes, consts, short, record_names, record_numbers, ar
     w("# Sources:")
     for s in sources:
         w(_wrap(s))
+    w("#")
+    w("# Which source each table came from (the newest available: the one knowing the most):")
+    for line in _won_lines(won):
+        w(_wrap(line))
     if notes:
         w("#")
         w("# Notes from the generator:")
@@ -883,6 +1049,19 @@ def render(args, sources, notes, consts, short, record_names, record_numbers, ar
     w("# field names of those types (the value is hex when it held special characters).")
     w("ENCODED_FIELDS: frozenset[str] = frozenset(" + _plain_list(encoded) + ")")
     w("")
+    w("# -F field names in libaudit's order (the first name of a number is the one auditctl -l")
+    w("# prints), uname machine -> syscall table, -F fstype names, io_uring op names.")
+    w("RULE_FIELDS: tuple[tuple[str, int], ...] = " + _tuple(vocab["RULE_FIELDS"]))
+    w("")
+    w("MACHINES: dict[str, str] = " + _plain(vocab["MACHINES"]))
+    w("")
+    w("FSTYPES: dict[str, int] = " + _plain(vocab["FSTYPES"], val_hex=True))
+    w("")
+    w("URING_OPS: dict[int, str] = " + _plain(vocab["URING_OPS"]))
+    w("")
+    w("# table -> the source it came from")
+    w("TABLE_SOURCES: dict[str, str] = " + _plain(won))
+    w("")
     w("PACKAGE_SOURCES: tuple[str, ...] = " + _tuple(sources))
     return "\n".join(out) + "\n"
 
@@ -891,6 +1070,14 @@ def _wrap(text: str) -> str:
     return "\n".join(textwrap.wrap(text, width=100, initial_indent="#   - ",
                                    subsequent_indent="#       ", break_on_hyphens=False,
                                    break_long_words=False))
+
+
+def _won_lines(won: dict[str, str]) -> list[str]:
+    """'syscalls aarch64, syscalls x86_64, ...: SOURCE' lines, one per source."""
+    by_source: dict[str, list[str]] = {}
+    for table, source in won.items():
+        by_source.setdefault(source, []).append(table)
+    return [f"{', '.join(sorted(tables))}: {source}" for source, tables in sorted(by_source.items())]
 
 
 def _plain_list(items) -> str:
@@ -919,6 +1106,9 @@ def main(argv=None) -> int:
     ap.add_argument("--audit-source", default=None,
                     help="extracted audit-userspace source tree (has auparse/typetab.h); "
                          "default $AUDITPIPE_AUDIT_SRC or ~/.cache/auditpipe/audit-src/audit-*")
+    ap.add_argument("--tables-src", default=None,
+                    help="libaudit's current table tree (lib/*_table.h ...); default "
+                         "$AUDITPIPE_TABLES_SRC or ../shared/tables-src/audit-userspace")
     ap.add_argument("--no-audit-source", action="store_true",
                     help="ignore the audit source even if present (use the libauparse probe)")
     ap.add_argument("--fetch-audit-source", action="store_true",

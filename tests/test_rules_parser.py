@@ -232,11 +232,24 @@ def test_resolver_and_unset():
     assert [f.value for f in r.fields[1:]] == [1000, 0xFFFFFFFF, 0xFFFFFFFE]
 
 
-def test_io_uring_list_takes_operation_numbers():
+def test_io_uring_list_takes_operation_names_and_numbers():
     r = RuleData.from_bytes(compile1("-a always,io_uring -S 18,0 -k u").data)
     assert r.list == K.FILTER_URING_EXIT and r.syscalls() == [0, 18]
-    _, errors = parse_rules("-a always,io_uring -S openat", machine="x86_64")
-    assert "no io_uring operation names are known" in errors[0].message
+    (item,) = compile_rules("-a always,io_uring -S openat,openat2 -k u", machine="x86_64")
+    assert item.rule.syscalls() == [18, 28]
+    assert format_rule(item.data) == "-a always,io_uring -S openat,openat2 -F key=u"
+    _, errors = parse_rules("-a always,io_uring -S execve", machine="x86_64")
+    assert "unknown io_uring operation 'execve'" in errors[0].message
+
+
+def test_fstype_by_name():
+    (item,) = compile_rules("-a never,filesystem -F fstype=tracefs\n")
+    assert item.rule.fields[0].value == 0x74726163
+    assert format_rule(item.data) == "-a never,filesystem -F fstype=tracefs"
+    (item,) = compile_rules("-a never,filesystem -F fstype=0x64626720")
+    assert format_rule(item.data) == "-a never,filesystem -F fstype=debugfs"
+    _, errors = parse_rules("-a never,filesystem -F fstype=nosuchfs")
+    assert "unknown file system type" in errors[0].message
 
 
 def test_delete_rules_and_watch_removal():

@@ -13,8 +13,9 @@ import pytest
 
 from auditpipe import tables as t
 
+from conftest import SHARED
+
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
 GENERATED = ROOT / "src" / "auditpipe" / "tables" / "generated.py"
 SCRIPT = ROOT / "scripts" / "gen_tables.py"
 
@@ -112,7 +113,7 @@ def test_syscall_lookup_variants():
     assert t.syscall_name("c000003e", "59") == "execve"      # as written in SYSCALL records
     assert t.syscall_name("arm", 11) == "execve"             # header name for armeb
     assert t.syscall_name("x86_64", 100000) is None
-    assert t.syscall_name("riscv64", 1) is None              # ausyscall has no table
+    assert t.syscall_name("riscv64", 221) == "execve"        # from libaudit's riscv64_table.h
     assert t.syscall_name("no-such-arch", 1) is None
     assert t.syscall_name("x86_64", "x") is None
 
@@ -121,6 +122,34 @@ def test_syscall_tables_are_distinct():
     # ausyscall silently falls back to x86_64 for unknown arches: never store that as another arch
     for arch in ("i386", "aarch64", "armeb", "s390x"):
         assert t.SYSCALLS[arch] != t.SYSCALLS["x86_64"]
+
+
+@pytest.mark.parametrize("arch,name,num", [
+    # newer than Debian 12's ausyscall 3.0.9: taken from libaudit's current tables
+    ("x86_64", "lsm_set_self_attr", 460), ("x86_64", "file_setattr", 469),
+    ("aarch64", "lsm_set_self_attr", 460), ("i386", "file_setattr", 469),
+])
+def test_newest_syscalls(arch, name, num):
+    assert t.syscall_number(arch, name) == num
+    assert t.TABLE_SOURCES[f"syscalls {arch}"].startswith("audit-userspace ")
+
+
+def test_rule_vocabulary_tables():
+    assert t.FSTYPES["debugfs"] == 0x64626720 and t.FSTYPES["tracefs"] == 0x74726163
+    assert t.URING_OPS[18] == "openat" and t.URING_OPS[28] == "openat2"
+    fields = dict(t.RULE_FIELDS)
+    assert fields["auid"] == fields["loginuid"] == t.K.LOGINUID
+    assert [n for n, v in t.RULE_FIELDS if v == t.K.LOGINUID][0] == "auid"  # auditctl -l prints auid
+    assert t.MACHINES["i686"] == "i386" and t.MACHINES["armv7l"] == "armeb"
+    assert t.MACHINES["armv8l"] == "aarch64" and t.MACHINES["riscv64"] == "riscv64"
+    assert "uring" not in t.MACHINES
+
+
+def test_record_types_newer_than_the_headers_names():
+    # DM_CTRL/DM_EVENT: in linux/audit.h, named only by libaudit newer than Debian 12's 3.0.9
+    assert t.record_type_name(1338) == "DM_CTRL"
+    assert t.record_type_name(1339) == "DM_EVENT"
+    assert t.TABLE_SOURCES["record type names"].endswith("lib/msg_typetab.h")
 
 
 # ---- errno, signals, capabilities -----------------------------------------------------------
@@ -243,7 +272,7 @@ def test_generator_reproduces_committed_module(tmp_path):
         pytest.skip(reason)
     out = tmp_path / "generated.py"
     r = subprocess.run([sys.executable, str(SCRIPT), "-o", str(out)], capture_output=True,
-                       text=True, cwd=ROOT)
+                       text=True, cwd=ROOT, env={**os.environ, "AUDITPIPE_SHARED": str(SHARED)})
     assert r.returncode == 0, r.stderr
     if out.read_bytes() == GENERATED.read_bytes():
         return
@@ -264,9 +293,28 @@ def test_generator_reproduces_committed_module(tmp_path):
                 "sources (hand edit? nondeterminism?):\n" + diff)
 
 
+def test_generator_without_the_tables_tree_says_so(tmp_path):
+    """Only installed sources: the header names them as the winners and notes the missing tree."""
+    reason = _sources_missing()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "generated.py"
+    env = {**os.environ, "AUDITPIPE_SHARED": str(tmp_path / "no-shared")}
+    r = subprocess.run([sys.executable, str(SCRIPT), "-o", str(out)], capture_output=True,
+                       text=True, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr
+    head = out.read_text().split('"""', 1)[0]
+    assert "no audit-userspace tables tree" in head
+    assert "syscalls x86_64: ausyscall --dump" in head.replace("#       ", "").replace("\n", " ")
+    r = subprocess.run([sys.executable, str(SCRIPT), "-o", str(out), "--tables-src",
+                        str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "x86_64_table.h not found" in r.stderr
+
+
 def test_generated_module_header():
     head = GENERATED.read_text().split('"""', 1)[0]
     assert head.startswith("# GENERATED FILE - DO NOT EDIT BY HAND.")
     assert "scripts/gen_tables.py" in head
-    for src in ("linux/audit.h", "libaudit.h", "ausyscall", "errno-base.h"):
+    for src in ("linux/audit.h", "libaudit.h", "ausyscall", "errno-base.h",
+                "tables-src/audit-userspace", "Which source each table came from"):
         assert src in head

@@ -2,7 +2,8 @@
 netlink constants) with small lookup helpers.
 
 The data lives in :mod:`auditpipe.tables.generated`, made by ``scripts/gen_tables.py`` from the
-installed kernel/libaudit headers, ``ausyscall`` and auparse's ``typetab.h``; never edit it by hand.
+installed kernel/libaudit headers, ``ausyscall``, python3-audit and libaudit's current tables
+(the newest source of each table wins; ``TABLE_SOURCES`` says which); never edit it by hand.
 """
 
 from __future__ import annotations
@@ -20,19 +21,25 @@ from .generated import (
     ERRNO_NAMES,
     ERRNO_NUMBERS,
     FIELD_TYPES,
+    FSTYPES,
     K_NAMES,
+    MACHINES,
     RECORD_TYPE_NAMES,
     RECORD_TYPE_NUMBERS,
+    RULE_FIELDS,
     SIGNAL_NAMES,
     SIGNAL_NUMBERS,
     SYSCALLS,
+    TABLE_SOURCES,
+    URING_OPS,
 )
 from .generated import *  # noqa: F401,F403  (AUDIT_FIRST_*/AUDIT_LAST_* range constants)
 
 __all__ = [
     "ARCH_NAMES", "ARCH_NUMBERS", "AUDIT_CONSTANTS", "CAPABILITIES", "ENCODED_FIELDS",
-    "ENCODED_TYPES", "ERRNO_NAMES", "ERRNO_NUMBERS", "FIELD_TYPES", "K", "RECORD_TYPE_NAMES",
-    "RECORD_TYPE_NUMBERS", "SIGNAL_NAMES", "SIGNAL_NUMBERS", "SYSCALLS", "SYSCALL_NUMBERS",
+    "ENCODED_TYPES", "ERRNO_NAMES", "ERRNO_NUMBERS", "FIELD_TYPES", "FSTYPES", "K", "MACHINES",
+    "RECORD_TYPE_NAMES", "RECORD_TYPE_NUMBERS", "RULE_FIELDS", "SIGNAL_NAMES", "SIGNAL_NUMBERS",
+    "SYSCALLS", "SYSCALL_NUMBERS", "TABLE_SOURCES", "URING_OPS", "URING_OP_NUMBERS",
     "arch_name", "arch_number", "errno_name", "field_type", "is_encoded", "record_type_name",
     "record_type_number", "signal_name", "syscall_name", "syscall_number",
 ]
@@ -46,6 +53,9 @@ SYSCALL_NUMBERS: dict[str, dict[str, int]] = {
     arch: {name: num for num, name in sorted(table.items(), reverse=True)}
     for arch, table in SYSCALLS.items()
 }
+
+#: io_uring op name -> number (auditctl 4's ``-S`` names on the io_uring list)
+URING_OP_NUMBERS: dict[str, int] = {name: num for num, name in URING_OPS.items()}
 
 _UNKNOWN_TYPE = re.compile(r"UNKNOWN\[(\d+)\]")
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import platform
 
-from auditpipe.tables import ERRNO_NAMES, RECORD_TYPE_NAMES, SYSCALLS, K
+from auditpipe.tables import ERRNO_NAMES, FSTYPES, RECORD_TYPE_NAMES, SYSCALLS, URING_OPS, K
 
 from .names import (ACTION_BY_NUM, ARG_FIELDS, COMPARISON_NAMES, FIELD_BY_NUM, LIST_BY_NUM,
                     LSM_FIELDS, OP_SYMBOLS, PERM_LETTERS, is_64bit, machine_key, table_of)
 from .ruledata import RuleData
 
+_FSTYPE_NAMES = {v: k for k, v in FSTYPES.items()}
 _WATCH_FIELDS = frozenset({K.PERM, K.FILTERKEY, K.DIR, K.WATCH})
 _NO_SYSCALL_LISTS = frozenset({K.FILTER_USER, K.FILTER_TASK, K.FILTER_EXCLUDE, K.FILTER_FS})
 
@@ -49,7 +50,8 @@ def _syscalls(rule: RuleData, table: str | None) -> str:
     nums = rule.syscalls()
     if not nums:
         return ""
-    names = SYSCALLS.get(table, {}) if table else {}
+    names = (URING_OPS if rule.list == K.FILTER_URING_EXIT else
+             SYSCALLS.get(table, {}) if table else {})
     return " -S " + ",".join(names.get(n, str(n)) for n in nums)
 
 
@@ -97,6 +99,8 @@ def format_rule(rule: bytes | RuleData, machine: str | None = None) -> str:
         elif num == K.PERM:
             perms = "".join(c for c, bit in PERM_LETTERS if f.value & bit)
             out.append(f" -p {perms}" if watch else f" -F perm={perms}")
+        elif num == K.FSTYPE and f.value in _FSTYPE_NAMES:
+            out.append(f" -F {name}{sym}{_FSTYPE_NAMES[f.value]}")
         elif num == K.INODE:
             out.append(f" -F {name}{sym}{f.value}")
         elif num == K.FIELD_COMPARE:

@@ -5,25 +5,11 @@ from __future__ import annotations
 
 import stat
 
-from auditpipe.tables import ARCH_NAMES, ARCH_NUMBERS, SYSCALLS, K
+from auditpipe.tables import ARCH_NAMES, ARCH_NUMBERS, MACHINES, RULE_FIELDS, SYSCALLS, K
 
-# -F field names as auditctl 3.0.9 knows them (libaudit's fieldtab.h). The first name of a
-# number is the one `auditctl -l` prints (loginuid prints as "auid").
-FIELD_NAMES: dict[str, int] = {
-    "pid": K.PID, "uid": K.UID, "euid": K.EUID, "suid": K.SUID, "fsuid": K.FSUID,
-    "gid": K.GID, "egid": K.EGID, "sgid": K.SGID, "fsgid": K.FSGID,
-    "auid": K.LOGINUID, "loginuid": K.LOGINUID, "pers": K.PERS, "arch": K.ARCH,
-    "msgtype": K.MSGTYPE, "subj_user": K.SUBJ_USER, "subj_role": K.SUBJ_ROLE,
-    "subj_type": K.SUBJ_TYPE, "subj_sen": K.SUBJ_SEN, "subj_clr": K.SUBJ_CLR, "ppid": K.PPID,
-    "obj_user": K.OBJ_USER, "obj_role": K.OBJ_ROLE, "obj_type": K.OBJ_TYPE,
-    "obj_lev_low": K.OBJ_LEV_LOW, "obj_lev_high": K.OBJ_LEV_HIGH,
-    "devmajor": K.DEVMAJOR, "devminor": K.DEVMINOR, "inode": K.INODE, "exit": K.EXIT,
-    "success": K.SUCCESS, "path": K.WATCH, "perm": K.PERM, "dir": K.DIR,
-    "filetype": K.FILETYPE, "obj_uid": K.OBJ_UID, "obj_gid": K.OBJ_GID,
-    "field_compare": K.FIELD_COMPARE, "exe": K.EXE, "saddr_fam": K.SADDR_FAM,
-    "a0": K.ARG0, "a1": K.ARG1, "a2": K.ARG2, "a3": K.ARG3, "key": K.FILTERKEY,
-    "sessionid": K.SESSIONID, "fstype": K.FSTYPE,
-}
+# -F field names from libaudit's fieldtab.h (generated). The first name of a number is the one
+# `auditctl -l` prints (loginuid prints as "auid").
+FIELD_NAMES: dict[str, int] = dict(RULE_FIELDS)
 FIELD_BY_NUM: dict[int, str] = {}
 for _name, _num in FIELD_NAMES.items():
     FIELD_BY_NUM.setdefault(_num, _name)
@@ -78,24 +64,19 @@ FILETYPES = {"block": stat.S_IFBLK, "character": stat.S_IFCHR, "dir": stat.S_IFD
              "fifo": stat.S_IFIFO, "file": stat.S_IFREG, "link": stat.S_IFLNK,
              "socket": stat.S_IFSOCK}
 
-# uname machine spellings libaudit maps onto one syscall table (machinetab.h)
-MACHINE_ALIASES = {"i486": "i386", "i586": "i386", "i686": "i386", "arm": "armeb",
-                   "armv5tejl": "armeb", "armv5tel": "armeb", "armv6l": "armeb",
-                   "armv7l": "armeb", "arm64": "aarch64", "amd64": "x86_64"}
 # the 32-bit compat arch of a 64-bit machine, for -F arch=b32 (audit_determine_machine)
 COMPAT_32 = {"x86_64": "i386", "ppc64": "ppc", "s390x": "s390", "aarch64": "armeb"}
 
 
 def machine_key(machine: str) -> str | None:
     """A uname machine ("x86_64", "i686", "armv7l") -> its syscall table name, or None."""
-    m = MACHINE_ALIASES.get(machine, machine)
-    return m if m in SYSCALLS else None
+    return MACHINES.get(machine)
 
 
 def arch_of(name: str) -> int | None:
     """An arch name ("x86_64", "i686", "aarch64") -> AUDIT_ARCH_* value, or None."""
-    key = MACHINE_ALIASES.get(name.lower(), name.lower())
-    return ARCH_NUMBERS.get(key)
+    key = name.lower()
+    return ARCH_NUMBERS.get(MACHINES.get(key, key))
 
 
 def is_64bit(arch: int) -> bool:

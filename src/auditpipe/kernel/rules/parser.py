@@ -7,8 +7,9 @@ watches a directory as a tree), ``machine`` for the default syscall table (uname
 Semantics follow auditctl 3.0.9 (option order matters as in getopt: ``-F arch`` must precede
 ``-S``; keys are collected and appended last; ``-w`` strips trailing slashes). Deliberate
 differences: numbers must be whole numbers (auditctl reads "12abc" as 12 and "inet" as 0);
-quotes group a token ('a b', "a b") besides auditctl's ``\\ `` escape; io_uring rules are
-accepted; and the compiled mask is the kernel's stored form (see :mod:`.ruledata`).
+quotes group a token ('a b', "a b") besides auditctl's ``\\ `` escape; io_uring rules take
+op names as auditctl 4 does (``-a always,io_uring -S openat``); ``fstype`` takes libaudit's names;
+and the compiled mask is the kernel's stored form (see :mod:`.ruledata`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-from auditpipe.tables import ARCH_NAMES, ERRNO_NUMBERS, RECORD_TYPE_NUMBERS, SYSCALL_NUMBERS, K
+from auditpipe.tables import (ARCH_NAMES, ERRNO_NUMBERS, FSTYPES, RECORD_TYPE_NUMBERS,
+                              SYSCALL_NUMBERS, URING_OP_NUMBERS, K)
 
 from .names import (ACTION_NAMES, ARG_FIELDS, COMPAT_32, COMPARISONS, EXCLUDE_FIELDS,
                     EXIT_ONLY_FIELDS, FIELD_NAMES, FILETYPES, GID_FIELDS, LIST_NAMES,
@@ -139,8 +141,8 @@ class _Builder:
                     self.rule.set_all_syscalls()
                 else:
                     self.rule.add_syscall(self._number(
-                        name, "io_uring operation", None, "no io_uring operation names are "
-                        "known; use numbers"))
+                        name, "io_uring operation", URING_OP_NUMBERS, "(see auditpipe.tables."
+                        "URING_OPS)"))
             self.syscall_added = True
             return
         if not self.arch:
@@ -288,6 +290,11 @@ class _Builder:
             self.fs_added = True
         if num in (K.INODE, K.FSTYPE) and op not in (K.EQUAL, K.NOT_EQUAL):
             raise Problem(f"-F {name} only takes the = and != operators")
+        if num == K.FSTYPE and not v[:1].isdigit():
+            if v not in FSTYPES:
+                raise Problem(f"{where}: unknown file system type (one of "
+                              f"{', '.join(sorted(FSTYPES))}, or a magic number)")
+            return FSTYPES[v]
         n = c_number(v) if v[:1].isdigit() else None
         if n is None:
             raise Problem(f"{where}: not a (non-negative) number")
