@@ -12,6 +12,7 @@ import sys
 
 import click
 
+from auditpipe.kernel.immutable import DEFAULT_PENDING_PATH, LOCKED_MESSAGE, kernel_locked, write_pending
 from auditpipe.kernel.rules import RuleData, RuleItem, expected_listing, format_rule, parse_rules
 from auditpipe.tables import K
 
@@ -100,41 +101,76 @@ def check(files: tuple[str, ...]) -> None:
 
 @rules.command("load")
 @_FILES
+@click.option("-c", "--continue", "keep_going", is_flag=True,
+              help="Load every valid line even when others are invalid (as auditctl -c); the "
+                   "invalid ones are reported and the exit status is 1.")
 @click.option("--strict", is_flag=True, help="Stop at the first line the kernel refuses.")
-def load(files: tuple[str, ...], strict: bool) -> None:
+@click.option("--pending-path", default=DEFAULT_PENDING_PATH, show_default=True,
+              type=click.Path(dir_okay=False),
+              help="On a locked kernel (immutable mode) the rules are written here for the "
+                   "next boot instead.")
+def load(files: tuple[str, ...], keep_going: bool, strict: bool, pending_path: str) -> None:
     """Replace the kernel's rules with those in FILES: delete all loaded rules, then apply the
-    lines in order (control lines such as -b/-f/-e/--backlog_wait_time, and rules). A rule the
-    kernel refuses is reported with its FILE:LINE and the kernel's error."""
+    lines in order (control lines such as -b/-f/-e/--backlog_wait_time, and rules). By default
+    nothing is loaded when any line is invalid. A rule the kernel refuses is reported with its
+    FILE:LINE and the kernel's error."""
     from auditpipe.kernel.netlink import AuditNetlinkError
 
     items, nerr = _compile(files)
-    if nerr:
-        click.echo(f"{nerr} error(s): nothing loaded", err=True)
+    if nerr and not keep_going:
+        click.echo(f"{nerr} error(s): nothing loaded (-c loads the valid lines)", err=True)
         sys.exit(1)
-    added = refused = 0
     with _netlink() as nl:
         try:
-            nl.delete_all_rules()
+            locked = kernel_locked(nl.get_status())
         except AuditNetlinkError as e:
             _fail(e)
-        for it in items:
-            try:
-                if it.op == "control":
-                    _control(nl, it)
-                elif it.op == "add":
-                    nl.add_rule(it.data)
-                    added += 1
-                else:
-                    nl.delete_rule(it.data)
-            except AuditNetlinkError as e:
-                refused += 1
-                click.echo(f"{it.file}:{it.line}: {e}", err=True)
-                if strict or e.errno == errno.EPERM:  # no privilege or locked: all will fail
-                    click.echo(f"stopped after {added} rule(s)", err=True)
-                    sys.exit(1)
-    click.echo(f"loaded {added} rule(s)" + (f", {refused} line(s) refused" if refused else ""))
-    if refused:
+        if locked:
+            _write_pending(items, files, pending_path)
+            sys.exit(1)
+        added, refused = _apply(nl, items, strict)
+    click.echo(f"loaded {added} rule(s)" + (f", {refused} line(s) refused" if refused else "")
+               + (f", {nerr} invalid line(s) skipped" if nerr else ""))
+    if refused or nerr:
         sys.exit(1)
+
+
+def _write_pending(items: list[RuleItem], files: tuple[str, ...], path: str) -> None:
+    """Locked kernel: say so once and keep the wanted rules for the next boot."""
+    click.echo(f"Error: {LOCKED_MESSAGE}; nothing loaded.", err=True)
+    try:
+        dest = write_pending([it.text for it in items], path, ", ".join(files))
+    except OSError as e:
+        click.echo(f"could not write the rules for the next boot to {path}: {e}", err=True)
+        return
+    click.echo(f"pending: {len(items)} line(s) written to {dest} for the next boot", err=True)
+
+
+def _apply(nl, items: list[RuleItem], strict: bool) -> tuple[int, int]:
+    """Delete all rules, apply items in order; report refusals with file:line."""
+    from auditpipe.kernel.netlink import AuditNetlinkError
+
+    try:
+        nl.delete_all_rules()
+    except AuditNetlinkError as e:
+        _fail(e)
+    added = refused = 0
+    for it in items:
+        try:
+            if it.op == "control":
+                _control(nl, it)
+            elif it.op == "add":
+                nl.add_rule(it.data)
+                added += 1
+            else:
+                nl.delete_rule(it.data)
+        except AuditNetlinkError as e:
+            refused += 1
+            click.echo(f"{it.file}:{it.line}: {e}", err=True)
+            if strict or e.errno == errno.EPERM:  # no privilege or locked: all will fail
+                click.echo(f"stopped after {added} rule(s)", err=True)
+                sys.exit(1)
+    return added, refused
 
 
 @rules.command("list")
