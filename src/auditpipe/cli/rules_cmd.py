@@ -13,8 +13,9 @@ import sys
 import click
 
 from auditpipe.kernel.immutable import DEFAULT_PENDING_PATH, LOCKED_MESSAGE, kernel_locked, write_pending
+from auditpipe.kernel.rules.lint import lint
 from auditpipe.kernel.rules import RuleData, RuleItem, expected_listing, format_rule, parse_rules
-from auditpipe.tables import K
+from auditpipe.tables import MACHINES, K
 
 __all__ = ["rules"]
 
@@ -22,17 +23,24 @@ _FILES = click.argument("files", nargs=-1, required=True,
                         type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 
 
-def _compile(files: tuple[str, ...]) -> tuple[list[RuleItem], int]:
+def _read(files: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(name, text) of each rules file; "-" is stdin."""
+    texts = []
+    for path in files:
+        if path == "-":
+            texts.append(("<stdin>", sys.stdin.read()))
+        else:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                texts.append((path, f.read()))
+    return texts
+
+
+def _compile(files: tuple[str, ...], texts: list[tuple[str, str]] | None = None
+             ) -> tuple[list[RuleItem], int]:
     """Compile every file; print every problem (and warning) as file:line: message."""
     items: list[RuleItem] = []
     nerr = 0
-    for path in files:
-        name = "<stdin>" if path == "-" else path
-        if path == "-":
-            text = sys.stdin.read()
-        else:
-            with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                text = f.read()
+    for name, text in texts if texts is not None else _read(files):
         got, errors = parse_rules(text, name)
         for e in errors:
             click.echo(str(e), err=True)
@@ -87,16 +95,29 @@ def rules() -> None:
 
 @rules.command("check")
 @_FILES
-def check(files: tuple[str, ...]) -> None:
+@click.option("--arch", "arches", multiple=True, metavar="ARCH",
+              type=click.Choice(sorted(set(MACHINES.values())), case_sensitive=False),
+              help="Also check for this arch (repeatable); arches the files name with "
+                   "-F arch= are always checked.")
+def check(files: tuple[str, ...], arches: tuple[str, ...]) -> None:
     """Validate rules files without touching the kernel; every problem is printed as
-    FILE:LINE: MESSAGE on stderr. Exit 1 on any error."""
-    items, nerr = _compile(files)
+    FILE:LINE: MESSAGE on stderr. Also lints the rule set: syscalls missing on an arch,
+    duplicate and shadowed rules, -S all without a filter, lines after -e 2 (errors and
+    warnings). Exit 1 on any error."""
+    texts = _read(files)
+    items, nerr = _compile(files, texts)
+    findings = lint(texts, [a.lower() for a in arches])
+    for f in findings:
+        click.echo(str(f), err=True)
+    nerr += sum(1 for f in findings if f.severity == "error")
     nrules = sum(1 for it in items if it.op != "control")
     if nerr:
         click.echo(f"{nerr} error(s) in {len(files)} file(s)", err=True)
         sys.exit(1)
+    nwarn = len(findings)
     click.echo(f"{len(files)} file(s) OK: {nrules} rule(s), "
-               f"{len(items) - nrules} control line(s)")
+               f"{len(items) - nrules} control line(s)"
+               + (f", {nwarn} warning(s)" if nwarn else ""))
 
 
 @rules.command("load")
