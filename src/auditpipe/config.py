@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from auditpipe.metrics.config import HeartbeatConfig, MetricsConfig, split_listen
+
 __all__ = [
     "DEFAULT_CONFIG_PATHS",
     "DEFAULT_OUTPUT",
@@ -92,6 +94,13 @@ class RulesConfig(_S):
     #: delete the loaded rules before installing ours: auto = yes as the audit daemon (unicast),
     #: no in multicast (the other daemon owns the rule list)
     purge: Literal["auto"] | bool = "auto"
+    #: seconds between comparisons of the kernel's rule list with ours (0: only after a
+    #: CONFIG_CHANGE record about rules); see auditpipe.kernel.drift
+    check_interval: float = 10.0
+    #: on drift: send an audit-rules-drifted event ("alert"), or also put our rules back
+    on_drift: Literal["alert", "reinstall"] = "alert"
+    #: where a rule change goes when the kernel is locked (immutable): the next boot's rules
+    pending_path: str = "/etc/audit/rules.d/99-auditpipe-pending.rules"
 
 
 class ReassemblyConfig(_S):
@@ -155,6 +164,8 @@ class Config(_S):
         default_factory=lambda: [FileOutput()])
     source: SourceConfig = msgspec.field(default_factory=SourceConfig)
     status: StatusConfig = msgspec.field(default_factory=StatusConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    heartbeat: HeartbeatConfig = msgspec.field(default_factory=HeartbeatConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: where this configuration came from (None: built-in defaults)
     path: str | None = None
@@ -314,6 +325,13 @@ def _check(cfg: Config, name: str, text: str) -> None:
         fail("reassembly.wall_timeout", "must be more than 0 seconds")
     if cfg.status.interval <= 0:
         fail("status.interval", "must be more than 0 seconds")
+    if cfg.rules.check_interval < 0:
+        fail("rules.check_interval", "must be 0 (check only after a CONFIG_CHANGE) or more")
+    if cfg.metrics.listen is not None:
+        try:
+            split_listen(cfg.metrics.listen)
+        except ValueError as e:
+            fail("metrics.listen", str(e))
     for i, o in enumerate(cfg.outputs):
         if isinstance(o, FileOutput):
             if not o.path:
