@@ -2,9 +2,11 @@
 
 Rules vanish under a running collector (``auditctl -D`` by hand, a package's augenrules run,
 another tool). :class:`DriftMonitor` compares the kernel's list with what we installed every
-``interval`` seconds and at once after a CONFIG_CHANGE record about rules; on drift it emits a
-document (ECS ``event.action: audit-rules-drifted`` with the diff in auditctl text) and, with
-``on_drift="reinstall"``, puts our rules back in their order. It is a pipeline stage (the
+``interval`` seconds and at once after a CONFIG_CHANGE record about rules; when the difference
+changes it emits a document (ECS ``event.action: audit-rules-drifted`` with the diff in auditctl
+text: ours missing, others' extra) and, with ``on_drift="reinstall"``, puts our rules back in
+their order. A standing difference (another daemon's rules beside ours in multicast mode) is
+reported once, not at every check. It is a pipeline stage (the
 ``Stage`` protocol of :mod:`auditpipe.pipeline.stages`): ``process`` watches events for
 CONFIG_CHANGE, ``tick`` runs the checks.
 """
@@ -100,6 +102,7 @@ class DriftMonitor:
         self._fmt: Format = fmt
         self._host, self._machine = host, machine
         self._next = 0.0           # first check at the first tick; interval 0: only on notice
+        self._last_seen: dict[str, list[str]] = {"missing": [], "extra": []}
         self.counters = {"checks": 0, "drifts": 0, "reinstalls": 0, "reinstall_errors": 0,
                          "check_errors": 0}
 
@@ -121,10 +124,14 @@ class DriftMonitor:
             self.counters["check_errors"] += 1
             log.warning("rule drift check failed: %s", e)
             return []
+        seen = diff.rendered(self._machine)
+        if seen == self._last_seen:  # a standing difference is reported once, not every check
+            return []
+        self._last_seen = seen
         if not diff:
             return []
         self.counters["drifts"] += 1
-        payload: dict[str, Any] = {"rules": {**diff.rendered(self._machine),
+        payload: dict[str, Any] = {"rules": {**seen,
                                              "installed": len(self._installed),
                                              "on_drift": self.on_drift}}
         outcome = "unknown"
@@ -132,6 +139,8 @@ class DriftMonitor:
             error = self._reinstall(diff)
             payload["rules"]["reinstalled"] = error is None
             outcome = "success" if error is None else "failure"
+            if error is None:
+                self._last_seen = {"missing": [], "extra": seen["extra"]}
             if error:
                 payload["rules"]["error"] = error
         msg = (f"audit rules drifted: {len(diff.missing)} of ours missing, {len(diff.extra)} "
