@@ -11,6 +11,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   dpkg -s python3-audit >/dev/null 2>&1 || need+=(python3-audit)  # table generator (scripts/gen_tables.py)
   dpkg -s libaudit-dev >/dev/null 2>&1 || need+=(libaudit-dev)    # libaudit.h for the table generator
   dpkg -s libauparse-dev >/dev/null 2>&1 || need+=(libauparse-dev)  # auparse-defs.h, likewise
+  command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # tests verify the service unit
   if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}" >&2
     # never let a package start a service here (auditd would register as the audit daemon)

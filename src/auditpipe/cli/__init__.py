@@ -9,8 +9,15 @@ from auditpipe import __version__
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="auditpipe")
-def main() -> None:
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Log lines on stderr as text or JSON (journald, shippers).")
+@click.pass_context
+def main(ctx: click.Context, log_format: str) -> None:
     """Linux audit pipeline: parse, collect, normalize and ship audit events."""
+    from auditpipe.cli.logfmt import configure_logging
+
+    ctx.obj = {**(ctx.obj or {}), "log_format": log_format}
+    configure_logging("info", log_format)
     # The hot path allocates millions of small acyclic dicts and lists; the default collector
     # thresholds make CPython rescan them over and over (about 7% of parse time, measured).
     gc.freeze()
@@ -26,6 +33,7 @@ def _register() -> None:
     from auditpipe.cli import rules_cmd; main.add_command(rules_cmd.rules)  # noqa: E702
     from auditpipe.cli import run_cmd; main.add_command(run_cmd.run)  # noqa: E702
     from auditpipe.cli import status_cmd; main.add_command(status_cmd.status)  # noqa: E702
+    from auditpipe.cli import install_cmd; main.add_command(install_cmd.install)  # noqa: E702
 
 
 _register()
