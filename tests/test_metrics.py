@@ -7,7 +7,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from auditpipe.config import ConfigError, load_config
+from auditpipe.config import load_config
 from auditpipe.metrics.config import HeartbeatConfig, split_listen
 from auditpipe.metrics.heartbeat import HeartbeatStage
 from auditpipe.metrics.prom import MetricsServer
