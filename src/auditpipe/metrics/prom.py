@@ -16,6 +16,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Literal
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -91,13 +92,14 @@ class MetricsServer:
         self.host, self.port = split_listen(listen)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(CountersCollector(counters))
-        self._server = None
+        self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> tuple[str, int]:
         """Bind and serve; returns the bound (host, port) (port 0 picks a free one)."""
-        self._server, self._thread = start_http_server(self.port, self.host, self.registry)
-        self.port = self._server.server_address[1]
+        server, self._thread = start_http_server(self.port, self.host, self.registry)
+        self._server = server
+        self.port = server.server_address[1]
         return self.host, self.port
 
     def close(self) -> None:

@@ -36,15 +36,15 @@ def self_event(fmt: Format, now: float, action: str, kind: str, payload: dict[st
             row["node"] = host
         return row
     if fmt == "coalesced":
-        doc = {"timestamp": iso_utc(now), "records": [
+        doc: dict[str, Any] = {"timestamp": iso_utc(now), "records": [
             {"type": rtype, "fields": {"message": message, **payload}}]}
         if host:
             doc["node"] = host
         return doc
-    doc = {"@timestamp": iso_utc(now), "message": message,
+    ecs: dict[str, Any] = {"@timestamp": iso_utc(now), "message": message,
            "event": {"kind": kind, "module": "auditpipe", "dataset": f"auditpipe.{kind}",
                      "action": action},
            "auditpipe": payload}
     if host:
-        doc["host"] = {"name": host}
-    return doc
+        ecs["host"] = {"name": host}
+    return ecs
