@@ -59,24 +59,22 @@ class RuleDiff:
                 "extra": [format_rule(b, machine) for b in self.extra]}
 
 
+def _not_in(blobs: Sequence[bytes], other: Sequence[bytes]) -> list[bytes]:
+    """The blobs of ``blobs`` (in order, counted with repeats) that ``other`` does not hold."""
+    left = Counter(_canon(b) for b in other)
+    out = []
+    for b in blobs:
+        c = _canon(b)
+        if left[c] > 0:
+            left[c] -= 1
+        else:
+            out.append(b)
+    return out
+
+
 def rule_diff(installed: Sequence[bytes], current: Sequence[bytes]) -> RuleDiff:
     """Multiset difference of two rule lists (blobs), each side in its own order."""
-    have = Counter(_canon(b) for b in current)
-    want = Counter(_canon(b) for b in installed)
-    missing, extra = [], []
-    for b in installed:
-        c = _canon(b)
-        if have[c] > 0:
-            have[c] -= 1
-        else:
-            missing.append(b)
-    for b in current:
-        c = _canon(b)
-        if want[c] > 0:
-            want[c] -= 1
-        else:
-            extra.append(b)
-    return RuleDiff(missing, extra)
+    return RuleDiff(_not_in(installed, current), _not_in(current, installed))
 
 
 def is_rule_change(record: Any) -> bool:
