@@ -17,7 +17,7 @@ def main(ctx: click.Context, log_format: str) -> None:
     from auditpipe.cli.logfmt import configure_logging
 
     ctx.obj = {**(ctx.obj or {}), "log_format": log_format}
-    configure_logging("info", log_format)
+    configure_logging("warning", log_format)  # commands that log more set their own level
     # The hot path allocates millions of small acyclic dicts and lists; the default collector
     # thresholds make CPython rescan them over and over (about 7% of parse time, measured).
     gc.freeze()
