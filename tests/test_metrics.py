@@ -108,3 +108,23 @@ def test_heartbeat_every_interval_with_deltas(fmt):
 def test_heartbeat_off():
     hb = HeartbeatStage(HeartbeatConfig(interval=0), Clock())
     assert hb.tick(0) == hb.tick(10_000) == hb.close(10_001) == []
+
+
+def test_ops_wiring_from_config():
+    from auditpipe.kernel.drift import DriftMonitor
+    from auditpipe.pipeline.ops import ops_stages, start_metrics
+
+    cfg = load_config(text='[normalize]\nformat = "panther"\n[heartbeat]\ninterval = 5\n'
+                           '[rules]\non_drift = "reinstall"\n[metrics]\nlisten = "127.0.0.1:0"\n')
+    counters = Clock()
+    stages = ops_stages(cfg, counters, host="h", netlink=object(), installed=[b"x"])
+    assert [s.name for s in stages] == ["rules-drift", "heartbeat"]
+    assert isinstance(stages[0], DriftMonitor) and stages[0].on_drift == "reinstall"
+    assert [s.name for s in ops_stages(cfg, counters)] == ["heartbeat"]
+    off = load_config(text="[heartbeat]\ninterval = 0\n")
+    assert ops_stages(off, counters) == [] and start_metrics(off.metrics, counters) is None
+    srv = start_metrics(cfg.metrics, counters)
+    try:
+        assert scrape(srv.port)[("auditpipe_events_total", ())] == 0
+    finally:
+        srv.close()
