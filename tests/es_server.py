@@ -36,7 +36,7 @@ from aiohttp import web
 
 PRODUCT = {"X-Elastic-Product": "Elasticsearch"}
 _MEDIA = re.compile(r"^application/(?:vnd\.elasticsearch\+)?(json|x-ndjson)(?:;\s*compatible-with=(\d+))?"
-                    r"(?:;\s*charset=utf-8)?$", re.I)
+                    r"(?:;\s*charset=utf-8)?$", re.IGNORECASE)
 VERSION = "8.17.0"
 
 

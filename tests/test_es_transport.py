@@ -9,7 +9,10 @@ import pytest
 from es_server import BulkState, ServerThread, free_port
 
 from auditpipe.sinks.elasticsearch import (
-    ElasticsearchOutput, ElasticsearchTransport, item_outcome, split_id,
+    ElasticsearchOutput,
+    ElasticsearchTransport,
+    item_outcome,
+    split_id,
 )
 from auditpipe.sinks.transport import PermanentError, TransientError
 
@@ -105,9 +108,8 @@ def test_not_elasticsearch_is_transient(aiohttp_free_server):
 @pytest.fixture
 def aiohttp_free_server():
     """A server that answers bulk like Elasticsearch but without the product header."""
-    from aiohttp import web
-
     import es_server as es
+    from aiohttp import web
 
     class Plain(es.ServerThread):
         def _run(self):

@@ -107,7 +107,11 @@ class NormalizeConfig(_S):
     format: Literal["ecs", "panther", "coalesced"] = "ecs"
     resolve_ids: bool = True
     include_raw: bool = False
-    tags: list[str] = msgspec.field(default_factory=list)
+    #: unset: none, or with host metadata the integration's ["auditd_manager-auditd"]
+    tags: list[str] | None = None
+    #: ecs: data_stream.*, event.dataset, host.*, agent.* as Elastic Agent adds them (always on
+    #: with an elasticsearch output)
+    host_metadata: bool = False
     passwd_file: str | None = None
     group_file: str | None = None
 

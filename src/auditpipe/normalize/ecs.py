@@ -17,6 +17,7 @@ between documents and must not be mutated).
 from __future__ import annotations
 
 from auditpipe import tables
+from auditpipe.normalize.agent import document_id
 from auditpipe.normalize.coalesced import iso_timestamp
 from auditpipe.normalize.ecs_fields import (
     Names, apply_entities, build_address, build_file, build_user, drop_redundant_effective,
@@ -136,18 +137,27 @@ def _path_fields(f: dict) -> dict:
     return out
 
 
-def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnings: bool = False, extra_tags=()):
+def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnings: bool = False, extra_tags=None,
+                        host_metadata=None, document_ids: bool = False):
     """A normalizer `Event -> [ECS document]`.
 
     resolver: an `IdResolver` (or None: names only from ENRICHED input).
     include_raw: event.original holds the event's lines as read.
     include_warnings: auditd.warnings lists what could not be normalized.
-    extra_tags: appended to tags (after the rule keys).
+    extra_tags: appended to tags (after the rule keys); None: the host metadata's default tags
+    (the integration's), or none.
+    host_metadata: a `normalize.agent.HostMetadata`: data_stream.*, event.dataset, host.*, agent.*
+    as Elastic Agent adds them.
+    document_ids: each document starts with `_id`, the event's stable id (`agent.document_id`),
+    which the Elasticsearch output takes off and uses as the bulk `_id`.
 
     Documents share some values with each other and with the event's records (the per-kind
     event.category/type lists, PATH field dicts that needed no change): treat them as read-only.
     """
+    if extra_tags is None:
+        extra_tags = host_metadata.tags if host_metadata is not None else ()
     extra_tags = list(extra_tags)
+    meta = host_metadata
     names = Names(resolver)
     names_tick = names.tick
     # closure cells: cheaper than module globals on the hot path
@@ -277,7 +287,10 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
 
         # -- the document --------------------------------------------------------------------------
         ev = {"kind": "event", "module": "auditd", "outcome": "failure" if result == "fail" else result}
-        doc = {"@timestamp": iso_timestamp(event.sec, event.msec), "event": ev}
+        if document_ids:
+            doc = {"_id": _event_id(event, meta), "@timestamp": iso_timestamp(event.sec, event.msec), "event": ev}
+        else:
+            doc = {"@timestamp": iso_timestamp(event.sec, event.msec), "event": ev}
         ktype = kind.type
         mtype = lower.get(ktype)
         if mtype is None:
@@ -364,11 +377,21 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
                 ev["original"] = [r.raw for r in recs]
         doc["service"] = {"type": "auditd"}
         doc["ecs"] = {"version": ECS_VERSION}
-        if event.node is not None:
+        if meta is not None:
+            ev["dataset"] = meta.dataset
+            doc["data_stream"] = meta.data_stream()
+            doc["host"] = meta.host_fields(event.node)
+            doc["agent"] = meta.agent_fields()
+        elif event.node is not None:
             doc["host"] = {"name": event.node}
         return [doc]
 
     return normalize
+
+
+def _event_id(event, meta) -> str:
+    host = meta.id_host(event.node) if meta is not None else (event.node or "")
+    return document_id(host, event.sec, event.msec, event.serial, [r.type for r in event.records])
 
 
 _PROCESS_STRINGS = (("proctitle", "title"), ("comm", "name"), ("exe", "executable"), ("cwd", "working_directory"))

@@ -26,7 +26,7 @@ __all__ = ["PIPELINE_ECS_VERSION", "to_indexed"]
 PIPELINE_ECS_VERSION = "8.11.0"
 
 # (source path, target path): renamed when the source is there and the target is not
-_RENAMES = (
+_RENAMES: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("source", "path"), ("source", "address")),
     (("destination", "path"), ("destination", "address")),
     (("user", "audit"), ("auditd", "user", "audit")),
@@ -37,7 +37,7 @@ _RENAMES = (
     (("user", "saved"), ("auditd", "user", "saved")),
     (("user", "filesystem"), ("auditd", "user", "filesystem")),
 )
-_RENAMES_AFTER_OUTCOME = (
+_RENAMES_AFTER_OUTCOME: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
     (("auditd", "sequence"), ("event", "sequence")),
     (("auditd", "data", "id"), ("event", "id")),
 )
@@ -156,7 +156,7 @@ def _to_long(v: Any) -> tuple[bool, Any]:
         neg = s.startswith("-")
         body = s[1:] if neg or s.startswith("+") else s
         if body[:2] in ("0x", "0X"):
-            n = int(body[2:], 16)
+            n = int(body, 0)
         elif body.isdecimal() and body.isascii():
             n = int(body)
         else:

@@ -126,7 +126,7 @@ def build_client(cfg: ElasticsearchOutput) -> Elasticsearch:
 
 def item_outcome(item: dict[str, Any]) -> tuple[str, str | None]:
     """One ``_bulk`` response item → ("ok" | "duplicate" | "retry" | "refused", reason)."""
-    res = item.get("create") or next(iter(item.values()), {})
+    res: dict[str, Any] = item.get("create") or next(iter(item.values()), {})
     status = int(res.get("status", 0))
     if 200 <= status < 300:
         return "ok", None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["TransientError", "PermanentError", "Outcome", "Transport"]
+__all__ = ["Outcome", "PermanentError", "TransientError", "Transport"]
 
 
 class TransientError(Exception):
