@@ -57,6 +57,8 @@ class BulkState:
         self.requests = 0
         self.violations: list[str] = []
         self.headers: list[dict[str, str]] = []
+        self.policies: dict[str, dict] = {}
+        self.templates: dict[str, dict] = {}
         self.lock = threading.Lock()
         if store:
             try:
@@ -159,6 +161,18 @@ def make_app(state: BulkState) -> web.Application:
                 items.append(item)
         return web.json_response({"took": 1, "errors": errors, "items": items}, headers=PRODUCT)
 
+    async def put_policy(request: web.Request) -> web.Response:
+        body, bad = await _json_body(request)
+        if not bad and not isinstance(body.get("policy", {}).get("phases"), dict):
+            bad = "an ILM policy needs policy.phases"
+        return _stored(state, state.policies, request.match_info["name"], body, bad)
+
+    async def put_template(request: web.Request) -> web.Response:
+        body, bad = await _json_body(request)
+        if not bad:
+            bad = _template_problem(body)
+        return _stored(state, state.templates, request.match_info["name"], body, bad)
+
     async def set_script(request: web.Request) -> web.Response:
         data = await request.json()
         with state.lock:
@@ -176,9 +190,54 @@ def make_app(state: BulkState) -> web.Application:
     app.router.add_put("/_bulk", bulk)
     app.router.add_post("/{index}/_bulk", bulk)
     app.router.add_put("/{index}/_bulk", bulk)
+    app.router.add_put("/_ilm/policy/{name}", put_policy)
+    app.router.add_put("/_index_template/{name}", put_template)
     app.router.add_post("/_test/script", set_script)
     app.router.add_get("/_test/state", get_state)
     return app
+
+
+async def _json_body(request: web.Request) -> tuple[dict, str | None]:
+    bad = _check_media(request, "json")
+    try:
+        body = json.loads(await request.read())
+    except ValueError as e:
+        return {}, bad or f"body is not JSON: {e}"
+    return (body, bad) if isinstance(body, dict) else ({}, bad or "body is not a JSON object")
+
+
+def _stored(state: BulkState, where: dict, name: str, body: dict, bad: str | None) -> web.Response:
+    with state.lock:
+        state.requests += 1
+        state.headers.append({})
+        if bad:
+            state.violations.append(bad)
+            return _error(400, "illegal_argument_exception", bad)
+        where[name] = body
+    return web.json_response({"acknowledged": True}, headers=PRODUCT)
+
+
+_MAPPING_TYPES = {"keyword", "constant_keyword", "wildcard", "match_only_text", "text", "long", "integer",
+                  "short", "byte", "double", "float", "scaled_float", "date", "boolean", "ip", "flattened",
+                  "object", "geo_point"}
+
+
+def _template_problem(body: dict) -> str | None:
+    """What Elasticsearch would refuse in a composable template (the parts we send)."""
+    if not body.get("index_patterns") or "data_stream" not in body:
+        return "a data stream template needs index_patterns and data_stream"
+    props = body.get("template", {}).get("mappings", {}).get("properties")
+    if not isinstance(props, dict):
+        return "template.mappings.properties missing"
+    stack = [("", props)]
+    while stack:
+        prefix, node = stack.pop()
+        for k, m in node.items():
+            if "properties" in m:
+                stack.append((f"{prefix}{k}.", m["properties"]))
+            elif m.get("type") not in _MAPPING_TYPES:
+                return f"No handler for type [{m.get('type')}] declared on field [{prefix}{k}]"
+    return None
 
 
 def _item(state: BulkState, index: str | None, action: dict, doc: Any) -> tuple[dict, bool]:

@@ -73,7 +73,7 @@ def _os_fields(os_release: str, kernel: str) -> dict[str, str]:
             kv[k.strip()] = v.strip().strip('"').strip("'")
     out = {"type": "linux", "kernel": kernel}
     for ecs_key, keys in (("name", ("NAME",)), ("platform", ("ID",)), ("version", ("VERSION", "VERSION_ID")),
-                          ("codename", ("VERSION_CODENAME",)), ("family", ("ID_LIKE", "ID"))):
+                          ("family", ("ID_LIKE", "ID"))):  # (no codename: not an ECS field)
         for k in keys:
             if kv.get(k):
                 out[ecs_key] = kv[k].split()[0] if ecs_key == "family" else kv[k]
