@@ -116,6 +116,9 @@ class DiskQueue:
         self.acked_count = 0
         self.dropped = 0
         self.torn = 0  # torn/corrupt records cut off at open
+        self.skipped_frames = 0  # damaged frames skipped at open (resynchronised after)
+        self.skipped_bytes = 0
+        self.write_errors = 0  # appends refused by the file system (ENOSPC, EIO, ...)
         self._cond = threading.Condition()
         self._closed = False
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
@@ -197,6 +200,11 @@ class DiskQueue:
     def bytes_used(self) -> int:
         with self._cond:
             return sum(s.size for s in self._segs)
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last record accepted (-1 or less before the first)."""
+        return self._next - 1
 
     @property
     def acked_seq(self) -> int:
