@@ -224,3 +224,20 @@ def test_thread_ships_and_drains(tmp_path):
     sh.stop()
     got = [d["i"] for i in range(len(rec.requests)) for d in rec.lines(i)]
     assert got == list(range(50))
+
+
+def test_raw_body_is_what_fluent_bit_in_http_takes(tmp_path):
+    """application/json, one JSON object per line (Fluent Bit's in_http answers 400 to
+    application/x-ndjson); a run of lines is one queue record but every line is counted."""
+    q, rec, sh = make(tmp_path, format="raw", gzip=False, max_wait=0)
+    bad = b"type=PATH msg=audit(1.1:1): name=\xff".decode("utf-8", "surrogateescape")
+    lines = [f"type=SYSCALL msg=audit(1.{i}:{i}): x=\"a\\b\"" for i in range(300)] + [bad, "", "  "]
+    qs = QueueSink(q, raw_record_bytes=4096)
+    assert qs.write_raw(lines, date=1.5) == 301 and qs.accepted == 301
+    assert 1 < q.pending < 301  # runs of lines, each at most 4096 bytes
+    while sh.step(poll=0):
+        pass
+    assert {r.headers["content-type"] for r, _ in rec.requests} == {"application/json"}
+    got = [d for i in range(len(rec.requests)) for d in rec.lines(i)]
+    assert got == [{"date": 1.5, "log": ln} for ln in lines[:301]]
+    assert sh.sent_events == 301

@@ -126,7 +126,7 @@ class HttpTransport:
         body = b"\n".join(payloads) + b"\n"
         headers = {"Content-Type": self.content_type, **self.cfg.headers}
         if self.cfg.gzip:
-            body = gzip.compress(body, compresslevel=5)
+            body = gzip.compress(body, compresslevel=5, mtime=0)  # the same bytes on every retry
             headers["Content-Encoding"] = "gzip"
         headers.update(client_headers(self.cfg.auth, self.cfg.secret, body, self.cfg.auth_header))
         return body, headers

@@ -18,6 +18,7 @@ same records again after every restart, and a failing disk is not made better by
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -27,14 +28,19 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from auditpipe.sinks.encode import dumps_line
 from auditpipe.sinks.file import FileSink
 from auditpipe.sinks.queue import DiskQueue
 from auditpipe.sinks.transport import Outcome, PermanentError, ServerError, TransientError, Transport
 
-__all__ = ["Batching", "RetryPolicy", "QueueShipper", "QueueSink", "QueuedOutput", "raw_record"]
+__all__ = ["Batching", "RetryPolicy", "QueueShipper", "QueueSink", "QueuedOutput", "raw_record", "raw_bodies"]
 
 log = logging.getLogger(__name__)
+
+#: raw lines are queued in runs of at most this many bytes (well under a batch's max_bytes)
+RAW_RECORD_BYTES = 128 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,28 +74,73 @@ def raw_record(line: str, date: float | None = None) -> bytes:
     return dumps_line({"date": time.time() if date is None else date, "log": line.rstrip("\n")})[:-1]
 
 
+def _json_str(s: str) -> bytes:
+    try:
+        return orjson.dumps(s)
+    except TypeError:  # lone surrogates (non-UTF-8 bytes): see sinks.encode
+        return json.dumps(s).encode("ascii")
+
+
+def raw_bodies(lines: Iterable[str], date: float, limit: int) -> tuple[list[bytes], int]:
+    """Raw lines → body fragments of at most ``limit`` bytes (cut at line ends), each a run of
+    ``{"date": …, "log": "…"}`` JSON lines, and the number of lines. Raw forwarding should cost
+    little more than framing lines: one JSON string encoding per line, the rest is joins."""
+    lines = [ln.rstrip("\n") for ln in lines if ln and not ln.isspace()]
+    try:
+        parts = [orjson.dumps(ln) for ln in lines]
+    except TypeError:
+        parts = [_json_str(ln) for ln in lines]
+    if not parts:
+        return [], 0
+    head = b'{"date":' + orjson.dumps(date) + b',"log":'
+    body = head + (b"}\n" + head).join(parts) + b"}"
+    return split_lines(body, limit), len(parts)
+
+
+def split_lines(body: bytes, limit: int) -> list[bytes]:
+    """Cut a newline-separated body into pieces of at most ``limit`` bytes at line ends (a
+    single longer line stays whole)."""
+    out = []
+    start = 0
+    while len(body) - start > limit:
+        cut = body.rfind(b"\n", start, start + limit + 1)
+        if cut < 0:
+            cut = body.find(b"\n", start + limit)
+            if cut < 0:
+                break
+        out.append(body[start:cut])
+        start = cut + 1
+    out.append(body[start:])
+    return out
+
+
 class QueueSink:
     """Pipeline-side writer: puts documents (or raw lines) into the durable queue.
 
     ``write`` accepts all items or raises ``OutputUnavailable`` having accepted none (the
-    queue truncates a partial append back).
+    queue truncates a partial append back). A document is one queue record; raw lines are
+    queued as runs of JSON lines of at most ``raw_record_bytes`` (a queue record holds several
+    lines: the per-record cost of the queue is then paid once per run, not once per line).
     """
 
-    def __init__(self, queue: DiskQueue) -> None:
+    def __init__(self, queue: DiskQueue, raw_record_bytes: int = RAW_RECORD_BYTES) -> None:
         self.queue = queue
+        self.raw_record_bytes = raw_record_bytes
+        self.accepted = 0  # documents or raw lines
 
     def write(self, items: Iterable[Any]) -> int:
         lines = [dumps_line(o)[:-1] for o in items]
         if lines:
             self.queue.put_many(lines)
+            self.accepted += len(lines)
         return len(lines)
 
     def write_raw(self, lines: Iterable[str], date: float | None = None) -> int:
-        now = time.time() if date is None else date
-        recs = [raw_record(ln, now) for ln in lines if ln.strip()]
+        recs, n = raw_bodies(lines, time.time() if date is None else date, self.raw_record_bytes)
         if recs:
             self.queue.put_many(recs)
-        return len(recs)
+            self.accepted += n
+        return n
 
     def flush(self) -> None:
         pass
@@ -203,7 +254,8 @@ class QueueShipper:
         """Count what one send delivered, dead-letter what it refused; the positions to retry."""
         for pos, reason in out.refused:
             self._dead_letter([payloads[pending[pos]]], reason)
-        self.sent_events += len(pending) - len(out.retry) - len(out.refused)
+        gone = set(out.retry) | {pos for pos, _ in out.refused}
+        self.sent_events += sum(_lines(payloads[i]) for pos, i in enumerate(pending) if pos not in gone)
         return [pending[i] for i in out.retry]
 
     def _exhausted(self, attempt: int, server_failures: int) -> bool:
@@ -212,6 +264,7 @@ class QueueShipper:
                 or (r.max_retries_5xx is not None and server_failures > r.max_retries_5xx))
 
     def _dead_letter(self, payloads: list[bytes], reason: str) -> None:
+        payloads = [ln for p in payloads for ln in p.split(b"\n")]  # raw runs → their lines
         self.dead_events += len(payloads)
         self.dead_batches += 1
         if not self.dead_letter:
@@ -310,6 +363,12 @@ class QueueShipper:
                 "skipped_bytes": q.skipped_bytes, "write_errors": q.write_errors + self.ack_errors}
 
 
+def _lines(payload: bytes) -> int:
+    """Documents in one queue record: a JSON document holds no raw newline; a raw run is
+    several JSON lines."""
+    return payload.count(b"\n") + 1
+
+
 class QueuedOutput:
     """A network or lake output as the pipeline sees it: ``write`` puts documents into the
     durable queue (accepted = on disk), a :class:`QueueShipper` thread delivers them behind it,
@@ -320,8 +379,8 @@ class QueuedOutput:
                  dead_letter: str | None = None, retry: RetryPolicy | None = None, *,
                  drain_timeout: float = 5.0, start: bool = True) -> None:
         self.queue = queue
-        self.writer = QueueSink(queue)
         self.shipper = QueueShipper(queue, transport, batching, dead_letter, retry)
+        self.writer = QueueSink(queue, min(RAW_RECORD_BYTES, self.shipper.batching.max_bytes // 4))
         self.drain_timeout = drain_timeout
         if start:
             self.shipper.start()
@@ -336,7 +395,7 @@ class QueuedOutput:
         pass  # accepted means on disk already
 
     def stats(self) -> dict[str, Any]:
-        return self.shipper.stats()
+        return {**self.shipper.stats(), "accepted": self.writer.accepted}
 
     def close(self, drain_timeout: float | None = None) -> None:
         try:
