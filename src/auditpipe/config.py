@@ -340,6 +340,9 @@ def _check(cfg: Config, name: str, text: str) -> None:
                 fail(f"outputs[{i}]", "max_bytes and generations must not be negative")
     if not cfg.outputs:
         fail("outputs", "at least one output is needed")
+    for i, o in enumerate(cfg.outputs):
+        if isinstance(o, ElasticsearchOutput) and cfg.normalize.format != "ecs":
+            fail(f"outputs[{i}].type", "the elasticsearch output takes ECS documents: [normalize] format = \"ecs\"")
 
 
 def rule_files(cfg: Config) -> list[str]:

@@ -22,15 +22,25 @@ import msgspec
 import orjson
 
 from auditpipe.normalize.es_indexed import to_indexed
-from auditpipe.sinks.transport import Outcome, PermanentError, TransientError
+from auditpipe.sinks.transport import (
+    Outcome,
+    PermanentError,
+    ServerError,
+    TransientError,
+)
 
 if TYPE_CHECKING:
     from elasticsearch import Elasticsearch
 
+    from auditpipe.sinks.shipper import QueuedOutput
+
 __all__ = ["COMPAT_HEADERS", "ElasticsearchOutput", "ElasticsearchTransport", "build_client",
-           "data_stream_name", "item_outcome"]
+           "data_stream_name", "item_outcome", "open_elasticsearch"]
 
 log = logging.getLogger(__name__)
+# the client logs every request at INFO ("POST …/_bulk [status:200 …]"), one line per batch;
+# failures are ours to report (retries, dead letters)
+logging.getLogger("elastic_transport.transport").setLevel(logging.WARNING)
 
 COMPAT_HEADERS = {
     "accept": "application/vnd.elasticsearch+json; compatible-with=8",
@@ -71,10 +81,16 @@ class ElasticsearchOutput(msgspec.Struct, forbid_unknown_fields=True, kw_only=Tr
     backoff_max: float = 30.0
     #: None: transient failures are retried for ever (the queue holds the events meanwhile)
     max_retries: int | None = None
+    #: a 500 for the whole request (not 502/503/504: the cluster coming back) is retried this
+    #: many times, then the batch is dead-lettered (a request the cluster cannot take)
+    max_retries_5xx: int | None = 10
     #: JSON-lines file for refused documents (mapping errors) with the item's error
     dead_letter: str | None = None
     queue_dir: str = "/var/lib/auditpipe/queue-elasticsearch"
     queue_max_bytes: int = 1 << 30
+    #: when the queue is full: "block" the pipeline (nothing lost) or "drop_oldest"
+    full_policy: Literal["block", "drop_oldest"] = "block"
+    queue_fsync: Literal["batch", "never"] = "batch"
     drain_timeout: float = 5.0
 
     def __post_init__(self) -> None:
@@ -248,5 +264,24 @@ def _request_error(status: int, headers: Any, text: str) -> Exception:
             retry_after = float(v) if v is not None else None
         except ValueError:
             pass
-        return TransientError(f"HTTP {status}: {text[:300]}", retry_after)
+        kind = ServerError if status >= 500 and status not in (502, 503, 504) else TransientError
+        return kind(f"HTTP {status}: {text[:300]}", retry_after)
     return PermanentError(f"HTTP {status}: {text[:300]}")
+
+
+def open_elasticsearch(cfg: ElasticsearchOutput, *, start: bool = True) -> QueuedOutput:
+    """The output as ``run``/``serve`` use it: the durable queue in ``queue_dir`` and a shipper
+    thread delivering it through :class:`ElasticsearchTransport`."""
+    from auditpipe.sinks.queue import DiskQueue
+    from auditpipe.sinks.shipper import Batching, QueuedOutput, RetryPolicy
+
+    queue = DiskQueue(cfg.queue_dir, max_bytes=cfg.queue_max_bytes, full_policy=cfg.full_policy,
+                      fsync=cfg.queue_fsync)
+    try:
+        transport = ElasticsearchTransport(cfg)
+    except BaseException:
+        queue.close()
+        raise
+    return QueuedOutput(queue, transport, Batching(cfg.max_events, cfg.max_bytes, cfg.max_wait), cfg.dead_letter,
+                        RetryPolicy(cfg.backoff_initial, cfg.backoff_max, cfg.max_retries, cfg.max_retries_5xx),
+                        drain_timeout=cfg.drain_timeout, start=start)

@@ -61,4 +61,8 @@ def open_sink(cfg: Mapping[str, Any]) -> Any:
         sink = HttpSink(HttpConfig(**cfg), os.fspath(queue_dir), **qkw)
         sink.drain_timeout = drain
         return sink
+    if kind == "elasticsearch":  # {"type": "elasticsearch", "config": ElasticsearchOutput}
+        from auditpipe.sinks.elasticsearch import open_elasticsearch
+
+        return open_elasticsearch(cfg["config"])
     raise ValueError(f"unknown sink type {kind!r}")
