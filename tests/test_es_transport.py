@@ -201,6 +201,16 @@ def test_split_id():
     assert body == b'{"a":1}' and doc_id == split_id(b'{"a":1}')[0] and len(doc_id) == 30
 
 
+def test_prepared_bodies_go_out_as_they_are():
+    """The client's NDJSON serializer would append a newline to our (gzip) bytes."""
+    from auditpipe.sinks.elasticsearch import COMPAT_HEADERS, build_client
+
+    c = build_client(ElasticsearchOutput(hosts=["http://127.0.0.1:9"]))
+    ser = c.transport.serializers.get_serializer(COMPAT_HEADERS["content-type"])
+    assert ser.dumps(b"\x1f\x8bxyz") == b"\x1f\x8bxyz"
+    assert ser.dumps([{"a": 1}]) == b'{"a":1}\n'
+
+
 def test_config_checks():
     with pytest.raises(ValueError, match="one of"):
         ElasticsearchOutput(api_key="k", username="u", password="p")

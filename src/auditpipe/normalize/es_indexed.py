@@ -126,13 +126,15 @@ def _move_joined(doc: dict, field: tuple[str, ...], keep: tuple[str, ...],
 def _underscore_keys(obj: dict) -> None:
     """The pipeline's key standardization: ``-`` → ``_`` in nested objects' keys (a key that
     exists already is replaced), not inside lists."""
-    for k in list(obj):
-        v = obj[k]
-        if isinstance(v, dict):
+    hyphens = None
+    for k, v in obj.items():
+        if type(v) is dict:
             _underscore_keys(v)
         if "-" in k:
-            obj[k.replace("-", "_")] = v
-            del obj[k]
+            hyphens = [k] if hyphens is None else hyphens + [k]
+    if hyphens:
+        for k in hyphens:
+            obj[k.replace("-", "_")] = obj.pop(k)
 
 
 def _to_long(v: Any) -> tuple[bool, Any]:
@@ -201,20 +203,44 @@ def _pipeline_error(doc: dict, failed: list[str]) -> None:
     err["message"] = msgs
 
 
-def _empty(v: Any) -> bool:
-    return v is None or v == "" or (isinstance(v, (dict, list)) and not v)
-
-
-def _prune(obj: Any) -> None:
-    """Remove null, empty-string, empty-object and empty-list values, depth first."""
-    if isinstance(obj, dict):
-        for v in obj.values():
-            if isinstance(v, (dict, list)):
+def _prune(obj: dict) -> None:
+    """Remove null, empty-string, empty-object and empty-list values, depth first (type checks
+    by identity: this walks every value of every document)."""
+    dead = None
+    for k, v in obj.items():
+        t = type(v)
+        if t is dict:
+            if v:
                 _prune(v)
-        for k in [k for k, v in obj.items() if _empty(v)]:
+            if not v:
+                dead = [k] if dead is None else dead + [k]
+        elif t is list:
+            if v:
+                _prune_list(v)
+            if not v:
+                dead = [k] if dead is None else dead + [k]
+        elif v is None or (t is str and not v):
+            dead = [k] if dead is None else dead + [k]
+    if dead:
+        for k in dead:
             del obj[k]
-    elif isinstance(obj, list):
-        for v in obj:
-            if isinstance(v, (dict, list)):
+
+
+def _prune_list(lst: list) -> None:
+    keep = False
+    for v in lst:
+        t = type(v)
+        if t is dict:
+            if v:
                 _prune(v)
-        obj[:] = [v for v in obj if not _empty(v)]
+            if not v:
+                keep = True
+        elif t is list:
+            if v:
+                _prune_list(v)
+            if not v:
+                keep = True
+        elif v is None or (t is str and not v):
+            keep = True
+    if keep:  # something to remove
+        lst[:] = [v for v in lst if not (v is None or v == "" or (type(v) in (dict, list) and not v))]
