@@ -29,16 +29,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from es_server import free_port  # noqa: E402
-from helpers import events_of_file  # noqa: E402
+from es_server import free_port
+from helpers import events_of_file
 
-from auditpipe.normalize.ecs import make_ecs_normalizer  # noqa: E402
-from auditpipe.normalize.idresolve import IdResolver  # noqa: E402
-from auditpipe.pipeline.hostinfo import read_host_metadata  # noqa: E402
-from auditpipe.sinks.elasticsearch import ElasticsearchOutput, ElasticsearchTransport  # noqa: E402
-from auditpipe.sinks.encode import dumps_line  # noqa: E402
-from auditpipe.sinks.queue import DiskQueue  # noqa: E402
-from auditpipe.sinks.shipper import Batching, QueueShipper  # noqa: E402
+from auditpipe.normalize.ecs import make_ecs_normalizer
+from auditpipe.normalize.idresolve import IdResolver
+from auditpipe.pipeline.hostinfo import read_host_metadata
+from auditpipe.sinks.elasticsearch import ElasticsearchOutput, ElasticsearchTransport
+from auditpipe.sinks.encode import dumps_line
+from auditpipe.sinks.queue import DiskQueue
+from auditpipe.sinks.shipper import Batching, QueueShipper
 
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpus" / "bench.log.gz"
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import zlib
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import msgspec
 import orjson
@@ -31,6 +31,7 @@ from auditpipe.sinks.transport import (
 )
 
 if TYPE_CHECKING:
+    from elastic_transport import Serializer
     from elasticsearch import Elasticsearch
 
     from auditpipe.sinks.shipper import QueuedOutput
@@ -141,7 +142,7 @@ def build_client(cfg: ElasticsearchOutput) -> Elasticsearch:
         if not cfg.tls_verify:
             kw["ssl_show_warn"] = False
     return Elasticsearch(list(cfg.hosts), request_timeout=cfg.timeout, max_retries=0, retry_on_status=(),
-                         retry_on_timeout=False, serializers={_Encoded.mimetype: _Encoded()}, **kw)
+                         retry_on_timeout=False, serializers={_Encoded.mimetype: cast("Serializer", _Encoded())}, **kw)
 
 
 def _encoded_serializer_base() -> type:
