@@ -140,6 +140,14 @@ def _script(p: dict, doc: dict) -> None:
         raise NotImplementedError(f"script the evaluator does not know: {p.get('description')}")
 
 
+def _source(p: dict, doc: dict) -> Any:
+    """The processor's ``field``: _MISSING when absent and ``ignore_missing``, else a failure."""
+    v = get(doc, p["field"])
+    if v is _MISSING and not p.get("ignore_missing"):
+        raise ProcessorError(f"field [{p['field']}] doesn't exist")
+    return v
+
+
 def _run_one(kind: str, p: dict, doc: dict, ctx: dict) -> None:
     field = p.get("field")
     if kind == "set":
@@ -147,36 +155,25 @@ def _run_one(kind: str, p: dict, doc: dict, ctx: dict) -> None:
         if isinstance(value, str) and "{{{" in value:
             value = value.replace("{{{ _ingest.on_failure_message }}}", ctx.get("message", ""))
         put(doc, field, value)
-    elif kind == "rename":
-        v = get(doc, field)
+    elif kind in ("rename", "convert", "remove"):
+        v = _source(p, doc)
         if v is _MISSING:
-            if p.get("ignore_missing"):
-                return
-            raise ProcessorError(f"field [{field}] doesn't exist")
-        if get(doc, p["target_field"]) is not _MISSING:
-            raise ProcessorError(f"field [{p['target_field']}] already exists")
-        delete(doc, field)
-        put(doc, p["target_field"], v)
+            return
+        if kind == "rename":
+            if get(doc, p["target_field"]) is not _MISSING:
+                raise ProcessorError(f"field [{p['target_field']}] already exists")
+            delete(doc, field)
+            put(doc, p["target_field"], v)
+        elif kind == "convert":
+            assert p["type"] == "long", p
+            put(doc, p.get("target_field", field), _to_long(v))
+        else:
+            delete(doc, field)
     elif kind == "join":
         v = get(doc, field)
         if not isinstance(v, list):
             raise ProcessorError(f"field [{field}] is not a list")
         put(doc, p.get("target_field", field), p["separator"].join(str(x) for x in v))
-    elif kind == "convert":
-        assert p["type"] == "long", p
-        v = get(doc, field)
-        if v is _MISSING:
-            if p.get("ignore_missing"):
-                return
-            raise ProcessorError(f"field [{field}] doesn't exist")
-        put(doc, p.get("target_field", field), _to_long(v))
-    elif kind == "remove":
-        v = get(doc, field)
-        if v is _MISSING:
-            if p.get("ignore_missing"):
-                return
-            raise ProcessorError(f"field [{field}] not present")
-        delete(doc, field)
     elif kind == "append":
         value = p["value"].replace("{{{ _ingest.on_failure_message }}}", ctx.get("message", ""))
         old = get(doc, field)
