@@ -92,3 +92,12 @@ def test_config_turns_it_on():
     opts = ecs_agent_options(load_config(text='[[outputs]]\ntype = "elasticsearch"\nnamespace = "prod"\n'))
     assert opts["host_metadata"].namespace == "prod" and opts["document_ids"] is True
     assert ecs_agent_options(load_config(text='[normalize]\nformat = "panther"\nhost_metadata = true\n')) == {}
+
+
+def test_elasticsearch_output_needs_ecs():
+    import pytest
+
+    from auditpipe.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r':4: \[\[outputs\]\] #1 type: the elasticsearch output takes ECS'):
+        load_config(text='[normalize]\nformat = "panther"\n[[outputs]]\ntype = "elasticsearch"\n')
