@@ -6,8 +6,9 @@
 The corpus is normalized once (ECS with host metadata and document ids, as `run` does for an
 elasticsearch output; not timed) and its documents are put into a fresh durable queue. Then,
 per configuration (shape indexed|pipeline × gzip on|off), a `QueueShipper` with the
-`ElasticsearchTransport` drains the queue into the loopback bulk server (tests/es_server.py) in
-another process, so only the output's own work is counted: wall time from start until every
+`ElasticsearchTransport` drains the queue into the loopback bulk server (tests/es_server.py
+``--lean``: sources checked by their bytes, not parsed) in another process, so only the output's
+own work is counted: wall time from start until every
 record is acknowledged, and the CPU seconds of this process (all threads) in that interval.
 Prints events/s and CPU-s per 10k events, best of ``--runs``. Not a test.
 
@@ -56,7 +57,7 @@ def payloads(corpus: Path) -> list[bytes]:
 
 def one_run(docs: list[bytes], shape: str, compression: str, workdir: Path) -> tuple[float, float]:
     port = free_port()
-    server = subprocess.Popen([sys.executable, str(ROOT / "tests/es_server.py"), "--port", str(port)],
+    server = subprocess.Popen([sys.executable, str(ROOT / "tests/es_server.py"), "--port", str(port), "--lean"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert server.stdout.readline().strip() == "ready"

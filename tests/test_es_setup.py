@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SHARED, shared_path
+from conftest import shared_path
 from es_server import ServerThread
 from helpers import events_of_file
 
@@ -116,7 +116,3 @@ def test_setup_installs_policy_and_template(tmp_path):
         server.stop()
     r = subprocess.run(AUDITPIPE + ["es", "setup", "--hosts", server.url], check=False, capture_output=True, text=True)
     assert r.returncode == 1 and "cannot reach" in r.stderr
-
-
-def test_shared_is_there():
-    assert SHARED.exists(), f"../shared missing at {SHARED}"
