@@ -305,9 +305,14 @@ def _request_error(status: int, headers: Any, text: str) -> Exception:
 
 def open_elasticsearch(cfg: ElasticsearchOutput, *, start: bool = True) -> QueuedOutput:
     """The output as ``run``/``serve`` use it: the durable queue in ``queue_dir`` and a shipper
-    thread delivering it through :class:`ElasticsearchTransport`."""
+    thread delivering it through :class:`ElasticsearchTransport`; ``stats()`` adds the cluster's
+    answers item by item (created, duplicates, retried_items, refused_items)."""
     from auditpipe.sinks.queue import DiskQueue
     from auditpipe.sinks.shipper import Batching, QueuedOutput, RetryPolicy
+
+    class ElasticsearchSink(QueuedOutput):
+        def stats(self) -> dict[str, Any]:
+            return {**super().stats(), **transport.stats()}
 
     queue = DiskQueue(cfg.queue_dir, max_bytes=cfg.queue_max_bytes, full_policy=cfg.full_policy,
                       fsync=cfg.queue_fsync)
@@ -316,6 +321,7 @@ def open_elasticsearch(cfg: ElasticsearchOutput, *, start: bool = True) -> Queue
     except BaseException:
         queue.close()
         raise
-    return QueuedOutput(queue, transport, Batching(cfg.max_events, cfg.max_bytes, cfg.max_wait), cfg.dead_letter,
-                        RetryPolicy(cfg.backoff_initial, cfg.backoff_max, cfg.max_retries, cfg.max_retries_5xx),
-                        drain_timeout=cfg.drain_timeout, start=start)
+    return ElasticsearchSink(queue, transport, Batching(cfg.max_events, cfg.max_bytes, cfg.max_wait),
+                             cfg.dead_letter,
+                             RetryPolicy(cfg.backoff_initial, cfg.backoff_max, cfg.max_retries, cfg.max_retries_5xx),
+                             drain_timeout=cfg.drain_timeout, start=start)
