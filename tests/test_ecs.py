@@ -251,11 +251,14 @@ def test_connect_has_destination(which, request):
     d = next(d for d in inet if d["destination"]["ip"] == "::1")
     assert d["destination"]["port"] == 9 and d["network"]["direction"] == "egress"
     assert d["event"]["outcome"] == "failure" and d["auditd"]["data"]["exit"] == "ECONNREFUSED"
-    assert d["auditd"]["data"]["socket"] == {"family": "inet6", "addr": "::1", "port": "9"}
+    assert d["auditd"]["data"]["socket"] == {"family": "ipv6", "addr": "::1", "port": "9"}  # as auditbeat
     assert d["auditd"]["summary"]["object"] == {"primary": "::1", "secondary": "9", "type": "socket"}
     assert d["event"]["category"] == ["network"] and d["event"]["type"] == ["connection", "start"]
-    unix = [d for d in conns if "path" in d.get("destination", {})]
-    assert unix and all(d["destination"]["address"] == d["destination"]["path"] for d in unix)
+    # a unix socket's path is its address; no destination.path (not ECS: the integration's
+    # pipeline renames it, and cannot when the address is there too)
+    unix = [d for d in conns if d["auditd"]["data"].get("socket", {}).get("family") == "unix"]
+    assert unix and all(d["destination"]["address"] == d["auditd"]["data"]["socket"]["path"]
+                        and "path" not in d["destination"] for d in unix)
     accepted = [d for d in docs if d["event"].get("action") == "accepted-connection-from"]
     assert accepted and all(d["network"]["direction"] == "ingress" and "ip" in d["source"] for d in accepted)
 

@@ -154,7 +154,7 @@ def test_wrong_secret_goes_to_dead_letter(tmp_path):
         sink.close(drain_timeout=10)
     assert sink.shipper.dead_events == 1
     entry = json.loads(dl.read_text())
-    assert entry["status"] == 401 and "credentials" in entry["response"]
+    assert entry["reason"].startswith("HTTP 401: ") and "credentials" in entry["reason"]
     assert docs_in(out) == []
 
 

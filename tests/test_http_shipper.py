@@ -126,7 +126,7 @@ def test_retry_transient_then_success(tmp_path):
 def test_backoff_exponential_with_jitter_and_cap(tmp_path):
     q, rec, sh = make(tmp_path, backoff_initial=0.5, backoff_max=4)
     sh.rng = lambda: 1.0
-    assert [sh.backoff(a) for a in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert [sh.backoff(a) for a in range(5)] == [0.5, 1.0, 2.0, 4.0, 4.0]  # capped
     sh.rng = lambda: 0.0
     assert [sh.backoff(a) for a in range(4)] == [0.25, 0.5, 1.0, 2.0]
 
@@ -134,15 +134,15 @@ def test_backoff_exponential_with_jitter_and_cap(tmp_path):
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422, 301])
 def test_permanent_errors_go_to_dead_letter(tmp_path, status):
     dl = tmp_path / "dead.jsonl"
-    q, rec, sh = make(tmp_path, [status], max_wait=0, dead_letter=str(dl))
+    q, rec, sh = make(tmp_path, [status], max_wait=0, dead_letter=str(dl), max_events=2)
     QueueSink(q).write([{"bad": 1}, {"bad": 2}])
     QueueSink(q).write([{"good": 1}])
-    sh.cfg.max_events = 2
     sh.step()
     assert sh.dead_events == 2 and sh.dead_batches == 1 and sh.retries == 0
     assert q.pending == 1  # dead-lettered batch acknowledged, the rest still queued
     entry = json.loads(dl.read_text())
-    assert entry["status"] == status and entry["response"] == f"status {status}"
+    assert entry["reason"] == f"HTTP {status}: status {status}"
+    assert entry["output"] == "http http://127.0.0.1:9/ingest" and entry["events"] == 2
     assert [json.loads(x) for x in entry["body"]] == [{"bad": 1}, {"bad": 2}]
     sh.step()
     assert q.pending == 0 and sh.sent_events == 1
@@ -155,7 +155,7 @@ def test_max_retries_exhausted_dead_letters(tmp_path):
     QueueSink(q).write([{"x": 1}])
     sh.step()
     assert sh.dead_events == 1 and len(rec.requests) == 3
-    assert "retries exhausted" in json.loads(dl.read_text())["response"]
+    assert json.loads(dl.read_text())["reason"].startswith("retries exhausted: HTTP 500")
 
 
 def test_batching_by_count_and_bytes(tmp_path):
@@ -224,3 +224,20 @@ def test_thread_ships_and_drains(tmp_path):
     sh.stop()
     got = [d["i"] for i in range(len(rec.requests)) for d in rec.lines(i)]
     assert got == list(range(50))
+
+
+def test_raw_body_is_what_fluent_bit_in_http_takes(tmp_path):
+    """application/json, one JSON object per line (Fluent Bit's in_http answers 400 to
+    application/x-ndjson); a run of lines is one queue record but every line is counted."""
+    q, rec, sh = make(tmp_path, format="raw", gzip=False, max_wait=0)
+    bad = b"type=PATH msg=audit(1.1:1): name=\xff".decode("utf-8", "surrogateescape")
+    lines = [f"type=SYSCALL msg=audit(1.{i}:{i}): x=\"a\\b\"" for i in range(300)] + [bad, "", "  "]
+    qs = QueueSink(q, raw_record_bytes=4096)
+    assert qs.write_raw(lines, date=1.5) == 301 and qs.accepted == 301
+    assert 1 < q.pending < 301  # runs of lines, each at most 4096 bytes
+    while sh.step(poll=0):
+        pass
+    assert {r.headers["content-type"] for r, _ in rec.requests} == {"application/json"}
+    got = [d for i in range(len(rec.requests)) for d in rec.lines(i)]
+    assert got == [{"date": 1.5, "log": ln} for ln in lines[:301]]
+    assert sh.sent_events == 301

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import msgspec
 
 from auditpipe.metrics.config import HeartbeatConfig, MetricsConfig, split_listen
+from auditpipe.sinks.elasticsearch import ElasticsearchOutput
 
 __all__ = [
     "DEFAULT_CONFIG_PATHS",
@@ -114,7 +115,11 @@ class NormalizeConfig(_S):
     format: Literal["ecs", "panther", "coalesced"] = "ecs"
     resolve_ids: bool = True
     include_raw: bool = False
-    tags: list[str] = msgspec.field(default_factory=list)
+    #: unset: none, or with host metadata the integration's ["auditd_manager-auditd"]
+    tags: list[str] | None = None
+    #: ecs: data_stream.*, event.dataset, host.*, agent.* as Elastic Agent adds them (always on
+    #: with an elasticsearch output)
+    host_metadata: bool = False
     passwd_file: str | None = None
     group_file: str | None = None
 
@@ -160,7 +165,7 @@ class Config(_S):
     rules: RulesConfig = msgspec.field(default_factory=RulesConfig)
     reassembly: ReassemblyConfig = msgspec.field(default_factory=ReassemblyConfig)
     normalize: NormalizeConfig = msgspec.field(default_factory=NormalizeConfig)
-    outputs: list[FileOutput | StdoutOutput | HttpOutput] = msgspec.field(
+    outputs: list[FileOutput | StdoutOutput | HttpOutput | ElasticsearchOutput] = msgspec.field(
         default_factory=lambda: [FileOutput()])
     source: SourceConfig = msgspec.field(default_factory=SourceConfig)
     status: StatusConfig = msgspec.field(default_factory=StatusConfig)
@@ -184,6 +189,8 @@ class Config(_S):
                             "fsync": o.fsync, "fsync_interval": o.fsync_interval})
             elif isinstance(o, StdoutOutput):
                 out.append({"type": "stdout"})
+            elif isinstance(o, ElasticsearchOutput):
+                out.append({"type": "elasticsearch", "config": o})
             else:
                 out.append({"type": "http", **o.options})
         return out
@@ -350,6 +357,9 @@ def _check(cfg: Config, name: str, text: str) -> None:
                 fail(f"outputs[{i}]", "max_bytes and generations must not be negative")
     if not cfg.outputs:
         fail("outputs", "at least one output is needed")
+    for i, o in enumerate(cfg.outputs):
+        if isinstance(o, ElasticsearchOutput) and cfg.normalize.format != "ecs":
+            fail(f"outputs[{i}].type", "the elasticsearch output takes ECS documents: [normalize] format = \"ecs\"")
 
 
 def rule_files(cfg: Config) -> list[str]:
@@ -400,7 +410,7 @@ def _hint(parts: list) -> str:
     if len(parts) < 2 or not isinstance(parts[-1], str):
         return ""
     if parts[0] == "outputs" and parts[-1] == "type":
-        return " (one of: file, stdout, http)"
+        return " (one of: file, stdout, http, elasticsearch)"
     table = {"kernel": KernelConfig, "normalize": NormalizeConfig, "source": SourceConfig,
              "rules": RulesConfig}.get(str(parts[0]))
     if table is None:

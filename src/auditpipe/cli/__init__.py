@@ -34,6 +34,7 @@ def _register() -> None:
     from auditpipe.cli import run_cmd; main.add_command(run_cmd.run)  # noqa: E702
     from auditpipe.cli import status_cmd; main.add_command(status_cmd.status)  # noqa: E702
     from auditpipe.cli import install_cmd; main.add_command(install_cmd.install)  # noqa: E702
+    from auditpipe.cli import es_cmd; es_cmd.register(main)  # noqa: E702
 
 
 _register()

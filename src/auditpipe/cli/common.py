@@ -24,12 +24,14 @@ MAX_REPORTED_REJECTS = 20
 
 
 def build_normalizer(fmt: str, resolve_ids: bool = True, passwd=None, group=None, include_raw: bool = False,
-                     extra_tags=()):
+                     extra_tags=None, **ecs_options):
+    """``ecs_options``: the ECS normalizer's host_metadata / document_ids (see normalize.ecs)."""
     if fmt == "ecs":
         from auditpipe.normalize.idresolve import IdResolver
 
         resolver = IdResolver(passwd_file=passwd, group_file=group, enabled=resolve_ids)
-        return make_normalizer("ecs", resolver=resolver, include_raw=include_raw, extra_tags=tuple(extra_tags))
+        return make_normalizer("ecs", resolver=resolver, include_raw=include_raw,
+                               extra_tags=None if extra_tags is None else tuple(extra_tags), **ecs_options)
     if fmt == "panther":
         return make_normalizer("panther", now=time.time, row_id=unique_row_ids())
     return make_normalizer(fmt, include_raw=include_raw)

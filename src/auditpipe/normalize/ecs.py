@@ -17,6 +17,7 @@ between documents and must not be mutated).
 from __future__ import annotations
 
 from auditpipe import tables
+from auditpipe.normalize.agent import document_id
 from auditpipe.normalize.coalesced import iso_timestamp
 from auditpipe.normalize.ecs_fields import (
     Names, apply_entities, build_address, build_file, build_user, drop_redundant_effective,
@@ -47,6 +48,9 @@ _PARTS = frozenset(_T[n] for n in (
     "EOE") if n in _T)
 _ERRNO = tables.ERRNO_NAMES
 _ARCH_NAMES = tables.ARCH_NAMES
+_ARCH_NAME_SET = frozenset(_ARCH_NAMES.values())
+#: SOCKADDR families as auditbeat names them in auditd.data.socket
+_SOCKET_FAMILY = {"inet": "ipv4", "inet6": "ipv6"}
 
 
 def _login_fields(rec) -> dict:
@@ -90,14 +94,16 @@ def _syscall_facts(arch_hex: str | None, num: str | None, enriched: dict | None)
         if arch_hex is not None:
             try:
                 arch_name = _ARCH_NAMES.get(int(arch_hex, 16))
-            except ValueError:
-                pass
+            except ValueError:  # interpreted input (ausearch -i): arch=x86_64
+                arch_name = arch_hex if arch_hex in _ARCH_NAME_SET else None
         sc_name = None
         if num is not None and arch_name is not None and num.isdecimal():
             try:
                 sc_name = tables.syscall_name(arch_name, int(num))
             except (KeyError, ValueError):
                 sc_name = None
+        elif num is not None and num.isidentifier():  # interpreted input: syscall=execve
+            sc_name = num
         norm = SYSCALL_NORMS.get(sc_name, DEFAULT_SYSCALL_NORM) if sc_name else DEFAULT_SYSCALL_NORM
         f = _facts_cache[key] = _SyscallFacts(arch_name or arch_hex, sc_name or num, norm)
     return f
@@ -136,18 +142,27 @@ def _path_fields(f: dict) -> dict:
     return out
 
 
-def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnings: bool = False, extra_tags=()):
+def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnings: bool = False, extra_tags=None,
+                        host_metadata=None, document_ids: bool = False):
     """A normalizer `Event -> [ECS document]`.
 
     resolver: an `IdResolver` (or None: names only from ENRICHED input).
     include_raw: event.original holds the event's lines as read.
     include_warnings: auditd.warnings lists what could not be normalized.
-    extra_tags: appended to tags (after the rule keys).
+    extra_tags: appended to tags (after the rule keys); None: the host metadata's default tags
+    (the integration's), or none.
+    host_metadata: a `normalize.agent.HostMetadata`: data_stream.*, event.dataset, host.*, agent.*
+    as Elastic Agent adds them.
+    document_ids: each document starts with `_id`, the event's stable id (`agent.document_id`),
+    which the Elasticsearch output takes off and uses as the bulk `_id`.
 
     Documents share some values with each other and with the event's records (the per-kind
     event.category/type lists, PATH field dicts that needed no change): treat them as read-only.
     """
+    if extra_tags is None:
+        extra_tags = host_metadata.tags if host_metadata is not None else ()
     extra_tags = list(extra_tags)
+    meta = host_metadata
     names = Names(resolver)
     names_tick = names.tick
     # closure cells: cheaper than module globals on the hot path
@@ -238,15 +253,16 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
                 v = r.fields.get("saddr")
                 if v is not None:
                     sock = decode_sockaddr(v)
-                    data["socket"] = {k: str(x) for k, x in sock.items()}
-            elif t != EOE:
-                tags = merge_fields(r, data, ids, r is special, tags, warnings)
+                    data["socket"] = _socket_data(sock, v)
+            elif t != EOE:  # a repeat of the leading record (a second AVC) is read as it is
+                lead = special is not None and (r is special or t == special.type_num)
+                tags = merge_fields(r, data, ids, lead, tags, warnings)
         if execs is not None:
             argc, argv = execve_args(execs, execve_argv)
             if argc is not None:
                 data["argc"] = str(argc)
             proc["args"] = argv
-        if syscall is not None and (paths is not None or len(recs) > 1):
+        if syscall is not None and (paths is not None or _records_besides_eoe(recs) > 1):
             data.pop("items", None)
 
         # -- meaning -------------------------------------------------------------------------------
@@ -277,7 +293,10 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
 
         # -- the document --------------------------------------------------------------------------
         ev = {"kind": "event", "module": "auditd", "outcome": "failure" if result == "fail" else result}
-        doc = {"@timestamp": iso_timestamp(event.sec, event.msec), "event": ev}
+        if document_ids:
+            doc = {"_id": _event_id(event, meta), "@timestamp": iso_timestamp(event.sec, event.msec), "event": ev}
+        else:
+            doc = {"@timestamp": iso_timestamp(event.sec, event.msec), "event": ev}
         ktype = kind.type
         mtype = lower.get(ktype)
         if mtype is None:
@@ -336,11 +355,11 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
                 doc["source"] = {"ip": s.source_ip, "address": s.source_ip}
                 doc["network"] = {"direction": "ingress"}
             side = norm.sockaddr
-            if sock is not None and side is not None:
-                addr = build_address(sock)
+            if side is not None:  # the direction is the syscall's, with or without an address
+                addr = build_address(sock) if sock is not None else None
                 if addr is not None:
                     doc[side] = addr
-                    doc["network"] = {"direction": "ingress" if side == "source" else "egress"}
+                doc["network"] = {"direction": "ingress" if side == "source" else "egress"}
             if norm.users:
                 apply_entities(doc, user, norm, s, data, ids, names, enriched)
             if norm.exit_code:
@@ -364,11 +383,36 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
                 ev["original"] = [r.raw for r in recs]
         doc["service"] = {"type": "auditd"}
         doc["ecs"] = {"version": ECS_VERSION}
-        if event.node is not None:
+        if meta is not None:
+            ev["dataset"] = meta.dataset
+            doc["data_stream"] = meta.data_stream()
+            doc["host"] = meta.host_fields(event.node)
+            doc["agent"] = meta.agent_fields()
+        elif event.node is not None:
             doc["host"] = {"name": event.node}
         return [doc]
 
     return normalize
+
+
+def _records_besides_eoe(recs) -> int:
+    return sum(1 for r in recs if r.type_num != _EOE)
+
+
+def _socket_data(sock: dict, saddr: str) -> dict:
+    """auditd.data.socket as auditbeat writes it: ipv4/ipv6 families; netlink as its raw saddr."""
+    fam = sock.get("family")
+    if fam == "netlink":
+        return {"family": "netlink", "saddr": saddr}
+    out = {k: str(x) for k, x in sock.items()}
+    if fam in _SOCKET_FAMILY:
+        out["family"] = _SOCKET_FAMILY[fam]
+    return out
+
+
+def _event_id(event, meta) -> str:
+    host = meta.id_host(event.node) if meta is not None else (event.node or "")
+    return document_id(host, event.sec, event.msec, event.serial, [r.type for r in event.records])
 
 
 _PROCESS_STRINGS = (("proctitle", "title"), ("comm", "name"), ("exe", "executable"), ("cwd", "working_directory"))

@@ -306,8 +306,8 @@ def build_file(item: dict, enriched: dict | None, names: Names) -> dict:
 
 
 def build_address(sock: dict) -> dict | None:
-    """source/destination {ip, port, path, address} from a decoded SOCKADDR; None for families
-    without an address (netlink)."""
+    """source/destination {ip, port, address} from a decoded SOCKADDR (a unix socket's path is
+    its address); None for families without an address (netlink)."""
     out: dict = {}
     ip = sock.get("addr")
     if ip is not None:
@@ -317,7 +317,6 @@ def build_address(sock: dict) -> dict | None:
     if port is not None:
         out["port"] = port
     path = sock.get("path")
-    if path is not None:
-        out["path"] = path
+    if path is not None:  # ECS has no source/destination.path: the integration renames it so
         out["address"] = path
     return out or None

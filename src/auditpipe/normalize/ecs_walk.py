@@ -26,7 +26,8 @@ ROLE = {
     "items": _DATA, "tty": _DATA, "op": _DATA, "acct": _DATA, "terminal": _DATA, "hostname": _DATA,
     "addr": _DATA, "id": _DATA,
 }
-_UNSET_IDS = ("auid", "old-auid")  # as auparse: only these (and ses) spell 4294967295 "unset"
+_UNSET_IDS = ("auid", "old-auid")
+_LEAD_KEPT = frozenset(("auid", "ses", "res"))  # as auparse: only these (and ses) spell 4294967295 "unset"
 _CONTEXT_PARTS = ("user", "role", "domain", "level", "category")
 
 _SYSCALL_KEYS = ("arch", "syscall", "success", "exit", "a0", "a1", "a2", "a3", "items", "ppid", "pid",
@@ -155,6 +156,10 @@ def merge_fields(rec, data: dict, ids: dict, special: bool, tags, warnings):
                 tags = have + [t for t in tags_of(v) if t not in have]
                 continue
             if role != _DATA or k in ids:
+                # the SYSCALL says who and how it ended; the leading record's own login id,
+                # session and result stay beside it in auditd.data (as auditbeat keeps them)
+                if k in _LEAD_KEPT and k not in data:
+                    data[k] = v
                 continue
         if k in data:
             if warnings is not None and data[k] != v:

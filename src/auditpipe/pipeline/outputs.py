@@ -20,11 +20,13 @@ WRITE_SLICE = 500
 def build_normalizer_from(cfg: Config):
     """The normalizer the ``[normalize]`` table asks for."""
     from auditpipe.cli.common import build_normalizer
+    from auditpipe.pipeline.hostinfo import ecs_agent_options
 
     n = cfg.normalize
     try:
         return build_normalizer(n.format, resolve_ids=n.resolve_ids, passwd=n.passwd_file,
-                                group=n.group_file, include_raw=n.include_raw, extra_tags=n.tags)
+                                group=n.group_file, include_raw=n.include_raw, extra_tags=n.tags,
+                                **ecs_agent_options(cfg))
     except ImportError as e:
         raise ConfigError(f"the {n.format!r} output format is not available in this build ({e}); "
                           "choose another with --format or [normalize] format",

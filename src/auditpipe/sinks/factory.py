@@ -9,13 +9,14 @@ shipper a chance to empty the queue (what is left is resent on the next start).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
 from auditpipe.sinks.file import FileSink
-from auditpipe.sinks.http import HttpConfig, HttpShipper, QueueSink
+from auditpipe.sinks.http import HttpConfig, HttpTransport, batching_of, retry_of
 from auditpipe.sinks.queue import DiskQueue
+from auditpipe.sinks.shipper import QueuedOutput
 from auditpipe.sinks.stdout import StdoutSink
 
 __all__ = ["open_sink", "HttpSink", "DEFAULT_QUEUE_DIR"]
@@ -23,37 +24,14 @@ __all__ = ["open_sink", "HttpSink", "DEFAULT_QUEUE_DIR"]
 DEFAULT_QUEUE_DIR = "/var/lib/auditpipe/queue"
 
 
-class HttpSink:
+class HttpSink(QueuedOutput):
     """Durable queue + HTTP shipper thread, with the FileSink interface on the pipeline side."""
 
     def __init__(self, cfg: HttpConfig, queue_dir: str, *, queue_max_bytes: int = 256 << 20,
                  full_policy: str = "block", queue_fsync: str = "batch", start: bool = True) -> None:
-        self.queue = DiskQueue(queue_dir, max_bytes=queue_max_bytes, full_policy=full_policy, fsync=queue_fsync)
-        self.writer = QueueSink(self.queue)
-        self.shipper = HttpShipper(self.queue, cfg)
-        self.drain_timeout = 5.0
-        if start:
-            self.shipper.start()
-
-    def write(self, items: Iterable[Any]) -> int:
-        return self.writer.write(items)
-
-    def write_raw(self, lines: Iterable[str], date: float | None = None) -> int:
-        return self.writer.write_raw(lines, date)
-
-    def flush(self) -> None:
-        pass  # accepted means on disk already
-
-    def stats(self) -> dict[str, Any]:
-        s, q = self.shipper, self.queue
-        return {"queued": q.pending, "accepted": q.accepted, "dropped": q.dropped, "torn": q.torn,
-                "sent_events": s.sent_events, "sent_batches": s.sent_batches, "retries": s.retries,
-                "dead_letter_events": s.dead_events, "last_error": s.last_error}
-
-    def close(self, drain_timeout: float | None = None) -> None:
-        self.shipper.drain(self.drain_timeout if drain_timeout is None else drain_timeout)
-        self.shipper.stop()
-        self.queue.close()
+        queue = DiskQueue(queue_dir, max_bytes=queue_max_bytes, full_policy=full_policy, fsync=queue_fsync)
+        super().__init__(queue, HttpTransport(cfg), batching_of(cfg), cfg.dead_letter, retry_of(cfg),
+                         start=start)
 
 
 def open_sink(cfg: Mapping[str, Any]) -> Any:
@@ -83,4 +61,8 @@ def open_sink(cfg: Mapping[str, Any]) -> Any:
         sink = HttpSink(HttpConfig(**cfg), os.fspath(queue_dir), **qkw)
         sink.drain_timeout = drain
         return sink
+    if kind == "elasticsearch":  # {"type": "elasticsearch", "config": ElasticsearchOutput}
+        from auditpipe.sinks.elasticsearch import open_elasticsearch
+
+        return open_elasticsearch(cfg["config"])
     raise ValueError(f"unknown sink type {kind!r}")

@@ -28,23 +28,34 @@ acknowledgements (back-pressure to the source; ``block_timeout`` raises ``QueueF
 
 from __future__ import annotations
 
+import bisect
+import errno
 import fcntl
+import logging
 import os
 import struct
 import threading
 import time
 import zlib
 from collections.abc import Iterable
+from typing import NamedTuple
 
-__all__ = ["DiskQueue", "QueueFull", "QueueClosed"]
+from auditpipe.sinks.errors import OutputUnavailable
 
-_HDR = struct.Struct("<II")  # payload length, crc32(length bytes + payload)
+__all__ = ["DiskQueue", "QueueFull", "QueueClosed", "frame", "scan"]
+
+MAGIC = b"\xa7AQ\x02"  # frame sync word; version 2 of the frame layout
+_HDR = struct.Struct("<4sIII")  # magic, payload length, crc32(payload), crc32(first 12 bytes)
+HDR_SIZE = _HDR.size
 _LEN = struct.Struct("<I")
-_ACK = struct.Struct("<QI4x")
+_ACK = struct.Struct("<QQII")  # first unacked seq, its segment's base, its frame offset, crc32
 MAX_RECORD = 64 * 1024 * 1024
+NO_OFFSET = 0xFFFFFFFF
+
+log = logging.getLogger(__name__)
 
 
-class QueueFull(Exception):
+class QueueFull(OutputUnavailable):
     """``put_many`` waited ``block_timeout`` seconds for space."""
 
 
@@ -52,32 +63,55 @@ class QueueClosed(Exception):
     pass
 
 
-def _crc(length_bytes: bytes, payload: bytes | memoryview) -> int:
-    return zlib.crc32(payload, zlib.crc32(length_bytes))
-
-
 def frame(payload: bytes) -> bytes:
-    """One on-disk record."""
-    lb = _LEN.pack(len(payload))
-    return lb + _LEN.pack(_crc(lb, payload)) + payload
+    """One on-disk record: a self-checking 16-byte header, then the payload."""
+    head = MAGIC + struct.pack("<II", len(payload), zlib.crc32(payload))
+    return head + _LEN.pack(zlib.crc32(head)) + payload
 
 
-def scan(data: bytes | memoryview) -> tuple[list[tuple[int, int]], int]:
-    """Valid records of a segment's bytes → ([(offset, length)], end of the last valid record)."""
-    out = []
-    off = 0
-    n = len(data)
+def _frame_at(mv: memoryview, off: int) -> int:
+    """Length of the valid frame starting at ``off``, or -1."""
+    if mv[off:off + 4] != MAGIC or off + HDR_SIZE > len(mv):
+        return -1
+    _magic, length, pcrc, hcrc = _HDR.unpack_from(mv, off)
+    if zlib.crc32(mv[off:off + 12]) != hcrc or length > MAX_RECORD or off + HDR_SIZE + length > len(mv):
+        return -1
+    if zlib.crc32(mv[off + HDR_SIZE:off + HDR_SIZE + length]) != pcrc:
+        return -1
+    return length
+
+
+class Scan(NamedTuple):
+    records: list[tuple[int, int]]  # (frame offset, payload length) of every valid frame
+    end: int  # end of the last valid frame: what follows is a torn tail
+    holes: list[tuple[int, int]]  # damaged byte ranges between valid frames
+
+
+def scan(data: bytes | memoryview) -> Scan:
+    """Valid frames of a segment's bytes. Damage is skipped by resynchronising on the next
+    offset that holds a whole valid frame (sync word, header CRC, payload CRC): a flipped
+    byte costs the frame(s) it hit, not the rest of the segment."""
     mv = memoryview(data)
-    while off + 8 <= n:
-        length, crc = _HDR.unpack_from(mv, off)
-        end = off + 8 + length
-        if length > MAX_RECORD or end > n:
+    raw = bytes(mv) if not isinstance(data, bytes) else data
+    recs: list[tuple[int, int]] = []
+    holes: list[tuple[int, int]] = []
+    off = end = 0
+    bad = -1
+    while off + HDR_SIZE <= len(mv):
+        length = _frame_at(mv, off)
+        if length >= 0:
+            if bad >= 0:
+                holes.append((bad, off))
+                bad = -1
+            recs.append((off, length))
+            off = end = off + HDR_SIZE + length
+            continue
+        if bad < 0:
+            bad = off
+        off = raw.find(MAGIC, off + 1)
+        if off < 0:
             break
-        if _crc(mv[off:off + 4].tobytes(), mv[off + 8:end]) != crc:
-            break
-        out.append((off + 8, length))
-        off = end
-    return out, off
+    return Scan(recs, end, holes)
 
 
 class _Segment:
@@ -116,6 +150,9 @@ class DiskQueue:
         self.acked_count = 0
         self.dropped = 0
         self.torn = 0  # torn/corrupt records cut off at open
+        self.skipped_frames = 0  # damaged frames skipped at open (resynchronised after)
+        self.skipped_bytes = 0
+        self.write_errors = 0  # appends refused by the file system (ENOSPC, EIO, ...)
         self._cond = threading.Condition()
         self._closed = False
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
@@ -127,39 +164,62 @@ class DiskQueue:
             raise RuntimeError(f"queue {self.dir} is in use by another process") from None
         self._ack_fd = os.open(os.path.join(self.dir, "ACK"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._ack_writes = 0
+        self._marks: dict[int, tuple[int, int]] = {}  # seq → (segment base, frame offset)
+        self._write_failing = 0  # appends refused in a row (logged once)
+        self._tail_dirty = False  # a failed append could not be truncated back yet
         self._segs: list[_Segment] = []
         self._rseg = self._roff = self._rseq = 0
         self._rfds: dict[str, int] = {}
         self._recover()
+        self._preallocate_ack()
 
     # ---- open / recovery -------------------------------------------------------------------
-    def _read_ack(self) -> int | None:
-        data = os.pread(self._ack_fd, 2 * _ACK.size, 0)
+    def _preallocate_ack(self) -> None:
+        """Give both ACK slots their blocks now, so that acknowledging (which is what frees
+        space) never needs space: on a full disk the ack write still succeeds."""
+        size = os.fstat(self._ack_fd).st_size
+        if size < 2 * _ACK.size:
+            try:
+                os.pwrite(self._ack_fd, b"\0" * (2 * _ACK.size - size), size)
+            except OSError as e:
+                log.error("queue %s: cannot preallocate ACK (%s)", self.dir, e)
+
+    def _read_ack(self) -> tuple[int, int, int] | None:
+        """The newest valid ack slot: (first unacked seq, its segment's base, frame offset)."""
+        data = os.pread(self._ack_fd, 4 * _ACK.size, 0)
         best = None
         for slot in range(2):
             chunk = data[slot * _ACK.size:(slot + 1) * _ACK.size]
             if len(chunk) < _ACK.size:
                 continue
-            seq, crc = _ACK.unpack(chunk)
-            if zlib.crc32(struct.pack("<Q", seq)) == crc and (best is None or seq > best):
-                best = seq
+            seq, base, off, crc = _ACK.unpack(chunk)
+            if zlib.crc32(chunk[:-4]) == crc and (best is None or seq > best[0]):
+                best = (seq, base, off)
+        if best is None:  # version 1 slots: <seq u64><crc32(seq) u32><pad>, 16 bytes each
+            for slot in range(2):
+                chunk = data[slot * 16:slot * 16 + 16]
+                if len(chunk) == 16 and zlib.crc32(chunk[:8]) == _LEN.unpack_from(chunk, 8)[0]:
+                    seq = struct.unpack_from("<Q", chunk)[0]
+                    if best is None or seq > best[0]:
+                        best = (seq, 0, NO_OFFSET)
+        if best is None and any(data):
+            log.warning("queue %s: both ACK slots are damaged; every record on disk is sent again", self.dir)
         return best
 
     def _recover(self) -> None:
+        ack = self._read_ack()
         names = sorted(n for n in os.listdir(self.dir) if n.startswith("seg-") and n.endswith(".q"))
-        for name in names:
-            path = os.path.join(self.dir, name)
-            base = int(name[4:-2])
-            with open(path, "rb") as f:
-                data = f.read()
-            recs, end = scan(data)
-            if end != len(data):
-                self.torn += 1
-                with open(path, "r+b") as f:
-                    f.truncate(end)
-                    os.fsync(f.fileno())
-            self._segs.append(_Segment(base, path, len(recs), end))
-        acked = self._read_ack()
+        acked = None if ack is None else ack[0]
+        bases = [int(n[4:-2]) for n in names]
+        for i, (name, base) in enumerate(zip(names, bases)):
+            # a segment that was rolled held exactly (next base - base) frames
+            expected = bases[i + 1] - base if i + 1 < len(bases) else None
+            seg, offsets = self._recover_segment(base, os.path.join(self.dir, name), expected)
+            self._segs.append(seg)
+            if ack is not None and base == ack[1] and ack[2] != NO_OFFSET:
+                # damage before the ack point shifted this segment's numbering: the byte offset
+                # of the first unacknowledged frame says where the cursor really is
+                acked = base + bisect.bisect_left(offsets, ack[2])
         next_seq = self._segs[-1].base + self._segs[-1].count if self._segs else (acked or 0)
         if acked is None:
             acked = self._segs[0].base if self._segs else 0
@@ -168,8 +228,85 @@ class DiskQueue:
         if not self._segs:
             self._new_segment(next_seq)
         self._wfd = os.open(self._segs[-1].path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        if self.skipped_frames:  # segments were rewritten: the cursor's offset moved
+            try:
+                self._persist_ack(self._acked)
+            except OSError as e:
+                log.error("queue %s: cannot rewrite ACK after repair (%s)", self.dir, e)
         self._free_acked()
         self._rewind_locked()
+
+    def _recover_segment(self, base: int, path: str, expected: int | None) -> tuple[_Segment, list[int]]:
+        """Scan one segment; cut a torn tail, rewrite it without damaged ranges (set aside in
+        ``damaged-*.bin``). Returns the segment and the old offsets of its valid frames.
+        ``expected``: how many frames it held, when known (every segment but the last)."""
+        with open(path, "rb") as f:
+            data = f.read()
+        if data and not data.startswith(MAGIC):
+            data = self._upgrade_v1(path, data)
+        sc = scan(data)
+        offsets = [o for o, _ in sc.records]
+        name = os.path.basename(path)
+        if sc.end != len(data):
+            self.torn += 1
+            log.warning("queue %s: %s: torn tail of %d bytes at offset %d cut off",
+                        self.dir, name, len(data) - sc.end, sc.end)
+        estimate = sum(max(1, data.count(MAGIC, a, b)) for a, b in sc.holes)
+        lost = estimate if expected is None else expected - len(sc.records)
+        if lost > 0 and (sc.holes or expected is not None):
+            self.skipped_frames += lost
+            self.skipped_bytes += sum(b - a for a, b in sc.holes) + (len(data) - sc.end if expected else 0)
+            log.error("queue %s: %s: %d records lost to damage (%d of %d frames read back)",
+                      self.dir, name, lost, len(sc.records), len(sc.records) + lost)
+        if sc.holes:
+            self._set_aside(name, data, sc.holes)
+            data = b"".join(data[o:o + HDR_SIZE + n] for o, n in sc.records)
+            self._replace(path, data)
+        elif sc.end != len(data):
+            with open(path, "r+b") as f:
+                f.truncate(sc.end)
+                os.fsync(f.fileno())
+            data = data[:sc.end]
+        return _Segment(base, path, len(sc.records), len(data)), offsets
+
+    def _upgrade_v1(self, path: str, data: bytes) -> bytes:
+        """A segment written before frames had a sync word (``<len><crc32(len+payload)>``):
+        rewrite its whole records in today's frames so an upgrade loses nothing."""
+        out, off = [], 0
+        while off + 8 <= len(data):
+            length, crc = struct.unpack_from("<II", data, off)
+            payload = data[off + 8:off + 8 + length]
+            if len(payload) != length or zlib.crc32(payload, zlib.crc32(data[off:off + 4])) != crc:
+                break
+            out.append(frame(payload))
+            off += 8 + length
+        if not out:
+            return data
+        log.warning("queue %s: %s: %d records converted from the previous frame format",
+                    self.dir, os.path.basename(path), len(out))
+        new = b"".join(out)
+        self._replace(path, new)
+        return new
+
+    def _replace(self, path: str, data: bytes) -> None:
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self._fsync_dir()
+
+    def _set_aside(self, name: str, data: bytes, holes: list[tuple[int, int]]) -> None:
+        """Keep the damaged bytes (for forensics) and say where they were."""
+        for start, end in holes:
+            aside = os.path.join(self.dir, f"damaged-{name[4:-2]}-{start}.bin")
+            try:
+                with open(aside, "wb") as f:
+                    f.write(data[start:end])
+            except OSError as e:
+                aside = f"not set aside: {e}"
+            log.error("queue %s: %s: %d damaged bytes at offset %d skipped, resynchronised on "
+                      "the next valid frame (bytes in %s)", self.dir, name, end - start, start, aside)
 
     def _new_segment(self, base: int) -> None:
         path = os.path.join(self.dir, f"seg-{base:020d}.q")
@@ -199,6 +336,11 @@ class DiskQueue:
             return sum(s.size for s in self._segs)
 
     @property
+    def last_seq(self) -> int:
+        """Sequence number of the last record accepted (-1 or less before the first)."""
+        return self._next - 1
+
+    @property
     def acked_seq(self) -> int:
         """Sequence number of the first unacknowledged record."""
         return self._acked
@@ -223,18 +365,47 @@ class DiskQueue:
             return self.put_many(payloads[half:])
         with self._cond:
             self._make_room(total)
-            seg = self._segs[-1]
-            if seg.size and seg.size + total > self.segment_bytes:
-                self._roll()
-                seg = self._segs[-1]
-            data = b"".join(frames)
-            self._write(data)
-            seg.size += total
-            seg.count += len(frames)
+            try:
+                self._append(b"".join(frames), total, len(frames))
+            except OSError as e:
+                raise self._refused(e) from None
+            if self._write_failing:
+                log.warning("queue %s: appends accepted again after %d refused", self.dir, self._write_failing)
+                self._write_failing = 0
             self._next += len(frames)
             self.accepted += len(frames)
             self._cond.notify_all()
             return self._next - 1
+
+    def _append(self, data: bytes, total: int, count: int) -> None:
+        """Write whole frames at the end of the tail segment, or nothing: a failed write is
+        truncated back, so the segment never holds a torn frame nobody was told about."""
+        if self._tail_dirty:
+            os.ftruncate(self._wfd, self._segs[-1].size)
+            self._tail_dirty = False
+        seg = self._segs[-1]
+        if seg.size and seg.size + total > self.segment_bytes:
+            self._roll()
+            seg = self._segs[-1]
+        try:
+            self._write(data)
+        except OSError:
+            self._tail_dirty = True
+            os.ftruncate(self._wfd, seg.size)
+            self._tail_dirty = False
+            raise
+        seg.size += total
+        seg.count += count
+
+    def _refused(self, e: OSError) -> OutputUnavailable:
+        """Count and log (once per spell) an append the file system refused."""
+        self.write_errors += 1
+        code = errno.errorcode.get(e.errno or 0, "error")
+        cause = f"{code} on {self.dir}: {e.strerror or e}"
+        if not self._write_failing:
+            log.error("queue %s: cannot append (%s); nothing of the write is accepted until it can be", self.dir, cause)
+        self._write_failing += 1
+        return OutputUnavailable(cause)
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
@@ -246,11 +417,17 @@ class DiskQueue:
             os.fdatasync(self._wfd)
 
     def _roll(self) -> None:
-        if self.fsync == "batch":
-            os.fsync(self._wfd)
-        os.close(self._wfd)
+        """Start a new tail segment; the new file exists before the old one is let go."""
+        old = self._wfd
         self._new_segment(self._next)
-        self._wfd = os.open(self._segs[-1].path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        try:
+            self._wfd = os.open(self._segs[-1].path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except OSError:
+            self._segs.pop()
+            raise
+        if self.fsync == "batch":
+            os.fsync(old)
+        os.close(old)
 
     def _used(self) -> int:
         return sum(s.size for s in self._segs)
@@ -316,8 +493,8 @@ class DiskQueue:
         while True:
             seg = self._segs[self._rseg]
             if self._roff < seg.size:
-                (length,) = _LEN.unpack(os.pread(self._rfd(seg), 4, self._roff))
-                self._roff += 8 + length
+                (length,) = _LEN.unpack(os.pread(self._rfd(seg), 4, self._roff + 4))
+                self._roff += HDR_SIZE + length
                 self._rseq += 1
                 return True
             if self._rseg + 1 >= len(self._segs):
@@ -348,39 +525,45 @@ class DiskQueue:
         with self._cond:
             if not self._available() and timeout > 0:
                 self._cond.wait_for(lambda: self._available() or self._closed, timeout)
-            out: list[tuple[int, bytes]] = []
-            size = 0
-            while len(out) < max_records and self._available():
-                seg = self._segs[self._rseg]
-                if self._roff >= seg.size:
-                    self._rseg += 1
-                    self._roff = 0
-                    self._rseq = self._segs[self._rseg].base
-                    continue
-                want = min(seg.size - self._roff, max(max_bytes - size, 0) + 8 + 65536)
-                chunk = os.pread(self._rfd(seg), want, self._roff)
-                mv = memoryview(chunk)
-                pos = 0
-                while pos + 8 <= len(chunk) and len(out) < max_records:
-                    length, _crc_ = _HDR.unpack_from(mv, pos)
-                    if (out or not at_least_one) and size + length > max_bytes:
-                        return out
-                    if pos + 8 + length > len(chunk):
-                        if pos == 0:  # a single record larger than the read window
-                            payload = os.pread(self._rfd(seg), length, self._roff + 8)
-                            out.append((self._rseq, payload))
-                            size += length
-                            self._roff += 8 + length
-                            self._rseq += 1
-                        break
-                    out.append((self._rseq, bytes(mv[pos + 8:pos + 8 + length])))
-                    size += length
-                    pos += 8 + length
-                    self._roff += 8 + length
-                    self._rseq += 1
-                if size >= max_bytes:
-                    break
+            out = self._read(max_records, max_bytes, at_least_one)
+            if out:  # where the next record starts, for the ack that will name it
+                self._marks[self._rseq] = (self._segs[self._rseg].base, self._roff)
             return out
+
+    def _read(self, max_records: int, max_bytes: int, at_least_one: bool) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+        size = 0
+        while len(out) < max_records and self._available():
+            seg = self._segs[self._rseg]
+            if self._roff >= seg.size:
+                self._rseg += 1
+                self._roff = 0
+                self._rseq = self._segs[self._rseg].base
+                continue
+            want = min(seg.size - self._roff, max(max_bytes - size, 0) + HDR_SIZE + 65536)
+            chunk = os.pread(self._rfd(seg), want, self._roff)
+            mv = memoryview(chunk)
+            pos = 0
+            while pos + HDR_SIZE <= len(chunk) and len(out) < max_records:
+                (length,) = _LEN.unpack_from(mv, pos + 4)
+                if (out or not at_least_one) and size + length > max_bytes:
+                    return out
+                if pos + HDR_SIZE + length > len(chunk):
+                    if pos == 0:  # a single record larger than the read window
+                        payload = os.pread(self._rfd(seg), length, self._roff + HDR_SIZE)
+                        out.append((self._rseq, payload))
+                        size += length
+                        self._roff += HDR_SIZE + length
+                        self._rseq += 1
+                    break
+                out.append((self._rseq, bytes(mv[pos + HDR_SIZE:pos + HDR_SIZE + length])))
+                size += length
+                pos += HDR_SIZE + length
+                self._roff += HDR_SIZE + length
+                self._rseq += 1
+            if size >= max_bytes:
+                break
+        return out
 
     def ack(self, upto_seq: int) -> None:
         """Acknowledge every record with a sequence number ``<= upto_seq``; frees their space."""
@@ -394,12 +577,29 @@ class DiskQueue:
             self._cond.notify_all()
 
     def _persist_ack(self, seq: int) -> None:
+        """Write the ack cursor to the older slot (a torn write leaves the other one valid).
+        It names the frame's byte offset too, so that damage found at a later open cannot
+        shift which records count as acknowledged."""
+        base, off = self._marks.pop(seq, None) or self._locate(seq)
+        for k in [k for k in self._marks if k < seq]:
+            del self._marks[k]
         slot = self._ack_writes % 2
-        os.pwrite(self._ack_fd, _ACK.pack(seq, zlib.crc32(struct.pack("<Q", seq))), slot * _ACK.size)
+        body = struct.pack("<QQI", seq, base, off)
+        os.pwrite(self._ack_fd, body + _LEN.pack(zlib.crc32(body)), slot * _ACK.size)
         self._ack_writes += 1
         if self.fsync == "batch":
             os.fdatasync(self._ack_fd)
         self._acked = seq
+
+    def _locate(self, seq: int) -> tuple[int, int]:
+        """(segment base, frame offset) of record ``seq``, by walking its segment's headers."""
+        for seg in reversed(self._segs):
+            if seg.base <= seq:
+                off = 0
+                for _ in range(min(seq - seg.base, seg.count)):
+                    off += HDR_SIZE + _LEN.unpack(os.pread(self._rfd(seg), 4, off + 4))[0]
+                return seg.base, off
+        return 0, NO_OFFSET
 
     def _free_acked(self) -> None:
         removed = 0

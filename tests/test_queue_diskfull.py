@@ -1,0 +1,130 @@
+"""Disk full under the durable queue, for real: a 5 MB tmpfs, a receiver that is down then up.
+
+A refused append raises OutputUnavailable and leaves no torn frame; acknowledging still works
+on the full disk (the ACK slots are preallocated), which frees space; every accepted event is
+delivered exactly once. An ack that cannot be written pauses sending instead of re-sending.
+"""
+
+import errno
+import os
+import subprocess
+import time
+
+import pytest
+
+from auditpipe.sinks.errors import OutputUnavailable
+from auditpipe.sinks.http import HttpConfig, HttpShipper
+from auditpipe.sinks.queue import DiskQueue, scan
+from auditpipe.sinks.shipper import QueueSink
+from loopback_http import LoopbackReceiver
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m,mode=0700", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def doc(i: int) -> dict:
+    return {"id": i, "pad": "z" * 300}
+
+
+def fill_until_refused(sink: QueueSink, start: int) -> tuple[int, OutputUnavailable]:
+    """Write batches of 100, then single documents, until the disk refuses even one."""
+    i = start
+    for step in (100, 1):
+        while True:
+            try:
+                sink.write([doc(j) for j in range(i, i + step)])
+            except OutputUnavailable as e:
+                err = e
+                break
+            i += step
+    return i, err
+
+
+def wait(pred, timeout=30.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return pred()
+
+
+def test_disk_full_refuses_cleanly_then_delivers_everything_once(tmpfs, caplog):
+    rx = LoopbackReceiver()
+    rx.start()
+    rx.stop()  # the port now refuses connections: the receiver is down
+    q = DiskQueue(tmpfs / "q", segment_bytes=512 << 10, max_bytes=64 << 20)
+    cfg = HttpConfig(url=rx.url, tls=False, max_wait=0.05, backoff_initial=0.02, backoff_max=0.1)
+    sh = HttpShipper(q, cfg)
+    sink = QueueSink(q)
+    accepted, err = fill_until_refused(sink, 0)
+    assert err.cause.startswith("ENOSPC on ") and str(tmpfs / "q") in err.cause
+    assert accepted > 5000 and q.accepted == accepted
+    for _ in range(3):  # still full: refused again, counted, logged once
+        with pytest.raises(OutputUnavailable):
+            sink.write([doc(accepted)])
+    assert q.write_errors == 5
+    assert caplog.text.count("cannot append") == 2  # once per spell (one spell per step)
+    for seg in sorted(p for p in (tmpfs / "q").iterdir() if p.name.startswith("seg-")):
+        data = seg.read_bytes()
+        sc = scan(data)
+        assert sc.end == len(data) and not sc.holes  # no torn frame left behind
+    assert sum(len(scan(p.read_bytes()).records) for p in (tmpfs / "q").iterdir()
+               if p.name.startswith("seg-")) == accepted
+
+    rx.start()  # the receiver is back; the disk is still full
+    sh.start()
+    try:
+        assert wait(lambda: q.pending == 0), q.pending
+        more, _ = fill_until_refused(sink, accepted)  # acks freed the space: writes go on
+        assert more > accepted
+        assert wait(lambda: q.pending == 0), q.pending
+    finally:
+        sh.stop()
+        q.close()
+    ids = [d["id"] for d in rx.docs()]
+    assert ids == list(range(more))  # every accepted event once, in order
+    assert sh.ack_errors == 0 and "appends accepted again" in caplog.text
+
+
+class FailingAckQueue(DiskQueue):
+    """The ACK write fails with ENOSPC ``fail`` times (the one fault a tmpfs cannot give us
+    any more, since ACK slots are preallocated)."""
+
+    fail = 0
+
+    def _persist_ack(self, seq):
+        if self.fail:
+            self.fail -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super()._persist_ack(seq)
+
+
+def test_unwritable_ack_pauses_sending_instead_of_resending(tmp_path, caplog):
+    with LoopbackReceiver() as rx:
+        q = FailingAckQueue(tmp_path / "q")
+        q.fail = 5
+        sh = HttpShipper(q, HttpConfig(url=rx.url, tls=False, max_wait=0, max_events=50,
+                                       backoff_initial=0.05, backoff_max=0.2))
+        QueueSink(q).write([doc(i) for i in range(200)])
+        sh.start()
+        try:
+            assert wait(lambda: q.pending == 0, 20)
+        finally:
+            sh.stop()
+            q.close()
+    # the first batch went out once; while its ack failed nothing else was sent
+    assert [d["id"] for d in rx.docs()] == list(range(200))
+    assert len(rx.requests) == 4
+    assert sh.ack_errors == 5 and caplog.text.count("sending paused") == 1
+    assert "sending resumes" in caplog.text
