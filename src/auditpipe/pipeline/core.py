@@ -6,10 +6,14 @@ Bad lines never stop the stream: each is counted and handed to `on_reject(where,
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from auditpipe.parsing import ParseError, parse_kernel, parse_line
-from auditpipe.reassembly import Reassembler
+from auditpipe.pipeline.stages import Stage, close_stages, run_stages, stage_metrics, tick_stages
+from auditpipe.reassembly import Event, Reassembler
 
 __all__ = ["Pipeline", "Counters"]
 
@@ -21,7 +25,7 @@ class Counters:
     rejects: int = 0
     documents: int = 0
 
-    def as_dict(self, reassembler: Reassembler) -> dict:
+    def as_dict(self, reassembler: Reassembler) -> dict[str, int]:
         return {
             "records": self.records,
             "events": reassembler.events,
@@ -33,29 +37,56 @@ class Counters:
         }
 
 
-def _ignore_reject(where, line, reason) -> None:
+Normalizer = Callable[[Event], list]
+RejectHandler = Callable[[str, str, str], None]
+
+
+def _ignore_reject(where: str, line: str, reason: str) -> None:
     pass
 
 
 class Pipeline:
-    def __init__(self, normalize, reassembler: Reassembler | None = None, on_reject=None):
-        self.normalize = normalize
+    """Parse → reassemble → normalize → stages. ``clock`` is the wall clock the stages are given
+    (``now`` of :meth:`feed_line` and friends is the reassembler's clock, monotonic when live)."""
+
+    def __init__(self, normalize: Normalizer, reassembler: Reassembler | None = None,
+                 on_reject: RejectHandler | None = None, stages: Sequence[Stage] = (),
+                 clock: Callable[[], float] = time.time) -> None:
         self.reassembler = reassembler or Reassembler()
         self.on_reject = on_reject or _ignore_reject
         self.counters = Counters()
+        self.stages: tuple[Stage, ...] = tuple(stages)
+        self.clock = clock
+        self._normalize = normalize
+        self._convert = normalize
+        self.normalize = normalize
 
-    def _events_out(self, events) -> list:
-        docs = []
-        normalize = self.normalize
+    @property
+    def normalize(self) -> Normalizer:
+        return self._normalize
+
+    @normalize.setter
+    def normalize(self, normalize: Normalizer) -> None:
+        """Setting the normalizer keeps the stages after it (``_convert`` is what runs)."""
+        self._normalize = normalize
+        self._convert = normalize if not self.stages else self._with_stages
+
+    def _with_stages(self, ev: Event) -> list:
+        return run_stages(self.stages, ev, self._normalize(ev), self.clock())
+
+    def _events_out(self, events: Iterable[Event]) -> list:
+        docs: list = []
+        convert = self._convert
         for ev in events:
-            docs.extend(normalize(ev))
+            docs.extend(convert(ev))
         self.counters.documents += len(docs)
         return docs
 
-    def feed_lines(self, lines, where: str = "-", first_lineno: int = 1, now: float | None = None) -> list:
+    def feed_lines(self, lines: Sequence[str], where: str = "-", first_lineno: int = 1,
+                   now: float | None = None) -> list:
         """Feed many lines at once (the fast path for files). Blank lines are skipped."""
         feed = self.reassembler.feed
-        normalize = self.normalize
+        normalize = self._convert
         docs: list = []
         c = self.counters
         records = 0
@@ -102,10 +133,24 @@ class Pipeline:
         return self._events_out(self.reassembler.feed(rec, now))
 
     def tick(self, now: float) -> list:
-        return self._events_out(self.reassembler.tick(now))
+        docs = self._events_out(self.reassembler.tick(now))
+        if self.stages:
+            docs += self._counted(tick_stages(self.stages, self.clock()))
+        return docs
 
     def flush(self) -> list:
-        return self._events_out(self.reassembler.flush())
+        """Every event still open, then the stages' last documents (``Stage.close``)."""
+        docs = self._events_out(self.reassembler.flush())
+        if self.stages:
+            docs += self._counted(close_stages(self.stages, self.clock()))
+        return docs
 
-    def stats(self) -> dict:
+    def _counted(self, docs: list) -> list:
+        self.counters.documents += len(docs)
+        return docs
+
+    def stage_metrics(self) -> dict[str, Any]:
+        return stage_metrics(self.stages)
+
+    def stats(self) -> dict[str, int]:
         return self.counters.as_dict(self.reassembler)
