@@ -3,19 +3,15 @@ the pipeline with a progress bar, and reporting rejects."""
 
 from __future__ import annotations
 
-import itertools
 import os
-import secrets
 import sys
-import time
 import zlib
 
 import click
 
-from auditpipe.normalize import make_normalizer
+from auditpipe.config import Config, NormalizeConfig, ReassemblyConfig
 from auditpipe.normalize.jsonl import dumps_line
-from auditpipe.pipeline import Pipeline
-from auditpipe.reassembly import Reassembler
+from auditpipe.pipeline import assembly
 from auditpipe.sources.files import iter_line_chunks, open_audit_file
 
 __all__ = ["build_normalizer", "run_files", "RejectWriter"]
@@ -25,21 +21,10 @@ MAX_REPORTED_REJECTS = 20
 
 def build_normalizer(fmt: str, resolve_ids: bool = True, passwd=None, group=None, include_raw: bool = False,
                      extra_tags=()):
-    if fmt == "ecs":
-        from auditpipe.normalize.idresolve import IdResolver
-
-        resolver = IdResolver(passwd_file=passwd, group_file=group, enabled=resolve_ids)
-        return make_normalizer("ecs", resolver=resolver, include_raw=include_raw, extra_tags=tuple(extra_tags))
-    if fmt == "panther":
-        return make_normalizer("panther", now=time.time, row_id=unique_row_ids())
-    return make_normalizer(fmt, include_raw=include_raw)
-
-
-def unique_row_ids():
-    """p_row_id values: a random per-process prefix and a counter (unique without a uuid per row)."""
-    prefix = secrets.token_hex(8)
-    counter = itertools.count(1)
-    return lambda: f"{prefix}{next(counter):x}"
+    """The normalizer for command-line options (the same assembly as a ``[normalize]`` table)."""
+    return assembly.build_normalizer(NormalizeConfig(format=fmt, resolve_ids=resolve_ids, passwd_file=passwd,
+                                                     group_file=group, include_raw=include_raw,
+                                                     tags=list(extra_tags)))
 
 
 class RejectWriter:
@@ -72,7 +57,8 @@ def _open_output(output: str):
 def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_flight=4096, progress=False) -> dict:
     """Parse `paths` in order (one stream: a rotated set continues across files) and write JSON lines."""
     reject = RejectWriter(rejects)
-    pipeline = Pipeline(normalize, Reassembler(timeout=timeout, max_in_flight=max_in_flight), on_reject=reject)
+    cfg = Config(reassembly=ReassemblyConfig(timeout=timeout, max_in_flight=max_in_flight))
+    pipeline = assembly.build_pipeline(cfg, reject, normalize=normalize)
     out, close_out = _open_output(output)
     write = out.write
     bar = _Progress(paths) if progress else None

@@ -121,7 +121,10 @@ class Pipeline:
         c.records += 1
         return self._events_out(self.reassembler.feed(rec, now))
 
-    def feed_kernel(self, type_num: int, payload: bytes, now: float | None = None) -> list:
+    def feed_kernel(self, type_num: int, payload: bytes, now: float | None = None,
+                    raw: list[str] | None = None) -> list:
+        """One netlink message; with ``raw``, the record's text line is appended to it (for
+        outputs that forward records as read)."""
         c = self.counters
         try:
             rec = parse_kernel(type_num, payload)
@@ -130,6 +133,8 @@ class Pipeline:
             self.on_reject(f"netlink type {type_num}", payload.decode("utf-8", "surrogateescape"), e.reason)
             return []
         c.records += 1
+        if raw is not None:
+            raw.append(rec.raw)
         return self._events_out(self.reassembler.feed(rec, now))
 
     def tick(self, now: float) -> list:

@@ -5,7 +5,7 @@
 * the receiving socket — unicast (we are the audit daemon) or multicast (a read-only copy next
   to another daemon); ``mode = auto`` picks multicast only when another daemon is registered;
 * a reader thread that does nothing but ``recv`` and hand raw ``(type, payload)`` batches to a
-  :class:`~auditpipe.pipeline.backpressure.BoundedQueue` (parsing happens in the worker);
+  :class:`~auditpipe.sources.backpressure.BoundedQueue` (parsing happens in the worker);
 * the status fields it sets (enabled, backlog_limit, rate_limit, failure, backlog_wait_time),
   each restored on :meth:`close` to the value it had before;
 * the rules it installs (a leading ``never`` rule on our own pid, then the rule files), deleted on
@@ -25,11 +25,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from auditpipe.kernel.netlink import (AuditNetlink, AuditNetlinkError, AuditReceiver, open_multicast, open_unicast,
                                       process_name)
 from auditpipe.kernel.rules import RuleData, RuleErrors, RuleItem, compile_line, format_rule, parse_rules
-from auditpipe.pipeline.backpressure import BoundedQueue, ReaderThread, Strategy, resolve_strategy
+from auditpipe.sources.backpressure import BoundedQueue, ReaderThread, Strategy, resolve_strategy
 from auditpipe.tables import K
 
 __all__ = [
@@ -170,7 +171,8 @@ _LE = sys.byteorder == "little"
 
 # ----------------------------------------------------------------------------- the source
 class KernelSource(ReaderThread):
-    """See the module docstring. Typical use::
+    """The kernel as a :class:`~auditpipe.sources.base.Source` yielding
+    :data:`~auditpipe.sources.base.KernelRecord` batches. Typical use::
 
         src = KernelSource(mode="auto", queue=q, strategy="auto", ...)
         try:
@@ -218,6 +220,50 @@ class KernelSource(ReaderThread):
         self.reader_error: BaseException | None = None
         self.other_daemon: tuple[int, str] | None = None
         self._final = (0, 0)  # messages, enobufs of the closed receiver
+
+    kind = "kernel"
+    item_type = tuple  # KernelRecord
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> KernelSource:
+        """The source a typed :class:`~auditpipe.config.Config` asks for."""
+        k = cfg.kernel
+        return cls(mode=k.mode, strategy=k.backpressure_strategy, backlog_limit=k.backlog_limit,
+                   rate_limit=k.rate_limit, failure=cfg.failure_value(), backlog_wait_time=k.backlog_wait_time,
+                   immutable=k.immutable, keep_rules_on_exit=k.keep_rules_on_exit, exclude_self=k.exclude_self,
+                   purge=cfg.rules.purge, rcvbuf=k.rcvbuf, queue_size=k.queue_size, batch_delay=k.batch_delay)
+
+    # -- the Source protocol (sources.base) --------------------------------------------------
+    def poll(self) -> None:
+        self.poll_status()
+
+    def release(self) -> list[str]:
+        return self.restore_rules_and_status()
+
+    def commit(self, positions: dict) -> None:
+        pass  # the kernel does not resend: nothing to checkpoint
+
+    def reconfigure(self, cfg: Any, ruleset: RuleSet | None) -> None:
+        k = cfg.kernel
+        self.keep_rules_on_exit = k.keep_rules_on_exit
+        self.exclude_self = k.exclude_self
+        self.reload(ruleset, {"backlog_limit": k.backlog_limit, "rate_limit": k.rate_limit,
+                              "failure": cfg.failure_value(), "backlog_wait_time": k.backlog_wait_time})
+
+    def counters(self) -> dict[str, int]:
+        q = self.queue
+        return {"records_received": self.messages, "kernel_lost": self.kernel_lost,
+                "kernel_backlog": self.status.get("backlog", 0), "enobufs": self.enobufs,
+                "userspace_drops": q.dropped if q is not None else 0,
+                "queue_depth": len(q) if q is not None else 0, "queue_peak": q.peak if q is not None else 0,
+                "queue_blocked": q.blocked if q is not None else 0,
+                "rules_installed": len(self.installed), "rules_refused": self.rules_refused}
+
+    def describe(self) -> dict[str, Any]:
+        other = self.other_daemon
+        return {"mode": self.mode, "other_daemon": {"pid": other[0], "comm": other[1]} if other else None,
+                "backpressure_strategy": self.strategy.name if self.strategy else None,
+                "kernel_status": dict(self.status)}
 
     # -- start -------------------------------------------------------------------------------
     def start(self, ruleset: RuleSet | None) -> None:
