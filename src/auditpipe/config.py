@@ -246,6 +246,7 @@ def load_config(path: str | None = None, text: str | None = None) -> Config:
             return Config()
     name = path or "<config>"
     if text is None:
+        assert path is not None
         try:
             with open(path, "rb") as f:
                 raw = f.read()
@@ -261,11 +262,10 @@ def load_config(path: str | None = None, text: str | None = None) -> Config:
     except tomllib.TOMLDecodeError as e:
         msg = str(e)
         m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
-        line = int(m.group(1)) if m else None
         msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg)
         if m:
             msg += f" (column {m.group(2)})"
-        raise ConfigError(f"TOML syntax: {msg}", name, line) from None
+        raise ConfigError(f"TOML syntax: {msg}", name, int(m.group(1)) if m else None) from None
     return config_from_dict(data, name, text)
 
 
@@ -424,8 +424,8 @@ def _located(msg: str, name: str, text: str) -> ConfigError:
     if u:
         parts.append(u.group(1))
         msg = f"unknown option `{u.group(1)}`"
-    elif _MISSING.search(msg):
-        msg = f"missing required option `{_MISSING.search(msg).group(1)}`"
+    elif (missing := _MISSING.search(msg)) is not None:
+        msg = f"missing required option `{missing.group(1)}`"
     msg = msg.replace(" | null", "").replace("Expected", "expected").replace(
         "Invalid enum value", "invalid value").replace("Invalid value", "invalid value")
     msg += _hint(parts)

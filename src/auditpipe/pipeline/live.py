@@ -236,7 +236,7 @@ class LiveRunner:
                     continue
                 cp.reading(item.name, item.entry)
                 where = item.name
-                for line, off in zip(item.lines, item.offsets):
+                for line, off in zip(item.lines, item.offsets, strict=True):
                     if raw is not None:
                         raw.append(line)
                     try:

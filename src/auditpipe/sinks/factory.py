@@ -77,7 +77,7 @@ def output_config(spec: Mapping[str, Any]) -> OutputConfig:
     spec = dict(spec)
     spec.setdefault("type", "file")
     try:
-        return msgspec.convert(spec, OutputConfig)  # type: ignore[arg-type]
+        return msgspec.convert(spec, OutputConfig)
     except msgspec.ValidationError as e:
         raise ValueError(f"output {spec.get('type')}: {e}") from None
 

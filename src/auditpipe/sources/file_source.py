@@ -59,9 +59,9 @@ class FileTailSource(ReaderThread):
             while not self._stop.is_set():
                 got = t.poll_offsets()
                 if got:
-                    batch: list[FileChunk | PollEnd] = [FileChunk(*g) for g in got]
-                    self.messages += sum(len(c.lines) for c in batch)  # type: ignore[union-attr]
-                    batch.append(PollEnd(t.snapshot()))
+                    chunks = [FileChunk(*g) for g in got]
+                    self.messages += sum(len(c.lines) for c in chunks)
+                    batch: list[FileChunk | PollEnd] = [*chunks, PollEnd(t.snapshot())]
                     self.queue.put(batch)  # a few items a poll: the queue holds a few polls
                 else:
                     self._stop.wait(self.interval)
