@@ -17,7 +17,7 @@ between documents and must not be mutated).
 from __future__ import annotations
 
 from auditpipe import tables
-from auditpipe.normalize.coalesced import iso_timestamp
+from auditpipe.normalize.coalesced import IsoTimestamps
 from auditpipe.normalize.ecs_fields import (
     Names, apply_entities, build_address, build_file, build_user, drop_redundant_effective,
 )
@@ -65,11 +65,10 @@ class _SyscallFacts:
         self.norm = norm
 
 
-_facts_cache: dict = {}
-
-
-def _syscall_facts(arch_hex: str | None, num: str | None, enriched: dict | None) -> _SyscallFacts:
-    """Arch name, syscall name and its normalization, cached per (arch, number)."""
+def _syscall_facts(_facts_cache: dict, arch_hex: str | None, num: str | None,
+                   enriched: dict | None) -> _SyscallFacts:
+    """Arch name, syscall name and its normalization, cached per (arch, number) in the
+    normalizer's own ``_facts_cache``."""
     if enriched is not None:
         arch_name = enriched.get("ARCH")
         sc_name = enriched.get("SYSCALL")
@@ -148,6 +147,8 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
     event.category/type lists, PATH field dicts that needed no change): treat them as read-only.
     """
     extra_tags = list(extra_tags)
+    iso_timestamp = IsoTimestamps()
+    facts_cache: dict = {}  # (arch, syscall) → _SyscallFacts, this normalizer's
     names = Names(resolver)
     names_tick = names.tick
     # closure cells: cheaper than module globals on the hot path
@@ -193,7 +194,7 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
 
         enriched = main.enriched
         if syscall is not None:
-            facts = _syscall_facts(data.get("arch"), data.get("syscall"), enriched)
+            facts = _syscall_facts(facts_cache, data.get("arch"), data.get("syscall"), enriched)
             if facts.arch is not None:
                 data["arch"] = facts.arch
             if facts.name is not None:

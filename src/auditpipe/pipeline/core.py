@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from auditpipe.parsing import ParseError, parse_kernel, parse_line
+from auditpipe.parsing import ParseError, Parser, parse_kernel, parse_line
 from auditpipe.pipeline.stages import Stage, close_stages, run_stages, stage_metrics, tick_stages
 from auditpipe.reassembly import Event, Reassembler
 
@@ -55,6 +55,7 @@ class Pipeline:
         self.reassembler = reassembler or Reassembler()
         self.on_reject = on_reject or _ignore_reject
         self.counters = Counters()
+        self.parser = Parser()  # this pipeline's memos
         self.stages: tuple[Stage, ...] = tuple(stages)
         self.clock = clock
         self._normalize = normalize
@@ -87,6 +88,7 @@ class Pipeline:
         """Feed many lines at once (the fast path for files). Blank lines are skipped."""
         feed = self.reassembler.feed
         normalize = self._convert
+        memo = self.parser
         docs: list = []
         c = self.counters
         records = 0
@@ -94,7 +96,7 @@ class Pipeline:
             if not line:
                 continue
             try:
-                rec = parse_line(line)
+                rec = parse_line(line, memo)
             except ParseError as e:
                 c.rejects += 1
                 self.on_reject(f"{where}:{first_lineno + i}", line, e.reason)
@@ -113,7 +115,7 @@ class Pipeline:
         c = self.counters
         c.lines += 1
         try:
-            rec = parse_line(line)
+            rec = parse_line(line, self.parser)
         except ParseError as e:
             c.rejects += 1
             self.on_reject(where, line, e.reason)
@@ -127,7 +129,7 @@ class Pipeline:
         outputs that forward records as read)."""
         c = self.counters
         try:
-            rec = parse_kernel(type_num, payload)
+            rec = parse_kernel(type_num, payload, self.parser)
         except ParseError as e:
             c.rejects += 1
             self.on_reject(f"netlink type {type_num}", payload.decode("utf-8", "surrogateescape"), e.reason)

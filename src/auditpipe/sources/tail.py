@@ -32,11 +32,10 @@ import os
 import re
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from itertools import accumulate
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 __all__ = ["FileStat", "Checkpoint", "decide", "find_copy", "resume_plan", "rotated_siblings", "Tailer",
            "DEFAULT_PATH", "FP_LEN"]
