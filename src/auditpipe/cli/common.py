@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import zlib
+from typing import Literal, cast
 
 import click
 
@@ -17,14 +18,15 @@ from auditpipe.sources.files import iter_line_chunks, open_audit_file
 __all__ = ["build_normalizer", "run_files", "RejectWriter"]
 
 MAX_REPORTED_REJECTS = 20
+Format = Literal["ecs", "panther", "coalesced"]
 
 
 def build_normalizer(fmt: str, resolve_ids: bool = True, passwd=None, group=None, include_raw: bool = False,
                      extra_tags=()):
     """The normalizer for command-line options (the same assembly as a ``[normalize]`` table)."""
-    return assembly.build_normalizer(NormalizeConfig(format=fmt, resolve_ids=resolve_ids, passwd_file=passwd,
-                                                     group_file=group, include_raw=include_raw,
-                                                     tags=list(extra_tags)))
+    n = NormalizeConfig(format=cast(Format, fmt), resolve_ids=resolve_ids, passwd_file=passwd, group_file=group,
+                        include_raw=include_raw, tags=list(extra_tags))
+    return assembly.build_normalizer(n)
 
 
 class RejectWriter:

@@ -58,7 +58,8 @@ def serve(listen, tls_cert, tls_key, tls_client_ca, auth, auth_header, auth_secr
     from auditpipe.pipeline.assembly import build_normalizer, build_pipeline
     from auditpipe.sinks.file import FileSink
     from auditpipe.sinks.stdout import StdoutSink
-    from auditpipe.sources.http_receiver import Receiver, ReceiverConfig, make_ssl_context, parse_size, serve as run
+    from auditpipe.sources.http_receiver import Receiver, ReceiverConfig, make_ssl_context, parse_size
+    from auditpipe.sources.http_receiver import serve as run
 
     host, port = split_listen(listen)
     if auth != "none" and not auth_secret:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from auditpipe import tables
 from auditpipe.parsing import decode_sockaddr, execve_argv, proctitle_argv
@@ -42,9 +43,9 @@ def make_coalesced_normalizer(include_raw: bool = False):
     iso_timestamp = IsoTimestamps()
 
     def normalize(event) -> list[dict]:
-        recs = []
+        recs: list[dict[str, Any]] = []
         execs = None
-        doc = {"id": f"{event.time}:{event.serial}"}
+        doc: dict[str, Any] = {"id": f"{event.time}:{event.serial}"}
         if event.node is not None:
             doc["node"] = event.node
         doc["timestamp"] = iso_timestamp(event.sec, event.msec)

@@ -1,8 +1,16 @@
 """Parsing: audit lines and kernel messages → `Record`s, and the value decoders."""
 
 from auditpipe.parsing.execve import execve_argv, proctitle_argv
-from auditpipe.parsing.record import (MAX_LINE, ParseError, Parser, Record, decode_hex_value, parse_body, parse_kernel,
-                                     parse_line)
+from auditpipe.parsing.record import (
+                                     MAX_LINE,
+                                     ParseError,
+                                     Parser,
+                                     Record,
+                                     decode_hex_value,
+                                     parse_body,
+                                     parse_kernel,
+                                     parse_line,
+)
 from auditpipe.parsing.sockaddr import decode_sockaddr
 
 __all__ = [

@@ -265,9 +265,9 @@ def _parse_pairs(text: str, type_num: int) -> dict:
                         if v[:1] != '"':
                             d[k] = decode_hex_value(v)
                     if type_num == _PROCTITLE:
-                        v = d.get("proctitle")
-                        if v is not None and v[:1] != '"':
-                            d["proctitle"] = decode_hex_value(v)
+                        title = d.get("proctitle")
+                        if title is not None and title[:1] != '"':
+                            d["proctitle"] = decode_hex_value(title)
                 q = text.find('="')
                 while q >= 0:  # one "= per quoted value here: strip only those
                     k = text[text.rfind(" ", 0, q) + 1 : q]
@@ -285,7 +285,7 @@ def _parse_tokens(text: str, fields: dict, type_num: int) -> None:
     tokens = text.split(" ")
     n = len(tokens)
     i = 0
-    words = None
+    words: list[str] | None = None
     last_key = None
     while i < n:
         tok = tokens[i]

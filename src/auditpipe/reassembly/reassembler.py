@@ -4,8 +4,13 @@ returns the events that are complete, in the order their first record arrived.
 An event is complete on EOE, on a record type that always ends an event (PROCTITLE, user-space
 and daemon types, anomalies), when it is older than `timeout` seconds of audit time behind the
 newest record seen (and at least `grace` records have arrived since its own last one, so that a
-record written just after a much newer one still finds its event), when more than `max_in_flight` events are open, when `wall_timeout`
-seconds of wall clock pass without it completing (live only), or at `flush()`.
+record written just after a much newer one still finds its event), when more than
+`max_in_flight` events are open, when `wall_timeout` seconds of wall clock pass without it
+completing (live only), or at `flush()`.
+
+The clock is the caller's: `feed` and `tick` take `now`. What the reassembler keeps about an open
+event (complete yet, when it opened, its last record, late) is in its own `_Pending` record; the
+`Event` handed out holds only the event.
 """
 
 from __future__ import annotations
@@ -211,7 +216,7 @@ class Reassembler:
 
     def flush(self) -> list:
         """End of input: every event still queued leaves."""
-        out = []
+        out: list[Event] = []
         while self._queue:
             self._emit(self._queue.popleft(), out)
         self._open.clear()
@@ -228,7 +233,7 @@ class Reassembler:
             del ended[next(iter(ended))]
 
     def _drain(self, now, release_held: bool = False) -> list:
-        out = []
+        out: list[Event] = []
         horizon = self._newest - self.timeout
         wall = self.wall_timeout
         queue = self._queue

@@ -164,7 +164,7 @@ def _split_with_offsets(chunk: bytes, start: int, out: list[str], offs: list) ->
     ends = accumulate(sizes, initial=start)
     next(ends)
     if "" in lines:
-        for ln, end in zip(lines, ends):
+        for ln, end in zip(lines, ends, strict=True):
             if ln:
                 out.append(ln)
                 offs.append(end)
