@@ -13,10 +13,10 @@ import json
 import signal
 
 import pytest
-from conftest_kernel import audit_state  # noqa: F401
-from test_run_kernel import Agent, kernel_snapshot, loaded_rules_text, unique_key
 
 from auditpipe.sources.kernel_journal import KernelJournal
+from conftest_kernel import audit_state  # noqa: F401
+from test_run_kernel import Agent, kernel_snapshot, loaded_rules_text, unique_key
 
 pytestmark = pytest.mark.kernel
 

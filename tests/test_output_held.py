@@ -14,14 +14,14 @@ import threading
 import time
 
 import pytest
-from test_live_file_checkpoint import event_lines, wait_until
-from test_live_runner import FakeSource, execve_event, outputs_of
 
 from auditpipe.config import load_config
 from auditpipe.pipeline.live import LiveRunner
 from auditpipe.pipeline.status import read_status_file
 from auditpipe.sinks.errors import OutputUnavailable
 from auditpipe.sources.file_source import FileTailSource
+from test_live_file_checkpoint import event_lines, wait_until
+from test_live_runner import FakeSource, execve_event, outputs_of
 
 
 @pytest.fixture

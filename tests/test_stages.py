@@ -58,6 +58,7 @@ def test_stages_see_each_event_once_and_shape_its_documents():
     assert [d["process"]["pid"] for d in docs if not is_alert(d)] == [8]
     assert [d["rule"]["name"] for d in docs if is_alert(d)] == ["shell"]
     assert pipe.tick(100.0)[0]["at"] == 42.0
+    assert pipe.tick(100.1) == []  # the stages tick about every second of the wall clock
     assert [d["rule"]["name"] for d in pipe.flush()] == ["closing"]
     assert pipe.stage_metrics() == {"detect.dropped": 1}
     assert pipe.counters.documents == 4  # 2 from events, the heartbeat, the closing alert
@@ -68,3 +69,55 @@ def test_route_splits_alerts_from_events():
     assert route(docs, "both") == docs
     assert route(docs, "alerts") == docs[:1]
     assert route(docs, "events") == docs[1:]
+
+
+def test_the_runtime_routes_alerts_to_the_outputs_that_take_them(tmp_path, monkeypatch):
+    """A stage built by the assembly from the config; outputs with documents = events, alerts
+    and both each get their share."""
+    import threading
+
+    from auditpipe.config import StdoutOutput, load_config
+    from auditpipe.pipeline import assembly
+    from auditpipe.pipeline.live import LiveRunner
+    from test_live_runner import FakeSource, RecordingSink, execve_event, outputs_of, wait_until
+
+    class Flag:
+        name = "flag"
+
+        def process(self, event, docs, now):
+            return docs + [{"event": {"kind": "signal"}, "rule": {"name": "exec"}, "of": event.id}]
+
+        def tick(self, now):
+            return []
+
+        def close(self, now):
+            return []
+
+        def metrics(self):
+            return {"alerts": 1}
+
+    monkeypatch.setattr(assembly, "STAGE_BUILDERS", (lambda cfg: Flag() if cfg.normalize.format == "ecs" else None,))
+    cfg = load_config(text=f"""
+[normalize]
+format = "ecs"
+[status]
+path = "{tmp_path / 'status.json'}"
+""")
+    sinks = [RecordingSink(), RecordingSink(), RecordingSink()]
+    runner = LiveRunner(cfg, FakeSource(), outputs=outputs_of(
+        sinks, [StdoutOutput(documents=d) for d in ("events", "alerts", "both")]))
+    t = threading.Thread(target=runner.run, daemon=True)
+    t.start()
+    try:
+        runner.source.push(execve_event(7))
+        assert wait_until(lambda: len(sinks[2].docs) == 2)
+    finally:
+        runner.request_stop()
+        t.join(5)
+    import json
+
+    events, alerts, both = ([json.loads(d) for d in s.docs] for s in sinks)  # several outputs: serialized once
+    assert [d["event"]["kind"] for d in events] == ["event"]
+    assert [d["of"] for d in alerts] == ["1795294192.263:7"]
+    assert both == events + alerts
+    assert runner.counters()["flag.alerts"] == 1

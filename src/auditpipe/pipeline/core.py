@@ -38,6 +38,8 @@ class Counters:
 
 
 Normalizer = Callable[[Event], list]
+#: seconds between two calls of the stages' ``tick``
+STAGE_TICK = 1.0
 RejectHandler = Callable[[str, str, str], None]
 
 
@@ -58,6 +60,7 @@ class Pipeline:
         self.parser = Parser()  # this pipeline's memos
         self.stages: tuple[Stage, ...] = tuple(stages)
         self.clock = clock
+        self._next_stage_tick = 0.0
         self._normalize = normalize
         self._convert = normalize
         self.normalize = normalize
@@ -140,9 +143,14 @@ class Pipeline:
         return self._events_out(self.reassembler.feed(rec, now))
 
     def tick(self, now: float) -> list:
+        """The reassembler's wall-clock timeouts (``now``: its clock); the stages' ``tick`` about
+        every second of the injected wall clock."""
         docs = self._events_out(self.reassembler.tick(now))
         if self.stages:
-            docs += self._counted(tick_stages(self.stages, self.clock()))
+            wall = self.clock()
+            if wall >= self._next_stage_tick:
+                self._next_stage_tick = wall + STAGE_TICK
+                docs += self._counted(tick_stages(self.stages, wall))
         return docs
 
     def flush(self) -> list:
