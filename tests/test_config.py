@@ -270,3 +270,17 @@ def test_cli_check_summarises(tmp_path):
     assert "rule files set: backlog_limit=1024" in r.stdout
     assert f"output: file {tmp_path / 'o.jsonl'}" in r.stdout
     assert r.stdout.rstrip().endswith("OK")
+
+
+def test_run_check_rejects_output_options_that_cannot_work(tmp_path):
+    """Fault 10 (issue 8) in a real process: `run --check` stops at the first such option with
+    its file and line."""
+    import subprocess
+    import sys
+
+    p = tmp_path / "auditpipe.toml"
+    p.write_text('[[outputs]]\ntype = "http"\nurl = "https://127.0.0.1:9/"\nqueue_max_bytes = 1000\n')
+    r = subprocess.run([sys.executable, "-m", "auditpipe", "run", "--check", "--config", str(p)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert f"{p}:4: [[outputs]] #1 queue_max_bytes" in r.stderr
