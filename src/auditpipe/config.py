@@ -90,6 +90,11 @@ class KernelConfig(_S):
     #: seconds the reader lets records gather after each burst (fewer wakeups, less CPU)
     batch_delay: float = 0.02
 
+    def failure_value(self) -> int | None:
+        """``failure_mode`` as the kernel's AUDIT_FAIL_* value (None: leave the kernel's)."""
+        f = self.failure_mode
+        return FAILURE_MODES[f] if isinstance(f, str) else f
+
 
 class RulesConfig(_S):
     #: rule files or globs in auditctl syntax; unset: /etc/audit/rules.d/*.rules when present;
@@ -209,8 +214,7 @@ class Config(_S):
     path: str | None = None
 
     def failure_value(self) -> int | None:
-        f = self.kernel.failure_mode
-        return FAILURE_MODES[f] if isinstance(f, str) else f
+        return self.kernel.failure_value()
 
 
 class ConfigError(ValueError):

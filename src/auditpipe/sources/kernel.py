@@ -122,11 +122,7 @@ class KernelSource(ReaderThread):
     def from_config(cls, cfg: Any) -> KernelSource:
         """The source a typed :class:`~auditpipe.config.Config` asks for."""
         k = cfg.kernel
-        control = KernelControl(backlog_limit=k.backlog_limit, rate_limit=k.rate_limit,
-                                failure=cfg.failure_value(), backlog_wait_time=k.backlog_wait_time,
-                                immutable=k.immutable, keep_rules_on_exit=k.keep_rules_on_exit,
-                                exclude_self=k.exclude_self, purge=cfg.rules.purge,
-                                journal=KernelJournal(cfg.state.dir))
+        control = KernelControl(k, purge=cfg.rules.purge, journal=KernelJournal(cfg.state.dir))
         return cls(mode=k.mode, strategy=k.backpressure_strategy, control=control, rcvbuf=k.rcvbuf,
                    queue_size=k.queue_size, batch_delay=k.batch_delay)
 
@@ -197,11 +193,7 @@ class KernelSource(ReaderThread):
         pass  # the kernel does not resend: nothing to checkpoint
 
     def reconfigure(self, cfg: Any, ruleset: RuleSet | None) -> None:
-        k, c = cfg.kernel, self.control
-        c.keep_rules_on_exit = k.keep_rules_on_exit
-        c.exclude_self = k.exclude_self
-        c.reload(ruleset, {"backlog_limit": k.backlog_limit, "rate_limit": k.rate_limit,
-                           "failure": cfg.failure_value(), "backlog_wait_time": k.backlog_wait_time})
+        self.control.reload(cfg.kernel, ruleset)
 
     def counters(self) -> dict[str, int]:
         q, c = self.queue, self.control

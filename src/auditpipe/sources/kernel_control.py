@@ -26,6 +26,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 
+from auditpipe.config import DEFAULT_BACKLOG_LIMIT, KernelConfig
 from auditpipe.kernel.netlink import AuditNetlink, AuditNetlinkError
 from auditpipe.kernel.rules import RuleData, RuleErrors, RuleItem, compile_line, format_rule, parse_rules
 from auditpipe.sources.backpressure import Strategy
@@ -126,18 +127,19 @@ class KernelControl:
     """See the module docstring. ``open()`` → ``apply(ruleset)`` → … → ``restore_rules_and_status()``
     → ``close()``; ``mode`` and ``strategy`` are set by the source before ``apply``."""
 
-    def __init__(self, *, backlog_limit: int | None = None, rate_limit: int | None = None,
-                 failure: int | None = None, backlog_wait_time: int | None = None, immutable: bool = False,
-                 keep_rules_on_exit: bool = False, exclude_self: bool = True, purge: str | bool = "auto",
-                 default_backlog_limit: int = 8192, journal: KernelJournal | None = None) -> None:
-        self.settings: dict[str, int | None] = {"backlog_limit": backlog_limit, "rate_limit": rate_limit,
-                                                "failure": failure, "backlog_wait_time": backlog_wait_time}
-        self.default_backlog_limit = default_backlog_limit
-        self.immutable = immutable
-        self.keep_rules_on_exit = keep_rules_on_exit
-        self.exclude_self = exclude_self
+    @property
+    def settings(self) -> dict[str, int | None]:
+        """The status fields ``[kernel]`` asks for (None: not set there)."""
+        k = self.kernel
+        return {"backlog_limit": k.backlog_limit, "rate_limit": k.rate_limit, "failure": k.failure_value(),
+                "backlog_wait_time": k.backlog_wait_time}
+
+    def __init__(self, kernel: KernelConfig | None = None, *, purge: str | bool = "auto",
+                 journal: KernelJournal | None = None, default_backlog_limit: int = DEFAULT_BACKLOG_LIMIT) -> None:
+        self.kernel = kernel if kernel is not None else KernelConfig()
         self.purge = purge
         self.journal = journal
+        self.default_backlog_limit = default_backlog_limit
         self.mode: str | None = None
         self.strategy: Strategy | None = None
         self.ctl: AuditNetlink | None = None
@@ -239,10 +241,10 @@ class KernelControl:
         if self.original.get("enabled") == 0:
             self._set("enabled", 1)
             log.info("auditing enabled (it was off; switched off again on exit)")
-        if ruleset is not None and ruleset.lock and not self.immutable:
+        if ruleset is not None and ruleset.lock and not self.kernel.immutable:
             log.warning("-e 2 in the rule files ignored: set kernel.immutable = true to lock "
                         "the audit configuration (nothing can be put back on exit then)")
-        if self.immutable:
+        if self.kernel.immutable:
             self.ctl.set_status(enabled=2)
             self.changed.pop("enabled", None)
             log.warning("audit configuration locked (immutable = true): rules and status "
@@ -358,7 +360,7 @@ class KernelControl:
                     if e.errno == E.EPERM:
                         raise KernelControlError(f"{it.file}:{it.line}: {e}") from None
         self.rules_refused = refused
-        if self.exclude_self:
+        if self.kernel.exclude_self:
             self._add_self_rule()
         if ruleset is not None:
             log.info("installed %d rule(s) from %d file(s)%s", added, len(ruleset.files),
@@ -422,13 +424,12 @@ class KernelControl:
             self._delete(self.self_rule)
             self.self_rule = None
 
-    def reload(self, ruleset: RuleSet | None, settings: dict[str, int | None] | None = None) -> None:
-        """SIGHUP: new status settings and rules (the receiving socket stays)."""
+    def reload(self, kernel: KernelConfig, ruleset: RuleSet | None) -> None:
+        """SIGHUP: the new ``[kernel]`` settings and rules (the receiving socket stays)."""
+        self.kernel = kernel
         if self.locked or self.ctl is None:
             log.warning("reload: the audit configuration is locked; rules left as they are")
             return
-        if settings is not None:
-            self.settings.update(settings)
         self.apply_status(ruleset)
         self.install_rules(ruleset, first=False)
 
@@ -441,7 +442,7 @@ class KernelControl:
         if ctl is None or self.locked:
             return problems
         try:
-            if not self.keep_rules_on_exit:
+            if not self.kernel.keep_rules_on_exit:
                 self._delete_installed(keep_self=True)
                 if self.purged:
                     # listed rules carry no prepend flag: adding them in list order puts the
