@@ -16,6 +16,8 @@ between documents and must not be mutated).
 
 from __future__ import annotations
 
+import time
+
 from auditpipe import tables
 from auditpipe.normalize.coalesced import IsoTimestamps
 from auditpipe.normalize.ecs_fields import (
@@ -135,13 +137,15 @@ def _path_fields(f: dict) -> dict:
     return out
 
 
-def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnings: bool = False, extra_tags=()):
+def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnings: bool = False, extra_tags=(),
+                        clock=time.monotonic):
     """A normalizer `Event -> [ECS document]`.
 
     resolver: an `IdResolver` (or None: names only from ENRICHED input).
     include_raw: event.original holds the event's lines as read.
     include_warnings: auditd.warnings lists what could not be normalized.
     extra_tags: appended to tags (after the rule keys).
+    clock: monotonic seconds, for the age of the name memo (see `Names`).
 
     Documents share some values with each other and with the event's records (the per-kind
     event.category/type lists, PATH field dicts that needed no change): treat them as read-only.
@@ -149,7 +153,7 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
     extra_tags = list(extra_tags)
     iso_timestamp = IsoTimestamps()
     facts_cache: dict = {}  # (arch, syscall) → _SyscallFacts, this normalizer's
-    names = Names(resolver)
+    names = Names(resolver, clock=clock)
     names_tick = names.tick
     # closure cells: cheaper than module globals on the hot path
     SYSCALL, PATH, EXECVE, CWD, PROCTITLE, SOCKADDR, EOE, LOGIN = (

@@ -38,7 +38,8 @@ def build_normalizer(n: NormalizeConfig, path: str | None = None) -> Normalizer:
             from auditpipe.normalize.idresolve import IdResolver
 
             resolver = IdResolver(passwd_file=n.passwd_file, group_file=n.group_file, enabled=n.resolve_ids)
-            return make_normalizer("ecs", resolver=resolver, include_raw=n.include_raw, extra_tags=tuple(n.tags))
+            return make_normalizer("ecs", resolver=resolver, include_raw=n.include_raw, extra_tags=tuple(n.tags),
+                                   clock=time.monotonic)
         if n.format == "panther":
             return make_normalizer("panther", now=time.time, row_id=unique_row_ids())
         return make_normalizer(n.format, include_raw=n.include_raw)
