@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import threading
 import time
 
@@ -104,6 +105,9 @@ max_bytes = 0
         st = read_status_file(str(status))
         assert "ENOSPC" in st["held_cause"] and str(out) in st["held_cause"]
         assert st["counters"]["output_holds"] == 1 and st["counters"]["pending_documents"] > 0
+        shown = subprocess.run([sys.executable, "-m", "auditpipe", "status", "--status-file", str(status)],
+                               capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "300"})
+        assert "held since" in shown.stdout and "ENOSPC" in shown.stdout, shown.stdout + shown.stderr
         time.sleep(1.0)  # retries with backoff meanwhile; the checkpoint stays behind
         got = written()
         assert got == list(range(1, len(got) + 1))  # whole lines, in order, none twice
