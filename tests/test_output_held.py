@@ -180,3 +180,48 @@ type = "stdout"
         runner.request_stop()
         t.join(5)
     assert [d["id"].rsplit(":", 1)[1] for d in sink.docs] == ["1", "2", "3"]
+
+
+def test_stop_while_held_keeps_the_checkpoint_behind_and_the_restart_delivers(tmp_path, caplog):
+    """SIGTERM while the output refuses everything: the stop does not hang, reports what could
+    not be written, and the checkpoint stays before it; the next run delivers all of it."""
+    log = tmp_path / "audit.log"
+    append_events(log, range(1, 21))
+    cfg = load_config(text=f"""
+[normalize]
+format = "coalesced"
+[reassembly]
+wall_timeout = 0.2
+[status]
+path = "{tmp_path / 'status.json'}"
+interval = 0.1
+""")
+    checkpoint = tmp_path / "checkpoint.json"
+
+    def runner_with(sink):
+        src = FileTailSource(str(log), str(checkpoint), interval=0.01, start="head")
+        return LiveRunner(cfg, src, outputs=outputs_of([sink]))
+
+    down = FlakySink()
+    first = runner_with(down)
+    t = threading.Thread(target=first.run, daemon=True)
+    t.start()
+    assert wait_until(lambda: first.outputs.held)
+    started = time.monotonic()
+    first.request_stop()
+    t.join(15)
+    assert not t.is_alive() and time.monotonic() - started < 8
+    assert json.loads(checkpoint.read_text())["files"][str(log)]["offset"] == 0
+    assert any("could not be written before exit" in r.getMessage() for r in caplog.records)
+    up = FlakySink()
+    up.down = False
+    second = runner_with(up)
+    t = threading.Thread(target=second.run, daemon=True)
+    t.start()
+    try:
+        assert wait_until(lambda: len(up.docs) >= 19)
+    finally:
+        second.request_stop()
+        t.join(15)
+    assert [int(d["id"].rsplit(":", 1)[1]) for d in up.docs] == list(range(1, 21))
+    assert json.loads(checkpoint.read_text())["files"][str(log)]["offset"] == log.stat().st_size

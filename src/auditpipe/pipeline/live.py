@@ -52,6 +52,9 @@ __all__ = ["LiveRunner", "reload_from"]
 log = logging.getLogger("auditpipe.run")
 
 MAX_LOGGED_REJECTS = 20
+#: seconds a stop waits for held outputs (then what is pending is reported; a file source's
+#: checkpoint is behind it, so a restart reads it again)
+STOP_RETRY = 3.0
 
 
 def _iso(t: float) -> str:
@@ -180,6 +183,12 @@ class LiveRunner:
         if ok and self.checkpoint is not None and self.checkpoint.has_points:
             self.checkpoint.accepted()
         return ok
+
+    def _settle_outputs(self, timeout: float) -> None:
+        """At stop: give held outputs a last while to accept what is pending."""
+        deadline = time.monotonic() + timeout
+        while self.outputs.held and time.monotonic() < deadline:
+            self._retry_held()
 
     def _retry_held(self) -> None:
         """Held: wait for the next retry (a short sleep at most), retry, commit once clear."""
@@ -321,6 +330,7 @@ class LiveRunner:
             src.stop_reader()
             self._drain()
             self._write_and_commit(self.pipeline.flush())
+            self._settle_outputs(self.cfg.status.interval + STOP_RETRY)
         except Exception as e:
             problems.append(f"shutdown: {e}")
             log.exception("shutdown")

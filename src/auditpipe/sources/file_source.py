@@ -25,6 +25,9 @@ log = logging.getLogger("auditpipe.file")
 
 #: polls held between the reader and the worker (each up to the tailer's read budget)
 QUEUED_POLLS = 4
+#: queue items one poll usually makes (a chunk per file read, the end mark): the reader polls only
+#: when that much room is left, so it waits in its own loop (and stops promptly), not in put()
+POLL_ITEMS = 3
 
 
 class FileTailSource(ReaderThread):
@@ -55,8 +58,12 @@ class FileTailSource(ReaderThread):
     def _read_loop(self) -> None:
         t = self.tailer
         assert t is not None
+        q = self.queue
         try:
             while not self._stop.is_set():
+                if q.capacity - len(q) < POLL_ITEMS:  # the worker is behind, or held
+                    self._stop.wait(self.interval)
+                    continue
                 got = t.poll_offsets()
                 if got:
                     chunks = [FileChunk(*g) for g in got]
