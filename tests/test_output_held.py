@@ -129,6 +129,19 @@ max_bytes = 0
     assert final["counters"]["output_errors"] >= 2 and final["held_since"] is None
 
 
+def quick_config(tmp_path):
+    """Coalesced documents, events out 0.2 s after their last record, status every 0.05 s."""
+    return load_config(text=f"""
+[normalize]
+format = "coalesced"
+[reassembly]
+wall_timeout = 0.2
+[status]
+path = "{tmp_path / 'status.json'}"
+interval = 0.05
+""")
+
+
 class FlakySink:
     """Refuses every write while ``down`` (as a full durable queue would)."""
 
@@ -149,17 +162,7 @@ class FlakySink:
 def test_kernel_source_is_held_by_its_backpressure_strategy(tmp_path):
     """While held the worker takes nothing from the kernel queue: under the drop policy what
     does not fit is dropped and counted; what was taken is written once the output is back."""
-    cfg = load_config(text=f"""
-[normalize]
-format = "coalesced"
-[reassembly]
-wall_timeout = 0.2
-[status]
-path = "{tmp_path / 'status.json'}"
-interval = 0.05
-[[outputs]]
-type = "stdout"
-""")
+    cfg = quick_config(tmp_path)
     src = FakeSource()
     src.queue.capacity = 12  # two events' records
     sink = FlakySink()
@@ -187,15 +190,7 @@ def test_stop_while_held_keeps_the_checkpoint_behind_and_the_restart_delivers(tm
     not be written, and the checkpoint stays before it; the next run delivers all of it."""
     log = tmp_path / "audit.log"
     append_events(log, range(1, 21))
-    cfg = load_config(text=f"""
-[normalize]
-format = "coalesced"
-[reassembly]
-wall_timeout = 0.2
-[status]
-path = "{tmp_path / 'status.json'}"
-interval = 0.1
-""")
+    cfg = quick_config(tmp_path)
     checkpoint = tmp_path / "checkpoint.json"
 
     def runner_with(sink):

@@ -64,6 +64,34 @@ def test_stages_see_each_event_once_and_shape_its_documents():
     assert pipe.counters.documents == 4  # 2 from events, the heartbeat, the closing alert
 
 
+def test_stages_added_later_run_after_the_others():
+    order: list[str] = []
+
+    class Mark:
+        def __init__(self, name):
+            self.name = name
+
+        def process(self, event, docs, now):
+            order.append(self.name)
+            return docs
+
+        def tick(self, now):
+            return []
+
+        def close(self, now):
+            return []
+
+        def metrics(self):
+            return {}
+
+    pipe = Pipeline(make_normalizer("coalesced"), Reassembler())
+    pipe.feed_lines(LINES[:2])
+    assert order == []
+    pipe.add_stages([Mark("a"), Mark("b")])
+    pipe.feed_lines(LINES[2:])
+    assert order == ["a", "b"]
+
+
 def test_route_splits_alerts_from_events():
     docs = [{"event": {"kind": "signal"}}, {"event": {"kind": "event"}}, {"id": 1}, b'{"event":1}\n']
     assert route(docs, "both") == docs

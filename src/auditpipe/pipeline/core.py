@@ -75,6 +75,12 @@ class Pipeline:
         self._normalize = normalize
         self._convert = normalize if not self.stages else self._with_stages
 
+    def add_stages(self, stages: Sequence[Stage]) -> None:
+        """Stages that need what exists only once the source has started (the rules it
+        installed, the runner's counters) join after those built from the config."""
+        self.stages += tuple(stages)
+        self.normalize = self._normalize
+
     def _with_stages(self, ev: Event) -> list:
         return run_stages(self.stages, ev, self._normalize(ev), self.clock())
 
