@@ -12,15 +12,21 @@ CORPUS = SHARED / "corpus"
 CONFORMANCE = SHARED / "conformance"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The shared material is part of the test set-up: without it the suite cannot say
+    anything about conformance, so it stops with a usage error instead of skipping."""
+    if not SHARED.is_dir():
+        raise pytest.UsageError(f"../shared not found at {SHARED}: the tests read the shared corpora "
+                                "there in place (or set AUDITPIPE_SHARED to where they are)")
+
+
 def shared_path(*parts) -> Path:
     p = SHARED.joinpath(*parts)
     if not p.exists():
-        pytest.skip(f"shared material missing: {p}")
+        pytest.fail(f"shared material missing: {p}")
     return p
 
 
 @pytest.fixture(scope="session")
 def shared():
-    if not SHARED.exists():
-        pytest.skip(f"../shared not found at {SHARED}")
     return SHARED

@@ -49,9 +49,9 @@ def test_defaults_need_no_file():
     assert c.source.type == "kernel"
     assert [type(o) for o in c.outputs] == [FileOutput]
     assert c.outputs[0].path == DEFAULT_OUTPUT and c.outputs[0].mode == 0o600
-    assert c.output_specs()[0] == {"type": "file", "path": DEFAULT_OUTPUT, "max_bytes": 100 << 20,
-                                   "generations": 5, "mode": 0o600, "fsync": "never",
-                                   "fsync_interval": 1.0}
+    assert c.outputs[0] == FileOutput(path=DEFAULT_OUTPUT, max_bytes=100 << 20, generations=5, mode=0o600,
+                                      fsync="never", fsync_interval=1.0, documents="events")
+    assert c.state.dir == "/var/lib/auditpipe"
 
 
 def test_no_config_file_means_defaults(monkeypatch):
@@ -104,7 +104,7 @@ def test_full_config():
     assert c.rules.purge is False
     assert c.normalize.tags == ["prod", "web"] and c.normalize.format == "panther"
     assert isinstance(c.outputs[1], StdoutOutput)
-    assert c.output_specs()[0]["mode"] == 0o640
+    assert c.outputs[0].file_mode() == 0o640
     assert c.status.interval == 0.5 and c.log_level == "debug"
 
 
@@ -126,9 +126,11 @@ def test_http_output_options_are_checked_against_the_shipper():
         secret = "s3cret"
         queue_dir = "/tmp/q"
     """)
-    assert isinstance(c.outputs[0], HttpOutput)
-    assert c.output_specs()[0] == {"type": "http", "url": "https://127.0.0.1:8088/ingest",
-                                   "auth": "bearer", "secret": "s3cret", "queue_dir": "/tmp/q"}
+    assert c.outputs[0] == HttpOutput(url="https://127.0.0.1:8088/ingest", auth="bearer", secret="s3cret",
+                                      queue_dir="/tmp/q")
+
+
+HTTP = "[[outputs]]\ntype = \"http\"\nurl = \"https://127.0.0.1:1/\"\n"
 
 
 @pytest.mark.parametrize("text, line, where, words", [
@@ -152,7 +154,16 @@ def test_http_output_options_are_checked_against_the_shipper():
     ("[[outputs]]\ntype = \"http\"\nurl = \"https://x\"\nretries = 3\n", 4, "[[outputs]] #1 retries",
      "unknown option `retries`"),
     ("[[outputs]]\ntype = \"http\"\n", 1, "[[outputs]] #1", "missing required option `url`"),
-    ("[[outputs]]\ntype = \"http\"\nurl = \"http://127.0.0.1:1/\"\n", 1, "[[outputs]] #1", "TLS"),
+    ("[[outputs]]\ntype = \"http\"\nurl = \"http://127.0.0.1:1/\"\n", 3, "[[outputs]] #1 url", "TLS"),
+    # output options that cannot work (issue 8, fault 10)
+    (HTTP + "max_events = 0\n", 4, "[[outputs]] #1 max_events", "never send"),
+    (HTTP + "timeout = 0\n", 4, "[[outputs]] #1 timeout", "never deliver"),
+    (HTTP + "queue_max_bytes = 4096\n", 4, "[[outputs]] #1 queue_max_bytes", "one large record"),
+    (HTTP + "max_bytes = 10\n", 4, "[[outputs]] #1 max_bytes", "at least one record"),
+    (HTTP + "auth = \"bearer\"\n", 1, "[[outputs]] #1 secret", "needs a secret"),
+    (HTTP + "documents = \"signals\"\n", 4, "[[outputs]] #1 documents", "one of: events, alerts, both"),
+    ("[[outputs]]\npath = \"/tmp/x\"\nfsync_interval = 0\n", 3, "[[outputs]] #1 fsync_interval", "more than 0"),
+    ("[state]\ndir = \"\"\n", 2, "[state] dir", "must not be empty"),
     # rules spanning fields
     ("[kernel]\nbackpressure_strategy = \"kernel\"\nbacklog_wait_time = 60000\n", 3,
      "[kernel] backlog_wait_time", "sets backlog_wait_time to 0"),
@@ -259,3 +270,17 @@ def test_cli_check_summarises(tmp_path):
     assert "rule files set: backlog_limit=1024" in r.stdout
     assert f"output: file {tmp_path / 'o.jsonl'}" in r.stdout
     assert r.stdout.rstrip().endswith("OK")
+
+
+def test_run_check_rejects_output_options_that_cannot_work(tmp_path):
+    """Fault 10 (issue 8) in a real process: `run --check` stops at the first such option with
+    its file and line."""
+    import subprocess
+    import sys
+
+    p = tmp_path / "auditpipe.toml"
+    p.write_text('[[outputs]]\ntype = "http"\nurl = "https://127.0.0.1:9/"\nqueue_max_bytes = 1000\n')
+    r = subprocess.run([sys.executable, "-m", "auditpipe", "run", "--check", "--config", str(p)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert f"{p}:4: [[outputs]] #1 queue_max_bytes" in r.stderr

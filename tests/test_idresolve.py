@@ -106,3 +106,33 @@ def test_answers_expire(monkeypatch):
                                          ("", False), (None, False)])
 def test_enriched_names(name, real):
     assert is_real_name(name) is real
+
+
+def test_the_name_memo_ages_by_the_injected_clock():
+    """The ECS normalizer's only time reading is the age of its name memo: by the clock it is
+    given, so a renamed account is asked again once the memo is older than its ttl."""
+    from auditpipe.normalize.ecs_fields import Names
+
+    asked: list[str] = []
+
+    class Resolver:
+        def user(self, uid):
+            asked.append(uid)
+            return f"user{uid}"
+
+        def group(self, gid):
+            return None
+
+    now = [100.0]
+    names = Names(Resolver(), memo_ttl=10.0, clock=lambda: now[0])
+    assert names.lookup("1000", False) == names.lookup("1000", False) == "user1000"
+    assert asked == ["1000"]
+    for _ in range(256):
+        names.tick()
+    names.lookup("1000", False)
+    assert asked == ["1000"]  # still young
+    now[0] += 11
+    for _ in range(256):
+        names.tick()
+    names.lookup("1000", False)
+    assert asked == ["1000", "1000"]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from auditpipe.pipeline.backpressure import USERSPACE_RATE_LIMIT, BoundedQueue, resolve_strategy
+from auditpipe.sources.backpressure import USERSPACE_RATE_LIMIT, BoundedQueue, resolve_strategy
 
 
 def items(n, start=0):

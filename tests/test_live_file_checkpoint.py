@@ -11,12 +11,15 @@ import json
 import threading
 import time
 
-from test_live_runner import FakeSource, RecordingSink, execve_event
+from test_live_runner import FakeSource, RecordingSink, execve_event, outputs_of
 
-from auditpipe.config import load_config
-from auditpipe.pipeline.file_source import FileTailSource
+from auditpipe.config import FileOutput, HttpOutput, StdoutOutput, load_config
+from auditpipe.sources.file_source import FileTailSource
 from auditpipe.pipeline.live import LiveRunner
 from auditpipe.sources.tail import Tailer
+
+
+RAW = HttpOutput(url="http://x", tls=False, format="raw")
 
 
 def event_lines(serial: int) -> list[str]:
@@ -69,10 +72,8 @@ interval = 0.1
 [[outputs]]
 type = "stdout"
 {extra}""")
-    src = FileTailSource(str(log), str(tmp_path / "checkpoint.json"), interval=0.01)
-    runner = LiveRunner(cfg, src, sinks=sinks)
-    if specs is not None:
-        runner.output_specs = specs
+    src = FileTailSource(str(log), str(tmp_path / "checkpoint.json"), interval=0.01, start=cfg.source.start)
+    runner = LiveRunner(cfg, src, outputs=outputs_of(sinks, specs))
     return runner, src
 
 
@@ -198,7 +199,7 @@ def test_raw_outputs_get_the_lines_as_read_and_others_documents(tmp_path):
     log = tmp_path / "audit.log"
     log.write_text("")
     docs, raw = RecordingSink(), RawSink()
-    specs = [{"type": "file", "path": "x"}, {"type": "http", "url": "http://x", "format": "raw"}]
+    specs = [FileOutput(path="x"), RAW]
     runner, src = file_runner(tmp_path, log, [docs, raw], specs=specs)
     t = run(runner)
     written = event_lines(1) + ["garbage that does not parse"] + event_lines(2)
@@ -219,7 +220,7 @@ def test_raw_only_normalizes_nothing_and_commits_what_it_wrote(tmp_path):
     log = tmp_path / "audit.log"
     log.write_text("")
     raw = RawSink()
-    runner, src = file_runner(tmp_path, log, [raw], specs=[{"type": "http", "url": "http://x", "format": "raw"}])
+    runner, src = file_runner(tmp_path, log, [raw], specs=[RAW])
     t = run(runner)
     try:
         assert wait_until(lambda: src.tailer is not None)
@@ -248,8 +249,7 @@ type = "stdout"
 """)
     src = FakeSource()
     docs, raw = RecordingSink(), RawSink()
-    runner = LiveRunner(cfg, src, sinks=[docs, raw])
-    runner.output_specs = [{"type": "stdout"}, {"type": "http", "url": "http://x", "format": "raw"}]
+    runner = LiveRunner(cfg, src, outputs=outputs_of([docs, raw], [StdoutOutput(), RAW]))
     t = run(runner)
     try:
         src.push([(1300, b"not a record")] + execve_event(3))
@@ -278,7 +278,7 @@ def test_a_long_batch_is_written_and_committed_in_slices(tmp_path):
 
     sink = Sink()
     runner, src = file_runner(tmp_path, log, [sink], start="head",
-                              specs=[{"type": "http", "url": "http://x", "max_events": 40}])
+                              specs=[HttpOutput(url="http://x", tls=False, max_events=40)])
     commit = src.commit
 
     def spy(positions):

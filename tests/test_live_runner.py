@@ -10,10 +10,17 @@ import time
 
 import pytest
 
-from auditpipe.config import load_config
-from auditpipe.pipeline.backpressure import BoundedQueue, Strategy
+from auditpipe.config import StdoutOutput, load_config
 from auditpipe.pipeline.live import LiveRunner
+from auditpipe.pipeline.outputs import Output, Outputs
 from auditpipe.pipeline.status import read_status_file
+from auditpipe.sources.backpressure import BoundedQueue, Strategy
+
+
+def outputs_of(sinks, cfgs=None):
+    """Test sinks as the runtime's outputs (typed configs: stdout unless given)."""
+    cfgs = cfgs or [StdoutOutput()] * len(sinks)
+    return Outputs([Output(s, c) for s, c in zip(sinks, cfgs)])
 
 
 def execve_event(serial: int, sec: int = 1795294192, eoe: bool = True) -> list[tuple[int, bytes]]:
@@ -34,6 +41,11 @@ def execve_event(serial: int, sec: int = 1795294192, eoe: bool = True) -> list[t
 
 
 class FakeSource:
+    """A kernel-like Source (sources.base) fed by the test."""
+
+    kind = "kernel"
+    item_type = tuple
+
     def __init__(self):
         self.queue = BoundedQueue(1000, "drop")
         self.mode = "unicast"
@@ -57,12 +69,26 @@ class FakeSource:
     def start(self, ruleset):
         self.calls.append("start")
 
-    def poll_status(self):
-        return self.status
+    def poll(self):
+        pass
 
-    def restore_rules_and_status(self):
+    def commit(self, positions):
+        raise AssertionError("a kernel source has nothing to commit")
+
+    def release(self):
         self.calls.append("restore")
         return []
+
+    def counters(self):
+        q = self.queue
+        return {"records_received": self.messages, "kernel_lost": self.kernel_lost, "enobufs": self.enobufs,
+                "userspace_drops": q.dropped, "queue_depth": len(q), "queue_peak": q.peak,
+                "queue_blocked": q.blocked, "rules_installed": len(self.installed),
+                "rules_refused": self.rules_refused, "kernel_backlog": self.status.get("backlog", 0)}
+
+    def describe(self):
+        return {"mode": self.mode, "other_daemon": None, "backpressure_strategy": self.strategy.name,
+                "kernel_status": dict(self.status)}
 
     def stop_reader(self):
         self.calls.append("stop_reader")
@@ -70,8 +96,8 @@ class FakeSource:
     def reader_alive(self):
         return True
 
-    def reload(self, ruleset, settings=None):
-        self.reloaded.append((ruleset, settings))
+    def reconfigure(self, cfg, ruleset):
+        self.reloaded.append((ruleset, cfg))
 
     def close(self):
         self.calls.append("close")
@@ -107,7 +133,7 @@ type = "stdout"
 {extra}""")
     src = FakeSource()
     sink = RecordingSink()
-    runner = LiveRunner(cfg, src, sinks=[sink])
+    runner = LiveRunner(cfg, src, outputs=outputs_of([sink]))
     return runner, src, sink
 
 
@@ -267,8 +293,8 @@ def test_a_broken_reload_changes_nothing(tmp_path, caplog):
 def test_several_outputs_get_the_same_lines(tmp_path, n):
     runner, src, _ = make_runner(tmp_path)
     sinks = [RecordingSink() for _ in range(n)]
-    runner.sinks = sinks
-    runner.output_specs = [{"type": "stdout"}] * n
+    runner.outputs = outputs_of(sinks)
+    runner._setup_outputs()
     t = start(runner)
     try:
         src.push(execve_event(1))

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from auditpipe.normalize import panther_schema as ps
+from conftest import shared_path
 
 yaml = pytest.importorskip("yaml")
 
-SCHEMA = Path(__file__).resolve().parents[1].parent / "shared" / "schemas" / "linux-auditd.yml"
-
-
 @pytest.fixture(scope="module")
 def schema():
-    if not SCHEMA.exists():
-        pytest.skip(f"{SCHEMA} not available")
-    with SCHEMA.open() as f:
+    with shared_path("schemas", "linux-auditd.yml").open() as f:
         return yaml.safe_load(f)
 
 

@@ -56,6 +56,7 @@ class Agent:
         self.status = tmp_path / "status.json"
         self.log = tmp_path / "auditpipe.log"
         self.config = tmp_path / "auditpipe.toml"
+        self.state_dir = tmp_path / "state"
         self.config.write_text(f"""
 [kernel]
 mode = "{mode}"
@@ -71,6 +72,8 @@ path = "{self.out}"
 [status]
 path = "{self.status}"
 interval = 0.2
+[state]
+dir = "{self.state_dir}"
 """)
         self.proc: subprocess.Popen | None = None
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from auditpipe import tables as t
+from conftest import shared_path
 
 from conftest import SHARED
 
@@ -52,9 +53,7 @@ def test_record_types_are_only_message_types():
 
 
 def test_every_corpus_record_type_has_a_number():
-    corpus = SHARED / "corpus" / "enriched.log"
-    if not corpus.exists():
-        pytest.skip(f"{corpus} not available")
+    corpus = shared_path("corpus", "enriched.log")
     seen = set()
     with corpus.open(encoding="utf-8", errors="surrogateescape") as f:
         for line in f:

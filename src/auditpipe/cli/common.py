@@ -3,45 +3,30 @@ the pipeline with a progress bar, and reporting rejects."""
 
 from __future__ import annotations
 
-import itertools
 import os
-import secrets
 import sys
-import time
 import zlib
+from typing import Literal, cast
 
 import click
 
-from auditpipe.normalize import make_normalizer
+from auditpipe.config import Config, NormalizeConfig, ReassemblyConfig
 from auditpipe.normalize.jsonl import dumps_line
-from auditpipe.pipeline import Pipeline
-from auditpipe.reassembly import Reassembler
+from auditpipe.pipeline import assembly
 from auditpipe.sources.files import iter_line_chunks, open_audit_file
 
 __all__ = ["build_normalizer", "run_files", "RejectWriter"]
 
 MAX_REPORTED_REJECTS = 20
+Format = Literal["ecs", "panther", "coalesced"]
 
 
 def build_normalizer(fmt: str, resolve_ids: bool = True, passwd=None, group=None, include_raw: bool = False,
-                     extra_tags=None, **ecs_options):
-    """``ecs_options``: the ECS normalizer's host_metadata / document_ids (see normalize.ecs)."""
-    if fmt == "ecs":
-        from auditpipe.normalize.idresolve import IdResolver
-
-        resolver = IdResolver(passwd_file=passwd, group_file=group, enabled=resolve_ids)
-        return make_normalizer("ecs", resolver=resolver, include_raw=include_raw,
-                               extra_tags=None if extra_tags is None else tuple(extra_tags), **ecs_options)
-    if fmt == "panther":
-        return make_normalizer("panther", now=time.time, row_id=unique_row_ids())
-    return make_normalizer(fmt, include_raw=include_raw)
-
-
-def unique_row_ids():
-    """p_row_id values: a random per-process prefix and a counter (unique without a uuid per row)."""
-    prefix = secrets.token_hex(8)
-    counter = itertools.count(1)
-    return lambda: f"{prefix}{next(counter):x}"
+                     extra_tags=()):
+    """The normalizer for command-line options (the same assembly as a ``[normalize]`` table)."""
+    n = NormalizeConfig(format=cast(Format, fmt), resolve_ids=resolve_ids, passwd_file=passwd, group_file=group,
+                        include_raw=include_raw, tags=list(extra_tags))
+    return assembly.build_normalizer(n)
 
 
 class RejectWriter:
@@ -74,7 +59,8 @@ def _open_output(output: str):
 def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_flight=4096, progress=False) -> dict:
     """Parse `paths` in order (one stream: a rotated set continues across files) and write JSON lines."""
     reject = RejectWriter(rejects)
-    pipeline = Pipeline(normalize, Reassembler(timeout=timeout, max_in_flight=max_in_flight), on_reject=reject)
+    cfg = Config(reassembly=ReassemblyConfig(timeout=timeout, max_in_flight=max_in_flight))
+    pipeline = assembly.build_pipeline(cfg, reject, normalize=normalize)
     out, close_out = _open_output(output)
     write = out.write
     bar = _Progress(paths) if progress else None

@@ -97,10 +97,10 @@ def run(config_path, rules, fmt, output, mode, status_file, check, verbose):
             click.echo(f"Error: {err}", err=True)
         click.echo(f"{len(e.errors)} error(s) in the rule files: nothing was changed", err=True)
         sys.exit(2)
-    from auditpipe.pipeline.outputs import build_normalizer_from
+    from auditpipe.pipeline.assembly import build_source, normalizer_for
 
     try:
-        normalize = build_normalizer_from(cfg)
+        normalize = normalizer_for(cfg)
     except ConfigError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(2)
@@ -117,26 +117,14 @@ def run(config_path, rules, fmt, output, mode, status_file, check, verbose):
 
     from auditpipe.pipeline.live import LiveRunner
     from auditpipe.pipeline.outputs import open_outputs
-    from auditpipe.sources.kernel import KernelSource, KernelSourceError
+    from auditpipe.sources.kernel import KernelSourceError
 
     try:
-        sinks = open_outputs(cfg)
+        outputs = open_outputs(cfg)
     except ConfigError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(2)
-    k = cfg.kernel
-    if cfg.source.type == "file":
-        from auditpipe.pipeline.file_source import FileTailSource
-
-        source = FileTailSource(cfg.source.path, cfg.source.checkpoint, k.queue_size)
-    else:
-        source = KernelSource(mode=k.mode, strategy=k.backpressure_strategy, backlog_limit=k.backlog_limit,
-                              rate_limit=k.rate_limit, failure=cfg.failure_value(),
-                              backlog_wait_time=k.backlog_wait_time, immutable=k.immutable,
-                              keep_rules_on_exit=k.keep_rules_on_exit, exclude_self=k.exclude_self,
-                              purge=cfg.rules.purge, rcvbuf=k.rcvbuf, queue_size=k.queue_size,
-                              batch_delay=k.batch_delay)
-    runner = LiveRunner(cfg, source, normalize=normalize, sinks=sinks, reload_config=load,
+    runner = LiveRunner(cfg, build_source(cfg), normalize=normalize, outputs=outputs, reload_config=load,
                         compile_rules=_compile)
     try:
         code = runner.run(None if cfg.source.type == "file" else ruleset)
@@ -161,7 +149,9 @@ def _print_check(cfg, ruleset) -> None:
         if ruleset.status:
             click.echo("rule files set: " + ", ".join(f"{a}={b}" for a, b in ruleset.status.items()))
     click.echo(f"format: {cfg.normalize.format}")
-    for spec in cfg.output_specs():
-        click.echo(f"output: {spec['type']} {spec.get('path') or spec.get('url') or ''}".rstrip())
+    from auditpipe.pipeline.outputs import describe_output
+
+    for o in cfg.outputs:
+        click.echo(f"output: {type(o).__struct_config__.tag} {describe_output(o)} (documents: {o.documents})")
     click.echo(f"status file: {cfg.status.path}")
     click.echo("OK")

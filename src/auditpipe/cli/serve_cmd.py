@@ -54,12 +54,12 @@ def serve(listen, tls_cert, tls_key, tls_client_ca, auth, auth_header, auth_secr
           rotate_size, generations, fsync, event_wait):
     """Receive audit records over HTTP (Fluent Bit json_lines, raw text, JSON arrays, or events from
     another auditpipe), reassemble them per sender, normalize and write them to a file."""
-    from auditpipe.cli.common import build_normalizer
-    from auditpipe.pipeline import Pipeline
-    from auditpipe.reassembly import Reassembler
+    from auditpipe.config import Config, NormalizeConfig, ReassemblyConfig
+    from auditpipe.pipeline.assembly import build_normalizer, build_pipeline
     from auditpipe.sinks.file import FileSink
     from auditpipe.sinks.stdout import StdoutSink
-    from auditpipe.sources.http_receiver import Receiver, ReceiverConfig, make_ssl_context, parse_size, serve as run
+    from auditpipe.sources.http_receiver import Receiver, ReceiverConfig, make_ssl_context, parse_size
+    from auditpipe.sources.http_receiver import serve as run
 
     host, port = split_listen(listen)
     if auth != "none" and not auth_secret:
@@ -77,10 +77,13 @@ def serve(listen, tls_cert, tls_key, tls_client_ca, auth, auth_header, auth_secr
     if auth == "none" and not _is_loopback(host):
         click.echo("auditpipe serve: warning: --auth none on a non-loopback address", err=True)
 
-    normalize = build_normalizer(fmt)
+    # one pipeline per sender, built as `run` and `parse` build theirs, from typed settings
+    pipe_cfg = Config(normalize=NormalizeConfig(format=fmt),
+                      reassembly=ReassemblyConfig(timeout=cfg.event_timeout, wall_timeout=cfg.wall_timeout))
+    normalize = build_normalizer(pipe_cfg.normalize)
 
     def pipeline_factory(on_reject):
-        return Pipeline(normalize, Reassembler(timeout=2.0, wall_timeout=event_wait), on_reject=on_reject)
+        return build_pipeline(pipe_cfg, on_reject, normalize=normalize)
 
     sink = StdoutSink() if output == "-" else FileSink(output, max_bytes=rotate, generations=generations, fsync=fsync)
     ssl_context = make_ssl_context(tls_cert, tls_key, tls_client_ca) if tls_cert else None

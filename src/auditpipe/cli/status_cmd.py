@@ -34,7 +34,10 @@ COUNTERS = [
     ("in_flight_events", "events waiting for their last record"),
     ("queue_depth", "queue depth"),
     ("queue_peak", "queue peak"),
-    ("output_errors", "output write errors"),
+    ("output_errors", "output writes that failed (retried)"),
+    ("output_holds", "times an output stopped accepting writes"),
+    ("output_held_seconds", "seconds outputs were held"),
+    ("pending_documents", "documents waiting for an output"),
     ("internal_errors", "records that met a bug (logged)"),
     ("rules_installed", "rules installed"),
     ("rules_refused", "rules the kernel refused"),
@@ -159,6 +162,9 @@ def status(status_file, config_path, as_json):
         con.print(f"mode {agent.get('mode')}" + (f" (beside {other['comm']} pid {other['pid']})" if other else "")
                   + f", backpressure {agent.get('backpressure_strategy')}, format {agent.get('format')}")
         con.print(f"outputs: {outs}")
+        if agent.get("held_since"):
+            con.print(f"[red]held since {agent['held_since']}[/]: {agent.get('held_cause')} "
+                      "(nothing more is read from the source until the output accepts writes)")
         con.print(f"started {agent.get('started')}; updated {_age(agent.get('updated'))}")
         con.print(f"status file: {status_file}")
     else:

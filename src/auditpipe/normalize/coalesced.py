@@ -3,37 +3,49 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from auditpipe import tables
 from auditpipe.parsing import decode_sockaddr, execve_argv, proctitle_argv
 
-__all__ = ["make_coalesced_normalizer", "iso_timestamp"]
+__all__ = ["IsoTimestamps", "make_coalesced_normalizer", "iso_timestamp"]
 
 _T = tables.RECORD_TYPE_NUMBERS
 _EXECVE = _T.get("EXECVE", 1309)
 _PROCTITLE = _T.get("PROCTITLE", 1327)
 _SOCKADDR = _T.get("SOCKADDR", 1306)
 
-_second_cache: dict[int, str] = {}
-
-
 def iso_timestamp(sec: int, msec: int) -> str:
-    """ISO 8601 UTC with milliseconds; the seconds part is cached (events cluster in time)."""
-    head = _second_cache.get(sec)
-    if head is None:
-        if len(_second_cache) > 4096:
-            _second_cache.clear()
-        head = _second_cache[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-    return f"{head}.{msec:03d}Z"
+    """ISO 8601 UTC with milliseconds."""
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(sec))}.{msec:03d}Z"
+
+
+class IsoTimestamps:
+    """:func:`iso_timestamp` with the seconds part cached (events cluster in time); one per
+    normalizer."""
+
+    __slots__ = ("_seconds",)
+
+    def __init__(self) -> None:
+        self._seconds: dict[int, str] = {}
+
+    def __call__(self, sec: int, msec: int) -> str:
+        head = self._seconds.get(sec)
+        if head is None:
+            if len(self._seconds) > 4096:
+                self._seconds.clear()
+            head = self._seconds[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{head}.{msec:03d}Z"
 
 
 def make_coalesced_normalizer(include_raw: bool = False):
     """`include_raw`: each record also carries its line as read (`raw`), byte for byte."""
+    iso_timestamp = IsoTimestamps()
 
     def normalize(event) -> list[dict]:
-        recs = []
+        recs: list[dict[str, Any]] = []
         execs = None
-        doc = {"id": f"{event.time}:{event.serial}"}
+        doc: dict[str, Any] = {"id": f"{event.time}:{event.serial}"}
         if event.node is not None:
             doc["node"] = event.node
         doc["timestamp"] = iso_timestamp(event.sec, event.msec)

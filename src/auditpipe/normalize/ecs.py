@@ -16,9 +16,11 @@ between documents and must not be mutated).
 
 from __future__ import annotations
 
+import time
+
 from auditpipe import tables
 from auditpipe.normalize.agent import document_id
-from auditpipe.normalize.coalesced import iso_timestamp
+from auditpipe.normalize.coalesced import IsoTimestamps
 from auditpipe.normalize.ecs_fields import (
     Names, apply_entities, build_address, build_file, build_user, drop_redundant_effective,
 )
@@ -69,11 +71,10 @@ class _SyscallFacts:
         self.norm = norm
 
 
-_facts_cache: dict = {}
-
-
-def _syscall_facts(arch_hex: str | None, num: str | None, enriched: dict | None) -> _SyscallFacts:
-    """Arch name, syscall name and its normalization, cached per (arch, number)."""
+def _syscall_facts(_facts_cache: dict, arch_hex: str | None, num: str | None,
+                   enriched: dict | None) -> _SyscallFacts:
+    """Arch name, syscall name and its normalization, cached per (arch, number) in the
+    normalizer's own ``_facts_cache``."""
     if enriched is not None:
         arch_name = enriched.get("ARCH")
         sc_name = enriched.get("SYSCALL")
@@ -143,7 +144,7 @@ def _path_fields(f: dict) -> dict:
 
 
 def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnings: bool = False, extra_tags=None,
-                        host_metadata=None, document_ids: bool = False):
+                        host_metadata=None, document_ids: bool = False, clock=time.monotonic):
     """A normalizer `Event -> [ECS document]`.
 
     resolver: an `IdResolver` (or None: names only from ENRICHED input).
@@ -155,6 +156,7 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
     as Elastic Agent adds them.
     document_ids: each document starts with `_id`, the event's stable id (`agent.document_id`),
     which the Elasticsearch output takes off and uses as the bulk `_id`.
+    clock: monotonic seconds, for the age of the name memo (see `Names`).
 
     Documents share some values with each other and with the event's records (the per-kind
     event.category/type lists, PATH field dicts that needed no change): treat them as read-only.
@@ -163,7 +165,9 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
         extra_tags = host_metadata.tags if host_metadata is not None else ()
     extra_tags = list(extra_tags)
     meta = host_metadata
-    names = Names(resolver)
+    iso_timestamp = IsoTimestamps()
+    facts_cache: dict = {}  # (arch, syscall) → _SyscallFacts, this normalizer's
+    names = Names(resolver, clock=clock)
     names_tick = names.tick
     # closure cells: cheaper than module globals on the hot path
     SYSCALL, PATH, EXECVE, CWD, PROCTITLE, SOCKADDR, EOE, LOGIN = (
@@ -208,7 +212,7 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
 
         enriched = main.enriched
         if syscall is not None:
-            facts = _syscall_facts(data.get("arch"), data.get("syscall"), enriched)
+            facts = _syscall_facts(facts_cache, data.get("arch"), data.get("syscall"), enriched)
             if facts.arch is not None:
                 data["arch"] = facts.arch
             if facts.name is not None:

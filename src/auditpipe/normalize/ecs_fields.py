@@ -44,21 +44,22 @@ class Names:
     it is due, so renamed accounts and lookups that were still running get asked again.
     """
 
-    __slots__ = ("resolver", "users", "groups", "identities", "memo_ttl", "expires", "count")
+    __slots__ = ("resolver", "users", "groups", "identities", "memo_ttl", "expires", "count", "clock")
 
-    def __init__(self, resolver, memo_ttl: float = 10.0):
+    def __init__(self, resolver, memo_ttl: float = 10.0, clock=time.monotonic):
         self.resolver = resolver
         self.users: dict = {}
         self.groups: dict = {}
         self.identities: dict = {}
         self.memo_ttl = memo_ttl
-        self.expires = time.monotonic() + memo_ttl
+        self.clock = clock  # injected: the memo's age is the only time the normalizer looks at
+        self.expires = clock() + memo_ttl
         self.count = 0
 
     def tick(self) -> None:
         self.count += 1
         if self.count & 255 == 0:
-            now = time.monotonic()
+            now = self.clock()
             if now >= self.expires or len(self.identities) > 4096 or len(self.users) + len(self.groups) > 65536:
                 self.users.clear()
                 self.groups.clear()

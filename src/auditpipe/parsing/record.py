@@ -18,7 +18,7 @@ from itertools import repeat
 
 from auditpipe import tables
 
-__all__ = ["Record", "ParseError", "parse_line", "parse_kernel", "parse_body", "MAX_LINE"]
+__all__ = ["Parser", "Record", "ParseError", "parse_line", "parse_kernel", "parse_body", "MAX_LINE"]
 
 # The kernel caps one audit message at MAX_AUDIT_MESSAGE_LENGTH (8970) bytes; auditd then adds
 # `node=…` and the ENRICHED part. Longer lines are not rejected for their length alone, but a line
@@ -91,7 +91,25 @@ def _header_stamp(stamp: str) -> tuple[str, int, int, int]:
 _HEADER = re.compile(r"(?:node=([^ ]*) )?type=([^ ]+) msg=audit\((([0-9]+)\.([0-9]+)):([0-9]+)\):? ?")
 
 
-def parse_line(line: str) -> Record:
+class Parser:
+    """A parser with its own memos (see ``_MEMO_TYPES`` and ``_parse_enriched``): one per
+    pipeline, so nothing is shared between pipelines and nothing lives at module level. The
+    module functions :func:`parse_line` and :func:`parse_kernel` parse without memos."""
+
+    __slots__ = ("body_memo", "enriched_memo")
+
+    def __init__(self) -> None:
+        self.body_memo: dict[str, dict] = {}
+        self.enriched_memo: dict[str, dict] = {}
+
+    def parse_line(self, line: str) -> Record:
+        return parse_line(line, self)
+
+    def parse_kernel(self, type_num: int, payload: bytes) -> Record:
+        return parse_kernel(type_num, payload, self)
+
+
+def parse_line(line: str, memo: Parser | None = None) -> Record:
     """Parse one audit.log line (with or without `node=` and trailing newline)."""
     if line[-1:] == "\n":
         line = line[:-1]
@@ -107,7 +125,7 @@ def parse_line(line: str) -> Record:
     num = _TYPE_NUMBERS.get(type_name)
     if num is None:
         type_name, num = _type_of(type_name)
-    fields, enriched = parse_body(line[m.end():], num)
+    fields, enriched = parse_body(line[m.end():], num, memo)
     return Record(node, type_name, num, time, int(sec), int(msec), int(serial), fields, enriched, raw)
 
 
@@ -135,7 +153,7 @@ def _header_problem(line: str) -> str:
     return "malformed header"
 
 
-def parse_kernel(type_num: int, payload: bytes) -> Record:
+def parse_kernel(type_num: int, payload: bytes, memo: Parser | None = None) -> Record:
     """Parse a netlink message: `type_num` from nlmsghdr, payload `audit(SEC.MSEC:SERIAL): body`."""
     text = payload.rstrip(b"\0\n").decode("utf-8", "surrogateescape")
     if not text.startswith("audit("):
@@ -145,25 +163,27 @@ def parse_kernel(type_num: int, payload: bytes) -> Record:
         raise ParseError("unterminated audit( header")
     time, sec, msec, serial = _header_stamp(text[6:close])
     name = _TYPE_NAMES.get(type_num) or f"UNKNOWN[{type_num}]"
-    fields, enriched = parse_body(text[close + 3 :], type_num)
+    fields, enriched = parse_body(text[close + 3 :], type_num, memo)
     return Record(None, name, type_num, time, sec, msec, serial, fields, enriched, f"type={name} msg={text}")
 
 
-def parse_body(body: str, type_num: int = 0) -> tuple[dict, dict | None]:
-    """Body text → (fields, enriched). Never raises on odd content: odd tokens are kept as text."""
+def parse_body(body: str, type_num: int = 0, memo: Parser | None = None) -> tuple[dict, dict | None]:
+    """Body text → (fields, enriched). Never raises on odd content: odd tokens are kept as text.
+    With ``memo``, repeated bodies of ``_MEMO_TYPES`` and enriched parts share one dict (read-only)."""
     enriched = None
     gs = body.find(GS)
     if gs >= 0:
-        enriched = _parse_enriched(body[gs + 1 :])
+        enriched = _parse_enriched(body[gs + 1 :], memo)
         body = body[:gs]
     # user-space records carry their payload in msg='…'; the payload may itself hold a ' inside
     # double quotes, so its end is the last ' of the body, not the next one.
-    if type_num in _MEMO_TYPES:
-        fields = _body_memo.get(body)
+    if memo is not None and type_num in _MEMO_TYPES:
+        bodies = memo.body_memo
+        fields = bodies.get(body)
         if fields is None:
-            if len(_body_memo) >= 16384:
-                _body_memo.clear()
-            fields = _body_memo[body] = _parse_fields(body, type_num)
+            if len(bodies) >= 16384:
+                bodies.clear()
+            fields = bodies[body] = _parse_fields(body, type_num)
         return fields, enriched
     return _parse_fields(body, type_num), enriched
 
@@ -182,11 +202,10 @@ def _parse_fields(body: str, type_num: int) -> dict:
 
 
 # Bodies of these types repeat from event to event (the same binary and loader in PATH, the same
-# working directory, the same capability sets in BPRM_FCAPS): their parses are memoized and the
-# fields dict is shared between records with the same body — read-only, like `enriched`.
+# working directory, the same capability sets in BPRM_FCAPS): a Parser memoizes their parses and
+# the fields dict is shared between records with the same body — read-only, like `enriched`.
 # (A body of one of them holds no type-dependent encoding, so the body text alone is the key.)
 _MEMO_TYPES = frozenset(_TYPE_NUMBERS[n] for n in ("PATH", "CWD", "BPRM_FCAPS") if n in _TYPE_NUMBERS)
-_body_memo: dict[str, dict] = {}
 
 
 def _put(fields: dict, key: str, value) -> None:
@@ -246,9 +265,9 @@ def _parse_pairs(text: str, type_num: int) -> dict:
                         if v[:1] != '"':
                             d[k] = decode_hex_value(v)
                     if type_num == _PROCTITLE:
-                        v = d.get("proctitle")
-                        if v is not None and v[:1] != '"':
-                            d["proctitle"] = decode_hex_value(v)
+                        title = d.get("proctitle")
+                        if title is not None and title[:1] != '"':
+                            d["proctitle"] = decode_hex_value(title)
                 q = text.find('="')
                 while q >= 0:  # one "= per quoted value here: strip only those
                     k = text[text.rfind(" ", 0, q) + 1 : q]
@@ -266,7 +285,7 @@ def _parse_tokens(text: str, fields: dict, type_num: int) -> None:
     tokens = text.split(" ")
     n = len(tokens)
     i = 0
-    words = None
+    words: list[str] | None = None
     last_key = None
     while i < n:
         tok = tokens[i]
@@ -356,17 +375,17 @@ def decode_hex_value(val: str) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
-_enriched_memo: dict[str, dict] = {}
-
-
-def _parse_enriched(text: str) -> dict:
+def _parse_enriched(text: str, memo: Parser | None) -> dict:
     """The ENRICHED part repeats from record to record (`ARCH=x86_64 SYSCALL=execve UID="root"…`),
-    so parses are memoized: the dict is shared between records and must not be modified."""
-    d = _enriched_memo.get(text)
+    so a Parser memoizes parses: the dict is shared between records and must not be modified."""
+    if memo is None:
+        return _parse_enriched_text(text)
+    seen = memo.enriched_memo
+    d = seen.get(text)
     if d is None:
-        if len(_enriched_memo) >= 8192:
-            _enriched_memo.clear()
-        d = _enriched_memo[text] = _parse_enriched_text(text)
+        if len(seen) >= 8192:
+            seen.clear()
+        d = seen[text] = _parse_enriched_text(text)
     return d
 
 

@@ -23,9 +23,11 @@ def decode_sockaddr(hexstr: str) -> dict:
         return {"family": "invalid"}
     fam = int.from_bytes(raw[:2], "little")  # sa_family is host order; audit runs on the host
     if fam == _AF_INET and len(raw) >= 8:
-        return {"family": "inet", "addr": str(ipaddress.IPv4Address(raw[4:8])), "port": struct.unpack(">H", raw[2:4])[0]}
+        return {"family": "inet", "addr": str(ipaddress.IPv4Address(raw[4:8])),
+                "port": struct.unpack(">H", raw[2:4])[0]}
     if fam == _AF_INET6 and len(raw) >= 24:
-        out = {"family": "inet6", "addr": str(ipaddress.IPv6Address(raw[8:24])), "port": struct.unpack(">H", raw[2:4])[0]}
+        out = {"family": "inet6", "addr": str(ipaddress.IPv6Address(raw[8:24])),
+               "port": struct.unpack(">H", raw[2:4])[0]}
         flow, = struct.unpack(">I", raw[4:8])
         if flow:
             out["flowinfo"] = flow

@@ -6,10 +6,14 @@ Bad lines never stop the stream: each is counted and handed to `on_reject(where,
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from auditpipe.parsing import ParseError, parse_kernel, parse_line
-from auditpipe.reassembly import Reassembler
+from auditpipe.parsing import ParseError, Parser, parse_kernel, parse_line
+from auditpipe.pipeline.stages import Stage, close_stages, run_stages, stage_metrics, tick_stages
+from auditpipe.reassembly import Event, Reassembler
 
 __all__ = ["Pipeline", "Counters"]
 
@@ -21,7 +25,7 @@ class Counters:
     rejects: int = 0
     documents: int = 0
 
-    def as_dict(self, reassembler: Reassembler) -> dict:
+    def as_dict(self, reassembler: Reassembler) -> dict[str, int]:
         return {
             "records": self.records,
             "events": reassembler.events,
@@ -33,29 +37,67 @@ class Counters:
         }
 
 
-def _ignore_reject(where, line, reason) -> None:
+Normalizer = Callable[[Event], list]
+#: seconds between two calls of the stages' ``tick``
+STAGE_TICK = 1.0
+RejectHandler = Callable[[str, str, str], None]
+
+
+def _ignore_reject(where: str, line: str, reason: str) -> None:
     pass
 
 
 class Pipeline:
-    def __init__(self, normalize, reassembler: Reassembler | None = None, on_reject=None):
-        self.normalize = normalize
+    """Parse → reassemble → normalize → stages. ``clock`` is the wall clock the stages are given
+    (``now`` of :meth:`feed_line` and friends is the reassembler's clock, monotonic when live)."""
+
+    def __init__(self, normalize: Normalizer, reassembler: Reassembler | None = None,
+                 on_reject: RejectHandler | None = None, stages: Sequence[Stage] = (),
+                 clock: Callable[[], float] = time.time) -> None:
         self.reassembler = reassembler or Reassembler()
         self.on_reject = on_reject or _ignore_reject
         self.counters = Counters()
+        self.parser = Parser()  # this pipeline's memos
+        self.stages: tuple[Stage, ...] = tuple(stages)
+        self.clock = clock
+        self._next_stage_tick = 0.0
+        self._normalize = normalize
+        self._convert = normalize
+        self.normalize = normalize
 
-    def _events_out(self, events) -> list:
-        docs = []
-        normalize = self.normalize
+    @property
+    def normalize(self) -> Normalizer:
+        return self._normalize
+
+    @normalize.setter
+    def normalize(self, normalize: Normalizer) -> None:
+        """Setting the normalizer keeps the stages after it (``_convert`` is what runs)."""
+        self._normalize = normalize
+        self._convert = normalize if not self.stages else self._with_stages
+
+    def add_stages(self, stages: Sequence[Stage]) -> None:
+        """Stages that need what exists only once the source has started (the rules it
+        installed, the runner's counters) join after those built from the config."""
+        self.stages += tuple(stages)
+        self.normalize = self._normalize
+
+    def _with_stages(self, ev: Event) -> list:
+        return run_stages(self.stages, ev, self._normalize(ev), self.clock())
+
+    def _events_out(self, events: Iterable[Event]) -> list:
+        docs: list = []
+        convert = self._convert
         for ev in events:
-            docs.extend(normalize(ev))
+            docs.extend(convert(ev))
         self.counters.documents += len(docs)
         return docs
 
-    def feed_lines(self, lines, where: str = "-", first_lineno: int = 1, now: float | None = None) -> list:
+    def feed_lines(self, lines: Sequence[str], where: str = "-", first_lineno: int = 1,
+                   now: float | None = None) -> list:
         """Feed many lines at once (the fast path for files). Blank lines are skipped."""
         feed = self.reassembler.feed
-        normalize = self.normalize
+        normalize = self._convert
+        memo = self.parser
         docs: list = []
         c = self.counters
         records = 0
@@ -63,7 +105,7 @@ class Pipeline:
             if not line:
                 continue
             try:
-                rec = parse_line(line)
+                rec = parse_line(line, memo)
             except ParseError as e:
                 c.rejects += 1
                 self.on_reject(f"{where}:{first_lineno + i}", line, e.reason)
@@ -82,7 +124,7 @@ class Pipeline:
         c = self.counters
         c.lines += 1
         try:
-            rec = parse_line(line)
+            rec = parse_line(line, self.parser)
         except ParseError as e:
             c.rejects += 1
             self.on_reject(where, line, e.reason)
@@ -90,22 +132,46 @@ class Pipeline:
         c.records += 1
         return self._events_out(self.reassembler.feed(rec, now))
 
-    def feed_kernel(self, type_num: int, payload: bytes, now: float | None = None) -> list:
+    def feed_kernel(self, type_num: int, payload: bytes, now: float | None = None,
+                    raw: list[str] | None = None) -> list:
+        """One netlink message; with ``raw``, the record's text line is appended to it (for
+        outputs that forward records as read)."""
         c = self.counters
         try:
-            rec = parse_kernel(type_num, payload)
+            rec = parse_kernel(type_num, payload, self.parser)
         except ParseError as e:
             c.rejects += 1
             self.on_reject(f"netlink type {type_num}", payload.decode("utf-8", "surrogateescape"), e.reason)
             return []
         c.records += 1
+        if raw is not None:
+            raw.append(rec.raw)
         return self._events_out(self.reassembler.feed(rec, now))
 
     def tick(self, now: float) -> list:
-        return self._events_out(self.reassembler.tick(now))
+        """The reassembler's wall-clock timeouts (``now``: its clock); the stages' ``tick`` about
+        every second of the injected wall clock."""
+        docs = self._events_out(self.reassembler.tick(now))
+        if self.stages:
+            wall = self.clock()
+            if wall >= self._next_stage_tick:
+                self._next_stage_tick = wall + STAGE_TICK
+                docs += self._counted(tick_stages(self.stages, wall))
+        return docs
 
     def flush(self) -> list:
-        return self._events_out(self.reassembler.flush())
+        """Every event still open, then the stages' last documents (``Stage.close``)."""
+        docs = self._events_out(self.reassembler.flush())
+        if self.stages:
+            docs += self._counted(close_stages(self.stages, self.clock()))
+        return docs
 
-    def stats(self) -> dict:
+    def _counted(self, docs: list) -> list:
+        self.counters.documents += len(docs)
+        return docs
+
+    def stage_metrics(self) -> dict[str, Any]:
+        return stage_metrics(self.stages)
+
+    def stats(self) -> dict[str, int]:
         return self.counters.as_dict(self.reassembler)

@@ -4,8 +4,13 @@ returns the events that are complete, in the order their first record arrived.
 An event is complete on EOE, on a record type that always ends an event (PROCTITLE, user-space
 and daemon types, anomalies), when it is older than `timeout` seconds of audit time behind the
 newest record seen (and at least `grace` records have arrived since its own last one, so that a
-record written just after a much newer one still finds its event), when more than `max_in_flight` events are open, when `wall_timeout`
-seconds of wall clock pass without it completing (live only), or at `flush()`.
+record written just after a much newer one still finds its event), when more than
+`max_in_flight` events are open, when `wall_timeout` seconds of wall clock pass without it
+completing (live only), or at `flush()`.
+
+The clock is the caller's: `feed` and `tick` take `now`. What the reassembler keeps about an open
+event (complete yet, when it opened, its last record, late) is in its own `_Pending` record; the
+`Event` handed out holds only the event.
 """
 
 from __future__ import annotations
@@ -50,12 +55,11 @@ _ENDS = frozenset(n for n in range(1 << 12) if ends_event(n))  # audit types sto
 
 
 class Event:
-    """The records of one (node, time, serial)."""
+    """The records of one (node, time, serial): what the reassembler hands out."""
 
-    __slots__ = ("node", "time", "sec", "msec", "serial", "ts", "records", "partial", "done", "opened_at", "last_rec",
-                 "late")
+    __slots__ = ("node", "time", "sec", "msec", "serial", "ts", "records", "partial")
 
-    def __init__(self, node, time, sec, msec, serial, opened_at=None):
+    def __init__(self, node, time, sec, msec, serial):
         self.node = node
         self.time = time
         self.sec = sec
@@ -64,10 +68,6 @@ class Event:
         self.ts = sec + msec * 0.001
         self.records = []
         self.partial = False
-        self.done = False
-        self.opened_at = opened_at
-        self.last_rec = 0
-        self.late = False
 
     @property
     def id(self) -> str:
@@ -75,6 +75,21 @@ class Event:
 
     def __repr__(self) -> str:
         return f"Event({self.id} node={self.node} {[r.type for r in self.records]}{' partial' if self.partial else ''})"
+
+
+class _Pending:
+    """The reassembler's own record of an event not yet emitted (never handed out)."""
+
+    __slots__ = ("event", "records", "ts", "done", "opened_at", "last_rec", "late")
+
+    def __init__(self, event: Event, opened_at: float | None) -> None:
+        self.event = event
+        self.records = event.records
+        self.ts = event.ts
+        self.done = False  # its last record came: nothing more joins it
+        self.opened_at = opened_at  # wall clock when its first record came (live)
+        self.last_rec = 0  # the reassembler's record count at its last record
+        self.late = False  # its records came after its key had ended
 
 
 def looks_cut_short(event: Event) -> bool:
@@ -110,10 +125,10 @@ class Reassembler:
         self.grace = grace
         self.max_in_flight = max_in_flight
         self.wall_timeout = wall_timeout
-        self._queue: deque = deque()
+        self._queue: deque[_Pending] = deque()
         self._open: dict = {}
         self._ended: dict = {}  # recently ended keys → whether a later record is late
-        self._held = None  # the event the last record (a PROCTITLE) ended, still open for its EOE
+        self._held: _Pending | None = None  # the event the last record (a PROCTITLE) ended, open for its EOE
         self._recent_ids = recent_ids
         self._newest = 0.0
         self.serials = SerialTracker()
@@ -153,7 +168,8 @@ class Reassembler:
         held = self._held
         if held is not None:  # the event ended by the previous PROCTITLE: this record is its EOE or not
             self._held = None
-            hkey = (held.node, held.time, held.serial)
+            hev = held.event
+            hkey = (hev.node, hev.time, hev.serial)
             if opened.get(hkey) is held:
                 del opened[hkey]
             if hkey == key and t == _EOE:
@@ -164,11 +180,11 @@ class Reassembler:
             ended = self._ended.get(key)
             if ended is not None and t == _EOE:
                 return []  # the end marker of an event already ended: it carries nothing more
-            ev = Event(record.node, record.time, record.sec, record.msec, record.serial, now)
+            ev = _Pending(Event(record.node, record.time, record.sec, record.msec, record.serial), now)
             if ev.ts > self._newest:  # the records of one event share its timestamp
                 self._newest = ev.ts
             if ended:
-                ev.partial = True
+                ev.event.partial = True
                 ev.late = True
             elif ended is None and not (_FIRST_DAEMON <= t <= _LAST_DAEMON):
                 # auditd's own records carry auditd's counter, not the kernel's: not a gap
@@ -200,7 +216,7 @@ class Reassembler:
 
     def flush(self) -> list:
         """End of input: every event still queued leaves."""
-        out = []
+        out: list[Event] = []
         while self._queue:
             self._emit(self._queue.popleft(), out)
         self._open.clear()
@@ -208,7 +224,7 @@ class Reassembler:
         self.serials.flush()
         return out
 
-    def _end(self, key, ev: Event) -> None:
+    def _end(self, key, ev: _Pending) -> None:
         # a record arriving after a standalone record of the same serial (LOGIN's SYSCALL)
         # starts a new event; after anything else it is late
         ended = self._ended
@@ -217,7 +233,7 @@ class Reassembler:
             del ended[next(iter(ended))]
 
     def _drain(self, now, release_held: bool = False) -> list:
-        out = []
+        out: list[Event] = []
         horizon = self._newest - self.timeout
         wall = self.wall_timeout
         queue = self._queue
@@ -230,7 +246,7 @@ class Reassembler:
                     if not (release_held or too_many):
                         break
                     self._held = None
-                    key = (ev.node, ev.time, ev.serial)
+                    key = (ev.event.node, ev.event.time, ev.event.serial)
                     if opened.get(key) is ev:
                         del opened[key]
             else:
@@ -238,7 +254,8 @@ class Reassembler:
                 stale = wall is not None and now is not None and ev.opened_at is not None and now - ev.opened_at >= wall
                 if not (too_many or aged or stale):
                     break
-                key = (ev.node, ev.time, ev.serial)
+                e = ev.event
+                key = (e.node, e.time, e.serial)
                 if opened.get(key) is ev:
                     del opened[key]
                 self._end(key, ev)
@@ -246,8 +263,9 @@ class Reassembler:
             self._emit(ev, out)
         return out
 
-    def _emit(self, ev: Event, out: list) -> None:
-        if not ev.done and not ev.partial and looks_cut_short(ev):
+    def _emit(self, pending: _Pending, out: list) -> None:
+        ev = pending.event
+        if not pending.done and not ev.partial and looks_cut_short(ev):
             ev.partial = True
         if ev.partial:
             self.partial += 1

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import msgspec
 import orjson
 
+from auditpipe.config import ElasticsearchOutput
 from auditpipe.normalize.es_indexed import to_indexed
 from auditpipe.sinks.transport import (
     Outcome,
@@ -48,79 +49,6 @@ COMPAT_HEADERS = {
     "accept": "application/vnd.elasticsearch+json; compatible-with=8",
     "content-type": "application/vnd.elasticsearch+x-ndjson; compatible-with=8",
 }
-_BAD_NAME_CHARS = set('\\/*?"<>| ,#:-')
-
-
-class ElasticsearchOutput(msgspec.Struct, forbid_unknown_fields=True, kw_only=True,
-                          tag="elasticsearch", tag_field="type"):
-    """``[[outputs]] type = "elasticsearch"`` (docs/outputs.md has worked examples)."""
-
-    hosts: list[str] = msgspec.field(default_factory=lambda: ["https://localhost:9200"])
-    #: one of: api_key (the base64 "id:key" Kibana shows), username + password, bearer
-    api_key: str | None = None
-    username: str | None = None
-    password: str | None = None
-    bearer: str | None = None
-    tls_verify: bool = True
-    ca_file: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
-    #: target: logs-<dataset>-<namespace>
-    dataset: str = "auditd_manager.auditd"
-    namespace: str = "default"
-    #: an ingest pipeline to run (default: the data stream's own default_pipeline, if any)
-    pipeline: str | None = None
-    #: "indexed": shaped here as the integration's pipeline shapes them; "pipeline": as Elastic
-    #: Agent sends them, for clusters where the integration's pipeline is installed
-    shape: Literal["indexed", "pipeline"] = "indexed"
-    documents: Literal["events", "alerts", "both"] = "events"
-    compression: Literal["gzip", "none"] = "gzip"
-    #: 1 (fast) … 9 (small); 3 is as fast as 1 here and compresses bulk bodies ~22:1
-    compression_level: int = 3
-    max_events: int = 1000
-    max_bytes: int = 5_000_000
-    max_wait: float = 1.0
-    timeout: float = 30.0
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    #: None: transient failures are retried for ever (the queue holds the events meanwhile)
-    max_retries: int | None = None
-    #: a 500 for the whole request (not 502/503/504: the cluster coming back) is retried this
-    #: many times, then the batch is dead-lettered (a request the cluster cannot take)
-    max_retries_5xx: int | None = 10
-    #: JSON-lines file for refused documents (mapping errors) with the item's error
-    dead_letter: str | None = None
-    queue_dir: str = "/var/lib/auditpipe/queue-elasticsearch"
-    queue_max_bytes: int = 1 << 30
-    #: when the queue is full: "block" the pipeline (nothing lost) or "drop_oldest"
-    full_policy: Literal["block", "drop_oldest"] = "block"
-    queue_fsync: Literal["batch", "never"] = "batch"
-    drain_timeout: float = 5.0
-
-    def __post_init__(self) -> None:
-        if not self.hosts:
-            raise ValueError("hosts: at least one http(s):// URL is needed")
-        for h in self.hosts:
-            if h.split("://", 1)[0].lower() not in ("http", "https") or "://" not in h:
-                raise ValueError(f"hosts: {h!r} is not an http(s):// URL")
-        given = [n for n, v in (("api_key", self.api_key), ("username", self.username),
-                                ("bearer", self.bearer)) if v is not None]
-        if len(given) > 1:
-            raise ValueError(f"give one of api_key, username+password, bearer (not {' and '.join(given)})")
-        if (self.username is None) != (self.password is None):
-            raise ValueError("username and password go together")
-        if (self.client_key is not None) and self.client_cert is None:
-            raise ValueError("client_key needs client_cert")
-        for what, v in (("dataset", self.dataset), ("namespace", self.namespace)):
-            if not v or len(v) > 100 or v != v.lower() or _BAD_NAME_CHARS & set(v):
-                raise ValueError(f"{what}: {v!r} is not a data stream name part (lowercase, at "
-                                 "most 100 characters, none of \\/*?\"<>| ,#:-)")
-        if not 1 <= self.compression_level <= 9:
-            raise ValueError("compression_level: 1 to 9")
-        if self.max_events < 1 or self.max_bytes < 1024 or self.max_wait < 0:
-            raise ValueError("max_events ≥ 1, max_bytes ≥ 1024, max_wait ≥ 0")
-
-
 def data_stream_name(cfg: ElasticsearchOutput) -> str:
     return f"logs-{cfg.dataset}-{cfg.namespace}"
 

@@ -13,15 +13,16 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
+import msgspec
+
+from auditpipe.config import DEFAULT_QUEUE_DIR, ElasticsearchOutput, FileOutput, OutputConfig, StdoutOutput
 from auditpipe.sinks.file import FileSink
 from auditpipe.sinks.http import HttpConfig, HttpTransport, batching_of, retry_of
 from auditpipe.sinks.queue import DiskQueue
 from auditpipe.sinks.shipper import QueuedOutput
 from auditpipe.sinks.stdout import StdoutSink
 
-__all__ = ["open_sink", "HttpSink", "DEFAULT_QUEUE_DIR"]
-
-DEFAULT_QUEUE_DIR = "/var/lib/auditpipe/queue"
+__all__ = ["open_output", "open_sink", "output_config", "HttpSink", "DEFAULT_QUEUE_DIR"]
 
 
 class HttpSink(QueuedOutput):
@@ -34,35 +35,34 @@ class HttpSink(QueuedOutput):
                          start=start)
 
 
-def open_sink(cfg: Mapping[str, Any]) -> Any:
-    """``{"type": "file"|"stdout"|"http", ...}`` → a sink.
-
-    file: ``path``, ``max_bytes``, ``generations``, ``mode``, ``fsync``, ``fsync_interval``.
-    http: the fields of ``HttpConfig`` (``url``, ``format``, ``auth``, ``secret``, …) plus
-    ``queue_dir``, ``queue_max_bytes``, ``full_policy`` (block | drop_oldest), ``queue_fsync``.
-    """
-    cfg = dict(cfg)
-    kind = cfg.pop("type", "file")
-    if kind == "stdout":
+def open_output(cfg: OutputConfig) -> Any:
+    """The sink for one typed ``[[outputs]]`` table."""
+    if isinstance(cfg, StdoutOutput) or (isinstance(cfg, FileOutput) and cfg.path == "-"):
         return StdoutSink()
-    if kind == "file":
-        path = cfg.pop("path")
-        if path == "-":
-            return StdoutSink()
-        return FileSink(path, **cfg)
-    if kind == "http":
-        qkw = {k: cfg.pop(k) for k in ("queue_max_bytes", "full_policy", "queue_fsync") if k in cfg}
-        queue_dir = cfg.pop("queue_dir", DEFAULT_QUEUE_DIR)
-        drain = cfg.pop("drain_timeout", 5.0)
-        known = {f.name for f in fields(HttpConfig)}
-        unknown = set(cfg) - known
-        if unknown:
-            raise ValueError(f"unknown http sink options: {', '.join(sorted(unknown))}")
-        sink = HttpSink(HttpConfig(**cfg), os.fspath(queue_dir), **qkw)
-        sink.drain_timeout = drain
-        return sink
-    if kind == "elasticsearch":  # {"type": "elasticsearch", "config": ElasticsearchOutput}
+    if isinstance(cfg, ElasticsearchOutput):
         from auditpipe.sinks.elasticsearch import open_elasticsearch
 
-        return open_elasticsearch(cfg["config"])
-    raise ValueError(f"unknown sink type {kind!r}")
+        return open_elasticsearch(cfg)
+    if isinstance(cfg, FileOutput):
+        return FileSink(cfg.path, max_bytes=cfg.max_bytes, generations=cfg.generations, mode=cfg.file_mode(),
+                        fsync=cfg.fsync, fsync_interval=cfg.fsync_interval)
+    hc = HttpConfig(**{f.name: getattr(cfg, f.name) for f in fields(HttpConfig)})
+    sink = HttpSink(hc, os.fspath(cfg.queue_dir), queue_max_bytes=cfg.queue_max_bytes,
+                    full_policy=cfg.full_policy, queue_fsync=cfg.queue_fsync)
+    sink.drain_timeout = cfg.drain_timeout
+    return sink
+
+
+def output_config(spec: Mapping[str, Any]) -> OutputConfig:
+    """A ``{"type": ..., ...}`` dict (tests, embedding) as the typed output it describes."""
+    spec = dict(spec)
+    spec.setdefault("type", "file")
+    try:
+        return msgspec.convert(spec, OutputConfig)
+    except msgspec.ValidationError as e:
+        raise ValueError(f"output {spec.get('type')}: {e}") from None
+
+
+def open_sink(cfg: Mapping[str, Any]) -> Any:
+    """``{"type": "file"|"stdout"|"http", ...}`` → a sink (the options of the typed output)."""
+    return open_output(output_config(cfg))

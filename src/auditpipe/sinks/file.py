@@ -13,16 +13,20 @@ loss), ``"batch"`` fsyncs after every ``write`` call, ``"interval"`` at most eve
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from auditpipe.sinks.encode import dumps_line
+from auditpipe.sinks.errors import OutputUnavailable
 
 __all__ = ["FileSink", "rotate_files"]
 
 FSYNC_POLICIES = ("never", "batch", "interval")
+#: errors that mean "not now" (space or the device), not a bug: the write can be tried again
+_UNAVAILABLE = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
 
 
 def rotate_files(path: str, generations: int) -> None:
@@ -52,7 +56,10 @@ class FileSink:
     """Append JSON lines to ``path``; rotate when the next line would pass ``max_bytes``.
 
     ``max_bytes=0`` disables rotation. ``write`` takes dicts or already serialized lines
-    (bytes ending in a newline or not) and returns the number of lines written.
+    (bytes ending in a newline or not) and returns the number of lines written — all of them, or
+    none: when the disk is full (ENOSPC, EDQUOT) or failing (EIO) the file is truncated back to
+    where the call began and :class:`OutputUnavailable` is raised, so no torn line is left and
+    the caller can write the same documents again later.
     """
 
     def __init__(
@@ -113,6 +120,29 @@ class FileSink:
         """Write documents (dicts) or serialized lines; rotation happens between lines."""
         if self._fd < 0:
             raise ValueError("sink is closed")
+        if not isinstance(items, list):
+            items = list(items)
+        start, rotations = self._size, self.rotations
+        try:
+            return self._write_items(items)
+        except OSError as e:
+            if e.errno not in _UNAVAILABLE:
+                raise
+            self._undo(start, rotations)
+            raise OutputUnavailable(f"{errno.errorcode.get(e.errno or 0, e.errno)} on {self.path}: "
+                                    f"{e.strerror}") from e
+
+    def _undo(self, start: int, rotations: int) -> None:
+        """Cut a failed call's bytes off again (after a rotation within the call, the new file
+        holds only this call's lines, and the rotated one its first ones: those stay, whole)."""
+        keep = start if self.rotations == rotations else 0
+        try:
+            os.ftruncate(self._fd, keep)
+            self._size = keep
+        except OSError:
+            self._size = os.fstat(self._fd).st_size
+
+    def _write_items(self, items: list[Any]) -> int:
         buf = bytearray()
         count = 0
         limit = self.max_bytes

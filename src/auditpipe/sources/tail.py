@@ -32,14 +32,13 @@ import os
 import re
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from itertools import accumulate
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 __all__ = ["FileStat", "Checkpoint", "decide", "find_copy", "resume_plan", "rotated_siblings", "Tailer",
-           "DEFAULT_PATH", "FP_LEN", "follow"]
+           "DEFAULT_PATH", "FP_LEN"]
 
 DEFAULT_PATH = "/var/log/audit/audit.log"
 FP_LEN = 256
@@ -165,7 +164,7 @@ def _split_with_offsets(chunk: bytes, start: int, out: list[str], offs: list) ->
     ends = accumulate(sizes, initial=start)
     next(ends)
     if "" in lines:
-        for ln, end in zip(lines, ends):
+        for ln, end in zip(lines, ends, strict=True):
             if ln:
                 out.append(ln)
                 offs.append(end)
@@ -512,56 +511,3 @@ class Tailer:
     def close(self) -> None:
         for fol in self.followers.values():
             fol.close_all()
-
-    def run(self, deliver: Callable[[str, list[str]], None], stop: threading.Event, interval: float = 0.25) -> None:
-        """Poll, deliver, checkpoint, until ``stop`` is set (for consumers without reassembly)."""
-        while not stop.is_set():
-            batches = self.poll()
-            for path, lines in batches:
-                deliver(path, lines)
-            if batches:
-                self.commit()
-            else:
-                stop.wait(interval)
-
-
-def follow(tailer: Tailer, pipeline: Any, sink: Any, stop: threading.Event, interval: float = 0.25,
-           clock: Callable[[], float] = time.monotonic) -> None:
-    """Tail → ``pipeline`` → ``sink`` until ``stop``; then flush open events and checkpoint.
-
-    A checkpoint must not pass a record whose event is still open in the reassembler (a crash
-    would lose it). The reassembler emits events in the order they opened, so the position taken
-    after a poll is safe to commit once as many events were emitted as had been opened by then.
-    A restart may thus resend a few events (at-least-once), never skip one.
-    """
-    reasm = pipeline.reassembler
-    pending: deque[tuple[int, dict[str, dict]]] = deque()
-    tailer.commit()  # where we start is safe: a crash before the first safe point resumes here
-
-    def write_and_commit(docs: list) -> None:
-        if docs:
-            sink.write(docs)
-        safe = None
-        while pending and pending[0][0] <= reasm.events:
-            safe = pending.popleft()[1]
-        if safe is not None:
-            tailer.commit(safe)
-
-    while not stop.is_set():
-        batches = tailer.poll()
-        now = clock()
-        docs: list = []
-        for path, lines in batches:
-            docs += pipeline.feed_lines(lines, where=path, now=now)
-        if batches:
-            pending.append((reasm.events + reasm.in_flight, tailer.snapshot()))
-        docs += pipeline.tick(now)
-        write_and_commit(docs)
-        if not batches:
-            stop.wait(interval)
-    docs = pipeline.flush()
-    if docs:
-        sink.write(docs)
-    if hasattr(sink, "flush"):
-        sink.flush()
-    tailer.commit()
