@@ -179,6 +179,9 @@ class HttpOutput(_S, tag="http", tag_field="type"):
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     max_retries: int | None = None
+    #: a 5xx other than 502/503/504: this many retries, then dead-letter (a body that crashes the
+    #: receiver must not block the queue for ever)
+    max_retries_5xx: int | None = 10
     dead_letter: str | None = None
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     queue_dir: str = DEFAULT_QUEUE_DIR
