@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from auditpipe.process.config import FilterConfig, ProcessConfig, config_problems
+
 __all__ = [
     "DEFAULT_CONFIG_PATHS",
     "DEFAULT_OUTPUT",
@@ -155,6 +157,8 @@ class Config(_S):
         default_factory=lambda: [FileOutput()])
     source: SourceConfig = msgspec.field(default_factory=SourceConfig)
     status: StatusConfig = msgspec.field(default_factory=StatusConfig)
+    process: ProcessConfig = msgspec.field(default_factory=ProcessConfig)
+    filter: FilterConfig = msgspec.field(default_factory=FilterConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: where this configuration came from (None: built-in defaults)
     path: str | None = None
@@ -332,6 +336,8 @@ def _check(cfg: Config, name: str, text: str) -> None:
                 fail(f"outputs[{i}]", "max_bytes and generations must not be negative")
     if not cfg.outputs:
         fail("outputs", "at least one output is needed")
+    for path, msg in config_problems(cfg.process, cfg.filter):
+        fail(path, msg)
 
 
 def rule_files(cfg: Config) -> list[str]:
@@ -425,6 +431,8 @@ def _find_line(text: str, parts: list) -> int | None:
     table = str(parts[0])
     index = parts[1] if len(parts) > 1 and isinstance(parts[1], int) else None
     keys = [p for p in parts[1:] if isinstance(p, str)]
+    if len(parts) > 2 and isinstance(parts[1], str) and isinstance(parts[2], int):
+        table, index, keys = f"{table}.{parts[1]}", parts[2], [p for p in parts[3:] if isinstance(p, str)]
     header_line = None
     seen = -1
     current = ""  # the table the line is in
