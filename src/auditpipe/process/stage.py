@@ -114,6 +114,11 @@ class ProcessStage:
         ev, proc = self._last
         return proc.labels if ev is event and proc is not None else frozenset()
 
+    def identity_of(self, event: Event) -> object:
+        """The entity id of the process of ``event`` (the one just processed), for keep_first."""
+        ev, proc = self._last
+        return proc.entity_id if ev is event and proc is not None else None
+
     # ------------------------------------------------------------------ tracking
     def _track(self, event: Event, now: float) -> tuple[Proc | None, int | None]:
         main = None
