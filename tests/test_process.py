@@ -361,3 +361,24 @@ def test_seeded_from_real_proc_with_parent_and_start():
     finally:
         child.kill()
         child.wait()
+
+
+def test_reused_pid_with_the_same_parent_told_apart_by_proc_start(tmp_path):
+    """Without an exit record and with the same ppid, only /proc's start time tells the new
+    process from the old one: it gets its own entity id and not the old one's arguments."""
+    (tmp_path / "stat").write_text("btime 1700000000\n")
+    fake_proc(tmp_path, 100, 1, "/usr/bin/bash", "0::/\n")
+    st = ProcessStage(ProcessConfig(), "ecs", reader=ProcReader(str(tmp_path)), now=0.0)
+    log = Log()
+    log.t = 1_700_000_000.0 + 200
+    first = log.event("execve", 400, 100, "/usr/bin/curl", args=["curl", "secret"])
+    fake_proc(tmp_path, 400, 100, "/usr/bin/curl", "0::/\n")  # ticks 5400: started at +54 s
+    pl = Pipeline(staged(make_normalizer("ecs"), [st], lambda: 1.0))
+    d1 = pl.feed_lines(first)
+    (tmp_path / "400" / "stat").write_text(
+        "400 (ls) S 100 400 400 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 25000 0 0\n")  # a new start
+    log.t += 60
+    d2 = pl.feed_lines(log.event("execve", 400, 100, "/usr/bin/ls", args=["ls"])) + pl.flush()
+    assert d1[0]["process"]["parent"]["pid"] == d2[0]["process"]["parent"]["pid"] == 100
+    assert d2[0]["process"]["entity_id"] != d1[0]["process"]["entity_id"]
+    assert d2[0]["process"]["start"] == "2023-11-14T22:17:30.000Z"  # btime + 25000 ticks

@@ -292,16 +292,24 @@ class ProcessStage:
         return info
 
     def _exec(self, pid: int, ppid: int | None, f: dict, event: Event, now: float) -> Proc:
+        """An execve: the same process with a new image, or the first event of a process that
+        got a reused pid (told apart by /proc's start time when the process is still there)."""
         self.counters["execs"] += 1
+        st = self.reader.stat(pid) if self.reader is not None else None
+        if st is not None and self.reader is not None \
+                and self.reader.start_time(st.ticks) > event.ts + START_TOLERANCE:
+            st = None  # already yet another process
+        old = self.table.get(pid)
+        if st is not None and old is not None and old.exited is None and not self._matches(old, st):
+            old.exited = now  # its pid was given to this process: it is gone
         p = self._current(pid, ppid, f, event, now)
         p.exe = self.table.intern(_str(f.get("exe"))) or p.exe
         p.name = self.table.intern(_str(f.get("comm"))) or p.name
         p.args = _event_args(event) or p.args
         p.changed()
-        if self.reader is not None:  # the runtime moves a container's first process before exec
-            st = self.reader.stat(pid)
-            if st is not None and self._matches(p, st):
-                p.cg = self._cgroup(self.reader.cgroup(pid)) or p.cg
+        if st is not None and self.reader is not None and self._matches(p, st):
+            # read at exec: a runtime moves a container's first process into its cgroup before
+            p.cg = self._cgroup(self.reader.cgroup(pid)) or p.cg
         if self.labeler:
             p.labels = p.labels | self.labeler.labels(p.exe, p.args)
         return p
