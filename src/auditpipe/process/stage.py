@@ -75,6 +75,14 @@ class ProcessStage:
         if self.reader is not None:
             self.seed(now)
 
+    @classmethod
+    def for_live(cls, cfg: ProcessConfig, fmt: str, now: float,
+                 user_name: Callable[[str], str | None] | None = None) -> ProcessStage:
+        """The stage as ``run`` builds it: this host's /proc (when ``read_proc``) and the state
+        file in ``state_dir`` (when set)."""
+        return cls(cfg, fmt, ProcReader() if cfg.read_proc else None, user_name, now,
+                   StateStore(cfg.state_dir) if cfg.state_dir else None)
+
     # ------------------------------------------------------------------ Stage protocol
     def process(self, event: Event, docs: list[dict], now: float) -> list[dict]:
         self.counters["events"] += 1
@@ -310,6 +318,8 @@ class ProcessStage:
         if st is not None and self.reader is not None and self._matches(p, st):
             # read at exec: a runtime moves a container's first process into its cgroup before
             p.cg = self._cgroup(self.reader.cgroup(pid)) or p.cg
+            if p.ticks is None:
+                p.ticks = st.ticks
         if self.labeler:
             p.labels = p.labels | self.labeler.labels(p.exe, p.args)
         return p
@@ -331,7 +341,10 @@ class ProcessStage:
         known = self.table.get(child)
         if known is not None and known.exited is None and known.ppid == parent.pid \
                 and known.start >= event.ts - START_TOLERANCE:
-            return  # its exec was seen first
+            if not known.exact:  # its exec was seen first (the child ran before the fork returned)
+                known.start, known.exact = event.ts, True
+                known.changed()
+            return
         self.counters["forks"] += 1
         p = self.table.new(child, parent.pid, event.ts, True, now)
         p.exe, p.name, p.args = parent.exe, parent.name, parent.args
