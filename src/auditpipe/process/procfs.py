@@ -102,6 +102,10 @@ class ProcReader:
     def cgroup(self, pid: int) -> str | None:
         return self._read(f"{pid}/cgroup")
 
+    def args(self, pid: int) -> list[str]:
+        raw = self._read_bytes(f"{pid}/cmdline")
+        return [a.decode("utf-8", "surrogateescape") for a in raw.rstrip(b"\0").split(b"\0")] if raw else []
+
     def snapshot(self, pid: int) -> ProcSnapshot | None:
         st = self.stat(pid)
         if st is None:
@@ -110,8 +114,7 @@ class ProcReader:
             exe: str | None = os.readlink(f"{self.root}/{pid}/exe")
         except OSError:  # a kernel thread, or not ours
             exe = None
-        raw = self._read_bytes(f"{pid}/cmdline") or b""
-        args = [a.decode("utf-8", "surrogateescape") for a in raw.rstrip(b"\0").split(b"\0")] if raw else []
+        args = self.args(pid)
         uid = euid = None
         for line in (self._read(f"{pid}/status") or "").splitlines():
             if line.startswith("Uid:"):

@@ -35,6 +35,7 @@ _ENTRY_TYPES = {"sshd": "sshd", "login": "terminal", "agetty": "console", "getty
                 "crun": "container", "lxc-start": "container", "docker-init": "container",
                 "kubelet": "kubelet", "teleport": "teleport", "ssm-session-wor": "ssm"}
 _UNKNOWN: dict = {"unknown": True}
+_NONE: dict = {}
 
 
 def _int(v: object) -> int | None:
@@ -67,6 +68,7 @@ class ProcessStage:
         self._passwd: dict[str, dict[str, str] | None] = {}
         self._label_lists: dict[frozenset, list[str]] = {}
         self._last: tuple[Event | None, Proc | None] = (None, None)
+        self._args: list[str] | None = None
         self._next_save = now + cfg.save_interval
         self.counters = {"events": 0, "no_process": 0, "from_proc": 0, "forks": 0, "execs": 0,
                          "exits": 0, "reused_pids": 0, "saved": 0, "restored": 0, "state_errors": 0}
@@ -86,6 +88,8 @@ class ProcessStage:
     # ------------------------------------------------------------------ Stage protocol
     def process(self, event: Event, docs: list[dict], now: float) -> list[dict]:
         self.counters["events"] += 1
+        # the ECS normalizer has read the arguments already: not again
+        self._args = docs[0].get("process", _NONE).get("args") if self.fmt == "ecs" and docs else None
         proc, ppid = self._track(event, now)
         self._last = (event, proc)
         if proc is None:
@@ -202,7 +206,8 @@ class ProcessStage:
         if p is not None:
             p.pgid = pgid
 
-    def _current(self, pid: int, ppid: int | None, f: dict, event: Event, now: float) -> Proc:
+    def _current(self, pid: int, ppid: int | None, f: dict, event: Event, now: float,
+                 st: ProcStat | None = None) -> Proc:
         """The process ``pid`` of this event: the table's entry when it is still that process,
         else a new one (learnt from /proc when the process is still there)."""
         p = self.table.get(pid)
@@ -210,7 +215,7 @@ class ProcessStage:
             return p
         if p is not None:
             self.counters["reused_pids"] += 1
-        return self._learn(pid, ppid, f, event, now)
+        return self._learn(pid, ppid, f, event, now, st)
 
     def _reparented(self, p: Proc) -> bool:
         """The same process under a new ppid (its parent exited): /proc says it is the same
@@ -226,18 +231,34 @@ class ProcessStage:
         assert self.reader is not None
         return self.reader.start_time(st.ticks) <= p.start + START_TOLERANCE
 
-    def _learn(self, pid: int, ppid: int | None, f: dict, event: Event, now: float) -> Proc:
-        snap = self.reader.snapshot(pid) if self.reader is not None else None
-        if snap is not None and (self.reader.start_time(snap.stat.ticks) > event.ts + START_TOLERANCE  # type: ignore[union-attr]
-                                 or (ppid is not None and snap.stat.ppid != ppid and snap.stat.ppid != 1)):
-            snap = None  # the pid is already another process's
-        if snap is not None:
-            return self._from_snapshot(snap, now)
-        p = self.table.new(pid, ppid, event.ts, False, now)
+    def _learn(self, pid: int, ppid: int | None, f: dict, event: Event, now: float,
+               st: ProcStat | None = None) -> Proc:
+        """A process first seen in this event: what the record says, its start, session, group
+        and cgroup from /proc when it is still there, else its parent's (inherited at fork)."""
+        reader = self.reader
+        if reader is not None and st is None:
+            st = reader.stat(pid)
+        if st is not None and (reader.start_time(st.ticks) > event.ts + START_TOLERANCE  # type: ignore[union-attr]
+                               or (ppid is not None and st.ppid != ppid and st.ppid != 1)):
+            st = None  # the pid is already another process's
+        if st is None:
+            p = self.table.new(pid, ppid, event.ts, False, now)
+        else:
+            assert reader is not None
+            self.counters["from_proc"] += 1
+            p = self.table.new(pid, ppid or st.ppid, reader.start_time(st.ticks), True, now)
+            p.ticks = st.ticks
         p.exe = self.table.intern(_str(f.get("exe")))
         p.name = self.table.intern(_str(f.get("comm")))
-        p.parent = self._parent(ppid, event.ts, now) if ppid else None
+        p.parent = self._parent(p.ppid, event.ts, now) if p.ppid else None
         self._inherit(p)
+        if st is not None and reader is not None:
+            p.sid, p.pgid = st.sid, st.pgid
+            p.cg = self._cgroup(reader.cgroup(pid)) or p.cg
+            if self._args is None:  # an exec's arguments come with it
+                p.args = reader.args(pid) or None
+        if self.labeler:
+            p.labels = p.labels | self.labeler.labels(p.exe, p.args)
         return p
 
     def _inherit(self, p: Proc) -> None:
@@ -310,12 +331,12 @@ class ProcessStage:
         old = self.table.get(pid)
         if st is not None and old is not None and old.exited is None and not self._matches(old, st):
             old.exited = now  # its pid was given to this process: it is gone
-        p = self._current(pid, ppid, f, event, now)
+        p = self._current(pid, ppid, f, event, now, st)
         p.exe = self.table.intern(_str(f.get("exe"))) or p.exe
         p.name = self.table.intern(_str(f.get("comm"))) or p.name
-        p.args = _event_args(event) or p.args
+        p.args = self._args or _event_args(event) or p.args
         p.changed()
-        if st is not None and self.reader is not None and self._matches(p, st):
+        if p is old and st is not None and self.reader is not None and self._matches(p, st):
             # read at exec: a runtime moves a container's first process into its cgroup before
             p.cg = self._cgroup(self.reader.cgroup(pid)) or p.cg
             if p.ticks is None:

@@ -7,7 +7,6 @@ Sans-I/O: times are given by the caller; /proc facts arrive as :mod:`procfs` sna
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 from collections.abc import Iterator
@@ -23,8 +22,7 @@ START_TOLERANCE = 2.0
 
 def entity_id(boot_id: str, pid: int, start: float) -> str:
     """ECS process.entity_id: a stable hash of (boot id, pid, start time in milliseconds)."""
-    h = hashlib.blake2b(f"{boot_id}:{pid}:{round(start * 1000)}".encode(), digest_size=12)
-    return base64.urlsafe_b64encode(h.digest()).decode()
+    return hashlib.blake2b(f"{boot_id}:{pid}:{round(start * 1000)}".encode(), digest_size=12).hexdigest()
 
 
 class Proc:
