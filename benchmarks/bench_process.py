@@ -36,10 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from auditpipe.normalize import make_normalizer  # noqa: E402
-from auditpipe.pipeline.core import Pipeline  # noqa: E402
-from auditpipe.process.config import ProcessConfig  # noqa: E402
-from auditpipe.process.stage import ProcessStage, staged  # noqa: E402
+from auditpipe.normalize import make_normalizer
+from auditpipe.pipeline.core import Pipeline
+from auditpipe.process.config import ProcessConfig
+from auditpipe.process.stage import ProcessStage, staged
 
 SHARED = Path(os.environ.get("AUDITPIPE_SHARED", ROOT.parent / "shared"))
 DEFAULT_CORPUS = SHARED / "corpus" / "bench.log.gz"
@@ -137,14 +137,15 @@ def live(rate: int, seconds: float) -> None:
                     docs += len(pl.flush())
                     used = cpu() - t0
                     lost = nl.get_status()["lost"] - lost0
-                results.setdefault(on, []).append(used)
+                results.setdefault(on, []).append(used / max(docs, 1))
                 print(f"live {'on ' if on else 'off'}: {docs} events, {used:.2f} s CPU, kernel lost {lost}"
                       + (f", table {len(st.table)}" if st else ""), flush=True)
         finally:
             nl.set_status(enabled=status["enabled"], backlog_limit=status["backlog_limit"])
             nl.delete_rule(rule.data)
     off, on = statistics.median(results[False]), statistics.median(results[True])
-    print(f"live {rate}/s: CPU with the stage / without = {on / off:.2f}x ({on:.2f} s vs {off:.2f} s)")
+    print(f"live {rate}/s: CPU per event with the stage / without = {on / off:.2f}x "
+          f"({1e6 * on:.0f} µs vs {1e6 * off:.0f} µs per event, median)")
 
 
 def main() -> None:

@@ -382,3 +382,21 @@ def test_reused_pid_with_the_same_parent_told_apart_by_proc_start(tmp_path):
     assert d1[0]["process"]["parent"]["pid"] == d2[0]["process"]["parent"]["pid"] == 100
     assert d2[0]["process"]["entity_id"] != d1[0]["process"]["entity_id"]
     assert d2[0]["process"]["start"] == "2023-11-14T22:17:30.000Z"  # btime + 25000 ticks
+
+
+def test_unaudited_exits_found_in_proc_then_expire(tmp_path):
+    """Rules that watch only execve never say a process ended: a process idle for a while that
+    /proc no longer lists is marked exited, and expires after the grace."""
+    (tmp_path / "stat").write_text("btime 1700000000\n")
+    fake_proc(tmp_path, 100, 1, "/usr/bin/bash", "0::/\n")
+    st = ProcessStage(ProcessConfig(grace=10), "ecs", reader=ProcReader(str(tmp_path)), now=0.0)
+    log = Log()
+    Pipeline(staged(make_normalizer("ecs"), [st], lambda: 1.0)).feed_lines(
+        log.event("execve", 400, 100, "/bin/true", args=["true"]))
+    assert st.table.get(400).exited is None
+    st.tick(3.0)
+    assert st.table.get(400).exited is None  # not yet looked at
+    st.tick(7.0)
+    assert st.table.get(400).exited == 7.0 and st.table.get(100).exited is None  # 100 is in /proc
+    st.tick(18.0)
+    assert st.table.get(400) is None and st.table.get(100) is not None

@@ -51,19 +51,24 @@ class ProcReader:
         self.hz = os.sysconf("SC_CLK_TCK") if root == "/proc" else 100
         self._btime: float | None = None
 
-    def _read(self, rel: str) -> str | None:
-        try:
-            with open(f"{self.root}/{rel}", encoding="utf-8", errors="surrogateescape") as f:
-                return f.read()
-        except OSError:  # gone, or not ours to read
-            return None
-
     def _read_bytes(self, rel: str) -> bytes | None:
         try:
-            with open(f"{self.root}/{rel}", "rb") as f:
-                return f.read()
+            fd = os.open(f"{self.root}/{rel}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:  # gone, or not ours to read
+            return None
+        try:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            return b"".join(chunks)
         except OSError:
             return None
+        finally:
+            os.close(fd)
+
+    def _read(self, rel: str) -> str | None:
+        raw = self._read_bytes(rel)
+        return raw.decode("utf-8", "surrogateescape") if raw is not None else None
 
     def boot_id(self) -> str:
         return (self._read("sys/kernel/random/boot_id") or "").strip()

@@ -28,6 +28,11 @@ _SYSCALL, _EXECVE, _PROCTITLE = _T["SYSCALL"], _T["EXECVE"], _T["PROCTITLE"]
 _EXEC = frozenset({"execve", "execveat"})
 _FORK = frozenset({"clone", "clone3", "fork", "vfork"})
 _CLONE_THREAD = 0x10000
+#: seconds a parent confirmed by /proc is trusted without reading /proc again (its pid cannot
+#: go round the whole pid space that fast)
+_RECHECK = 1.0
+#: seconds between looks at /proc for processes that exited unaudited
+_REAP_INTERVAL = 5.0
 #: the parent's name (comm, 15 characters at most) → process.entry_leader.entry_meta.type
 _ENTRY_TYPES = {"sshd": "sshd", "login": "terminal", "agetty": "console", "getty": "console",
                 "cron": "cron", "crond": "cron", "atd": "cron", "anacron": "cron",
@@ -70,6 +75,7 @@ class ProcessStage:
         self._last: tuple[Event | None, Proc | None] = (None, None)
         self._args: list[str] | None = None
         self._next_save = now + cfg.save_interval
+        self._next_reap = now + _REAP_INTERVAL
         self.counters = {"events": 0, "no_process": 0, "from_proc": 0, "forks": 0, "execs": 0,
                          "exits": 0, "reused_pids": 0, "saved": 0, "restored": 0, "state_errors": 0}
         if state is not None:
@@ -106,11 +112,26 @@ class ProcessStage:
         return docs
 
     def tick(self, now: float) -> list[dict]:
+        if self.reader is not None and now >= self._next_reap:
+            self._next_reap = now + _REAP_INTERVAL
+            self._reap(now)
         self.table.expire(now)
         if self.state is not None and now >= self._next_save:
             self._next_save = now + self.cfg.save_interval
             self._save(now)
         return []
+
+    def _reap(self, now: float) -> None:
+        """Most exits are not audited (rules watch execve): a process idle for a while whose
+        pid /proc no longer lists has exited; it expires ``grace`` seconds later."""
+        assert self.reader is not None
+        live = set(self.reader.pids())
+        if not live:
+            return  # /proc unreadable: say nothing rather than end every process
+        for p in self.table.by_pid.values():
+            if p.exited is None and p.pid not in live and now - p.last_seen > _REAP_INTERVAL:
+                p.exited = now
+                self.counters["exits"] += 1
 
     def close(self, now: float) -> list[dict]:
         if self.state is not None:
@@ -273,6 +294,8 @@ class ProcessStage:
         """The process ``ppid`` as the parent of a process seen at time ``t``: checked against
         /proc when it is still running (a stale entry of a reused pid is replaced)."""
         p = self.table.get(ppid)
+        if p is not None and now - p.checked < _RECHECK:
+            return p
         if self.reader is not None:
             st = self.reader.stat(ppid)
             if st is not None:
@@ -281,6 +304,7 @@ class ProcessStage:
                     return self._from_snapshot(snap, now, depth + 1) if snap is not None else None
                 if p.ticks is None:
                     p.ticks, p.exact, p.start = st.ticks, True, self.reader.start_time(st.ticks)
+                p.checked = now
                 return p
         if p is not None and p.start <= t + START_TOLERANCE:
             return p

@@ -34,6 +34,7 @@ class Proc:
         "_leader",
         "_summary",
         "args",
+        "checked",
         "auid",
         "cg",
         "entity_id",
@@ -76,6 +77,7 @@ class Proc:
         self.parent: Proc | None = None
         self.exited: float | None = None
         self.last_seen = start
+        self.checked = 0.0  # when /proc last confirmed this is the process with its pid
         self._summary: dict | None = None
         self._leader: dict | None = None
 
