@@ -400,3 +400,17 @@ def test_unaudited_exits_found_in_proc_then_expire(tmp_path):
     assert st.table.get(400).exited == 7.0 and st.table.get(100).exited is None  # 100 is in /proc
     st.tick(18.0)
     assert st.table.get(400) is None and st.table.get(100) is not None
+
+
+def test_parse_process_context_from_the_input_itself(tmp_path):
+    _, lines = chain_log()
+    log = tmp_path / "audit.log"
+    log.write_text("\n".join(lines) + "\n")
+    out = subprocess.run([sys.executable, "-m", "auditpipe", "parse", "--format", "ecs", "--process-context",
+                          str(log)], capture_output=True, check=True).stdout
+    docs = [msgspec.json.decode(x) for x in out.splitlines()]
+    assert docs[-1]["process"]["parent"]["executable"] == "/bin/sh"
+    assert docs[-1]["process"]["ancestors"][-1] == {"pid": 50, "unknown": True}
+    plain = subprocess.run([sys.executable, "-m", "auditpipe", "parse", "--format", "ecs", str(log)],
+                           capture_output=True, check=True).stdout
+    assert b"ancestors" not in plain

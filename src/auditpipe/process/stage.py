@@ -9,6 +9,7 @@ every record's uids refresh its credentials (the setuid family shows there).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from auditpipe import tables
@@ -21,7 +22,7 @@ from auditpipe.process.state import StateStore
 from auditpipe.process.table import START_TOLERANCE, Labeler, Proc, ProcessTable
 from auditpipe.reassembly import Event
 
-__all__ = ["ProcessStage", "staged"]
+__all__ = ["ProcessStage", "from_records_only", "staged"]
 
 _T = tables.RECORD_TYPE_NUMBERS
 _SYSCALL, _EXECVE, _PROCTITLE = _T["SYSCALL"], _T["EXECVE"], _T["PROCTITLE"]
@@ -627,3 +628,10 @@ def staged(normalize: Callable[[Event], list[dict]], stages: list, clock: Callab
         return docs
 
     return run
+
+
+def from_records_only(normalize: Callable[[Event], list[dict]], fmt: str) -> Callable[[Event], list[dict]]:
+    """``parse --process-context``: the context the input itself gives (each record's ppid and
+    the processes seen earlier in it); no /proc (the records are from another time), no state."""
+    stage = ProcessStage(ProcessConfig(read_proc=False, state_dir=""), fmt)
+    return staged(normalize, [stage], time.time)
