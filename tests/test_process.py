@@ -414,3 +414,29 @@ def test_parse_process_context_from_the_input_itself(tmp_path):
     plain = subprocess.run([sys.executable, "-m", "auditpipe", "parse", "--format", "ecs", str(log)],
                            capture_output=True, check=True).stdout
     assert b"ancestors" not in plain
+
+
+@pytest.mark.parametrize("name", ["enriched.log", "raw-node.log"])
+@pytest.mark.parametrize("fmt", ["ecs", "coalesced", "panther"])
+def test_real_corpora_pass_through_unharmed(shared, name, fmt):
+    """Every event of the shared real logs goes through: same number of documents, each with its
+    process's entity id; the ECS documents differ from the plain ones only by additions."""
+    from conftest import CORPUS
+
+    lines = (CORPUS / name).read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    opts = {"now": lambda: 0.0, "row_id": lambda: "r"} if fmt == "panther" else {}
+    plain = Pipeline(make_normalizer(fmt, **opts))
+    base = plain.feed_lines(lines) + plain.flush()
+    docs, st = run(lines, fmt=fmt, label_exe={"/bash$": "shell"})
+    assert len(docs) == len(base) and st.metrics()["events"] == plain.reassembler.events
+    if fmt != "ecs":
+        return
+    with_pid = [d for d in docs if "pid" in d.get("process", {})]
+    assert len(with_pid) > 500 and all("entity_id" in d["process"] for d in with_pid)
+    for b, d in zip(base, docs, strict=True):
+        for k, v in b.items():
+            if k == "process":
+                assert all(d[k][kk] == vv for kk, vv in v.items() if kk != "parent")
+                assert d[k].get("parent", {}).get("pid") == v.get("parent", {}).get("pid") or "parent" not in v
+            elif k != "user":
+                assert d[k] == v, k

@@ -50,6 +50,7 @@ def _int(v: object) -> int | None:
 
 class ProcessStage:
     """Stage: process context for every event (ECS and coalesced; Panther rows pass unchanged).
+    The dicts it adds are shared between documents (cached per process): read-only.
 
     reader: /proc access (None: only what the records carry, as in ``parse``).
     user_name: uid → name on this host (an IdResolver's ``user``), for the leaders' users;
@@ -305,6 +306,7 @@ class ProcessStage:
                     return self._from_snapshot(snap, now, depth + 1) if snap is not None else None
                 if p.ticks is None:
                     p.ticks, p.exact, p.start = st.ticks, True, self.reader.start_time(st.ticks)
+                    p.changed()
                 p.checked = now
                 return p
         if p is not None and p.start <= t + START_TOLERANCE:
