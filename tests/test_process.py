@@ -170,7 +170,7 @@ def test_expiry_after_grace_and_bound():
     assert st.table.get(400) is not None
     st.tick(1000.0 + 29)
     assert st.table.get(400) is not None
-    st.tick(1000.0 + 31)
+    st.tick(1000.0 + 36)  # the next walk, 5 s later
     assert st.table.get(400) is None and st.table.get(100) is not None
     assert st.metrics()["expired"] == 1
     for pid in range(1000, 1100):

@@ -114,10 +114,11 @@ class ProcessStage:
         return docs
 
     def tick(self, now: float) -> list[dict]:
-        if self.reader is not None and now >= self._next_reap:
+        if now >= self._next_reap:  # each is a walk over the whole table: not every second
             self._next_reap = now + _REAP_INTERVAL
-            self._reap(now)
-        self.table.expire(now)
+            if self.reader is not None:
+                self._reap(now)
+            self.table.expire(now)
         if self.state is not None and now >= self._next_save:
             self._next_save = now + self.cfg.save_interval
             self._save(now)
