@@ -237,11 +237,55 @@ def test_containers_and_units_from_real_cgroups(audit_state):  # noqa: F811
         for c in children:
             c.kill()
             c.wait()
-        for d in reversed(made):
-            for _ in range(50):
-                try:
-                    os.rmdir(d)
-                    break
-                except OSError:
-                    time.sleep(0.1)
+        remove_cgroups(reversed(made))
     assert not any(os.path.exists(d) for d in made)
+
+
+def remove_cgroups(dirs) -> None:
+    """rmdir each (innermost first), waiting a little for killed processes to leave."""
+    for d in dirs:
+        for _ in range(50):
+            try:
+                os.rmdir(d)
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def test_container_user_names_from_the_containers_own_passwd(tmp_path):
+    """A real process with its own mount namespace (its /etc/passwd is another file) in a
+    docker-named cgroup: its uid's name is read through /proc/<pid>/root, not the host's."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a mount namespace")
+    if not os.path.exists(f"{V2}/cgroup.procs"):
+        pytest.skip(f"{V2} is not a mounted cgroup hierarchy")
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0::/root:/bin/sh\nctuser:x:4242:4242::/app:/bin/sh\n")
+    top = f"{V2}/auditpipe-test-{os.getpid()}.slice"
+    cg = f"{top}/docker-{HEX}.scope"
+    os.makedirs(cg)
+    child = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                              f"mount --bind {passwd} /etc/passwd && echo ready && exec sleep 30"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        with open(f"{cg}/cgroup.procs", "w") as f:
+            f.write(str(child.pid))
+        st, pl = stage_and_pipeline()
+        st.user_name = lambda uid: "host-" + uid
+        h = f"msg=audit({time.time():.3f}:77)"
+        lines = [f'type=SYSCALL {h}: arch=c000003e syscall=2 success=yes exit=3 a0=0 a1=0 a2=0 a3=0 items=0 '
+                 f'ppid={os.getpid()} pid={child.pid} auid=0 uid=4242 gid=4242 euid=4242 suid=4242 fsuid=4242 '
+                 f'egid=4242 sgid=4242 fsgid=4242 tty=(none) ses=1 comm="sleep" exe="/usr/bin/sleep" key=(null)',
+                 f"type=EOE {h}: "]
+        (doc,) = pl.feed_lines(lines)
+        assert doc["container"] == {"id": HEX, "runtime": "docker"}
+        assert doc["user"]["id"] == "4242" and doc["user"]["name"] == "ctuser"
+        assert doc["process"]["parent"]["user"]["name"] == "host-0"  # pytest runs on the host
+        with open("/etc/passwd") as f:
+            assert "ctuser" not in f.read()  # the host's file was never changed
+    finally:
+        child.kill()
+        child.wait()
+        remove_cgroups([cg, top])
+    assert not os.path.exists(top)
