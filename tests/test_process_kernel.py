@@ -274,9 +274,9 @@ def test_container_user_names_from_the_containers_own_passwd(tmp_path):
         st, pl = stage_and_pipeline()
         st.user_name = lambda uid: "host-" + uid
         h = f"msg=audit({time.time():.3f}:77)"
-        lines = [f'type=SYSCALL {h}: arch=c000003e syscall=2 success=yes exit=3 a0=0 a1=0 a2=0 a3=0 items=0 '
+        lines = [(f'type=SYSCALL {h}: arch=c000003e syscall=2 success=yes exit=3 a0=0 a1=0 a2=0 a3=0 items=0 '
                  f'ppid={os.getpid()} pid={child.pid} auid=0 uid=4242 gid=4242 euid=4242 suid=4242 fsuid=4242 '
-                 f'egid=4242 sgid=4242 fsgid=4242 tty=(none) ses=1 comm="sleep" exe="/usr/bin/sleep" key=(null)',
+                 f'egid=4242 sgid=4242 fsgid=4242 tty=(none) ses=1 comm="sleep" exe="/usr/bin/sleep" key=(null)'),
                  f"type=EOE {h}: "]
         (doc,) = pl.feed_lines(lines)
         assert doc["container"] == {"id": HEX, "runtime": "docker"}
