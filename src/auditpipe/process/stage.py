@@ -206,16 +206,15 @@ class ProcessStage:
             self.counters["exits"] += 1
         elif call == "setsid":
             proc.sid = proc.pgid = proc.pid
-            proc._leader = None
+            self._touch(proc)
         elif call == "setpgid":
             self._setpgid(proc, f)
 
-    @staticmethod
-    def _credentials(proc: Proc, f: dict) -> None:
+    def _credentials(self, proc: Proc, f: dict) -> None:
         uid = f.get("uid")
         if uid is not None and uid != proc.uid:
             proc.uid = uid
-            proc._leader = None
+            self._touch(proc)
         proc.euid = f.get("euid", proc.euid)
         proc.auid = f.get("auid", proc.auid)
         proc.ses = f.get("ses", proc.ses)
@@ -231,7 +230,7 @@ class ProcessStage:
             p.pgid = pgid
 
     def _current(self, pid: int, ppid: int | None, f: dict, event: Event, now: float,
-                 st: ProcStat | None = None) -> Proc:
+                 st: ProcStat | None = None, looked: bool = False) -> Proc:
         """The process ``pid`` of this event: the table's entry when it is still that process,
         else a new one (learnt from /proc when the process is still there)."""
         p = self.table.get(pid)
@@ -239,7 +238,7 @@ class ProcessStage:
             return p
         if p is not None:
             self.counters["reused_pids"] += 1
-        return self._learn(pid, ppid, f, event, now, st)
+        return self._learn(pid, ppid, f, event, now, st, looked)
 
     def _reparented(self, p: Proc) -> bool:
         """The same process under a new ppid (its parent exited): /proc says it is the same
@@ -256,11 +255,11 @@ class ProcessStage:
         return self.reader.start_time(st.ticks) <= p.start + START_TOLERANCE
 
     def _learn(self, pid: int, ppid: int | None, f: dict, event: Event, now: float,
-               st: ProcStat | None = None) -> Proc:
+               st: ProcStat | None = None, looked: bool = False) -> Proc:
         """A process first seen in this event: what the record says, its start, session, group
         and cgroup from /proc when it is still there, else its parent's (inherited at fork)."""
         reader = self.reader
-        if reader is not None and st is None:
+        if reader is not None and st is None and not looked:
             st = reader.stat(pid)
         if st is not None and (reader.start_time(st.ticks) > event.ts + START_TOLERANCE  # type: ignore[union-attr]
                                or (ppid is not None and st.ppid != ppid and st.ppid != 1)):
@@ -307,10 +306,11 @@ class ProcessStage:
                     return self._from_snapshot(snap, now, depth + 1) if snap is not None else None
                 if p.ticks is None:
                     p.ticks, p.exact, p.start = st.ticks, True, self.reader.start_time(st.ticks)
-                    p.changed()
+                    self._touch(p)
                 p.checked = now
                 return p
         if p is not None and p.start <= t + START_TOLERANCE:
+            p.checked = now  # gone from /proc: the entry is all there is, no need to look again
             return p
         return None
 
@@ -336,7 +336,7 @@ class ProcessStage:
         p.uid, p.euid, p.auid, p.ses = snap.uid, snap.euid, snap.auid, snap.ses
         p.sid, p.pgid = st.sid, st.pgid
         p.cg = self._cgroup(snap.cgroup)
-        p.changed()
+        self._touch(p)
 
     def _cgroup(self, text: str | None) -> CgroupInfo | None:
         if not text:
@@ -359,11 +359,11 @@ class ProcessStage:
         old = self.table.get(pid)
         if st is not None and old is not None and old.exited is None and not self._matches(old, st):
             old.exited = now  # its pid was given to this process: it is gone
-        p = self._current(pid, ppid, f, event, now, st)
+        p = self._current(pid, ppid, f, event, now, st, self.reader is not None)
         p.exe = self.table.intern(_str(f.get("exe"))) or p.exe
         p.name = self.table.intern(_str(f.get("comm"))) or p.name
         p.args = self._args or _event_args(event) or p.args
-        p.changed()
+        self._touch(p)
         if p is old and st is not None and self.reader is not None and self._matches(p, st):
             # read at exec: a runtime moves a container's first process into its cgroup before
             p.cg = self._cgroup(self.reader.cgroup(pid)) or p.cg
@@ -392,7 +392,7 @@ class ProcessStage:
                 and known.start >= event.ts - START_TOLERANCE:
             if not known.exact:  # its exec was seen first (the child ran before the fork returned)
                 known.start, known.exact = event.ts, True
-                known.changed()
+                self._touch(known)
             return
         self.counters["forks"] += 1
         p = self.table.new(child, parent.pid, event.ts, True, now)
@@ -448,6 +448,10 @@ class ProcessStage:
                 p.exact = True
                 p.start = self.reader.start_time(st.ticks)
 
+    def _touch(self, p: Proc) -> None:
+        if p.changed():
+            self.table.epoch += 1
+
     # ------------------------------------------------------------------ output
     def _annotate(self, doc: dict, pr: dict, proc: Proc, ppid: int | None) -> None:
         pr["entity_id"] = proc.entity_id
@@ -458,10 +462,8 @@ class ProcessStage:
             pr["parent"] = self._full(par)
         elif proc.ppid or ppid:
             pr["parent"] = {"pid": proc.ppid or ppid, "unknown": True}
-        pr["ancestors"] = self._ancestors(proc)
-        pr["session_leader"] = self._leader(proc, proc.sid)
-        pr["group_leader"] = self._leader(proc, proc.pgid)
-        pr["entry_leader"] = self._entry_leader(proc)
+        pr["ancestors"] = self._chain(par) if par is not None else self._unknown_parent(proc)
+        _, pr["session_leader"], pr["group_leader"], pr["entry_leader"] = self._leaders(proc)
         if proc.labels:
             pr["labels"] = self._label_list(proc.labels)
         cg = proc.cg
@@ -500,17 +502,31 @@ class ProcessStage:
             p._leader = s
         return s
 
-    def _ancestors(self, proc: Proc) -> list[dict]:
-        out: list[dict] = []
-        last = proc
-        for a in proc.ancestors():
-            if len(out) >= self.cfg.ancestors:
-                return out
-            out.append(self._summary(a))
-            last = a
-        if last.ppid and len(out) < self.cfg.ancestors:
-            out.append({"pid": last.ppid, "unknown": True})
-        return out
+    @staticmethod
+    def _unknown_parent(p: Proc) -> list[dict]:
+        return [{"pid": p.ppid, "unknown": True}] if p.ppid else []
+
+    def _chain(self, top: Proc) -> list[dict]:
+        """``top`` and its ancestors, nearest first, at most ``ancestors`` items, ending with an
+        unknown marker where the known chain stops. Cached per process: a new process's chain
+        is its parent's with the parent in front."""
+        epoch, n = self.table.epoch, self.cfg.ancestors
+        path: list[Proc] = []
+        x: Proc | None = top
+        base: list[dict] | None = None
+        while x is not None and len(path) < 4096:
+            c = x._chain
+            if c is not None and c[0] == epoch:
+                base = c[1]
+                break
+            path.append(x)
+            x = x.parent
+        if base is None:
+            base = self._unknown_parent(path[-1]) if path else []
+        for y in reversed(path):
+            base = ([self._summary(y)] + base)[:n]
+            y._chain = (epoch, base)
+        return base
 
     def _leader(self, proc: Proc, pid: int | None) -> dict:
         if pid is None:
@@ -525,6 +541,29 @@ class ProcessStage:
             return self._full(p)
         return {"pid": pid, "unknown": True}
 
+    def _leaders(self, proc: Proc) -> tuple[int, dict, dict, dict]:
+        """(epoch, session leader, group leader, entry leader), cached per process and, for a
+        new process, taken from its parent's where the session or group is the same."""
+        c = proc._lead
+        if c is not None and c[0] == self.table.epoch:
+            return c
+        par = proc.parent
+        pl = None
+        if par is not None:
+            pl = par._lead
+            if pl is None or pl[0] != self.table.epoch:
+                pl = par._lead = (self.table.epoch, self._leader(par, par.sid), self._leader(par, par.pgid),
+                                  self._entry_leader(par))
+        if pl is not None and par is not None:
+            session = pl[1] if proc.sid == par.sid and proc.sid != proc.pid else self._leader(proc, proc.sid)
+            group = pl[2] if proc.pgid == par.pgid and proc.pgid != proc.pid else self._leader(proc, proc.pgid)
+            kind = _entry_kind(par)
+            entry = {**self._full(proc), "entry_meta": {"type": kind}} if kind is not None else pl[3]
+        else:
+            session, group, entry = self._leader(proc, proc.sid), self._leader(proc, proc.pgid), _UNKNOWN
+        c = proc._lead = (self.table.epoch, session, group, entry)
+        return c
+
     def _entry_leader(self, proc: Proc) -> dict:
         """The process that began this chain: the nearest one whose parent is an entry program
         (sshd, login, cron, a container runtime), else the child of init."""
@@ -533,9 +572,7 @@ class ProcessStage:
             par = x.parent
             if par is None:
                 return _UNKNOWN
-            kind = _ENTRY_TYPES.get(par.name or "")
-            if kind is None and par.pid == 1:
-                kind = "init"
+            kind = _entry_kind(par)
             if kind is not None:
                 return {**self._full(x), "entry_meta": {"type": kind}}
             x = par
@@ -581,6 +618,12 @@ class ProcessStage:
                 name = self._user(proc, d["id"])
                 if name is not None:
                     d["name"] = name
+
+
+def _entry_kind(parent: Proc) -> str | None:
+    """The entry_meta.type of a process started by ``parent``, when that makes it an entry leader."""
+    kind = _ENTRY_TYPES.get(parent.name or "")
+    return "init" if kind is None and parent.pid == 1 else kind
 
 
 def _id_dicts(user: dict):

@@ -31,6 +31,8 @@ class Proc:
     ``ticks`` is /proc's start time when known (the exact identity across restarts)."""
 
     __slots__ = (
+        "_chain",
+        "_lead",
         "_leader",
         "_summary",
         "args",
@@ -80,10 +82,15 @@ class Proc:
         self.checked = 0.0  # when /proc last confirmed this is the process with its pid
         self._summary: dict | None = None
         self._leader: dict | None = None
+        self._chain: tuple[int, list[dict]] | None = None  # (table epoch, ancestors from here)
+        self._lead: tuple[int, dict, dict, dict] | None = None  # (epoch, session, group, entry)
 
-    def changed(self) -> None:
-        """Its executable or arguments changed (exec): rebuild the cached output dicts."""
-        self._summary = self._leader = None
+    def changed(self) -> bool:
+        """Its image, start, credentials or session changed: drop the cached output dicts.
+        Returns whether other processes' caches may hold them (then they must go too)."""
+        used = self._summary is not None or self._leader is not None
+        self._summary = self._leader = self._chain = self._lead = None
+        return used
 
     def ancestors(self) -> Iterator[Proc]:
         p = self.parent
@@ -106,6 +113,9 @@ class ProcessTable:
         self.max_entries = max_entries
         self.by_pid: dict[int, Proc] = {}
         self._strings: dict[str, str] = {}  # one copy of each executable path / name
+        #: bumped when a process whose output dicts others have cached changes (rare: most
+        #: changes are execs of new processes): every cached chain and leader set is then stale
+        self.epoch = 0
         self.expired = 0
         self.evicted = 0
 
