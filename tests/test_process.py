@@ -440,3 +440,23 @@ def test_real_corpora_pass_through_unharmed(shared, name, fmt):
                 assert d[k].get("parent", {}).get("pid") == v.get("parent", {}).get("pid") or "parent" not in v
             elif k != "user":
                 assert d[k] == v, k
+
+
+def test_cached_context_follows_an_ancestors_exec_and_setsid():
+    """A child's parent/ancestors/leaders are cached; an exec or setsid of a process others
+    have cached must show in their next events."""
+    log = Log()
+    lines = log.event("execve", 100, 50, "/usr/bin/bash", args=["bash"])
+    lines += log.event("fork", 100, 50, "/usr/bin/bash", exit=200)
+    lines += log.event("fork", 200, 100, "/usr/bin/bash", exit=300)
+    lines += log.event("execve", 300, 200, "/usr/bin/sleep", args=["sleep", "9"])
+    lines += log.event("execve", 100, 50, "/usr/bin/zsh", args=["zsh"])  # the grandparent execs
+    lines += log.event("setsid", 200, 100, "/usr/bin/bash", exit=200)
+    lines += log.event("open", 300, 200, "/usr/bin/sleep")
+    docs, _ = run(lines)
+    before, after = docs[3]["process"], docs[-1]["process"]
+    assert [a.get("executable") for a in before["ancestors"]] == ["/usr/bin/bash", "/usr/bin/bash", None]
+    assert [a.get("executable") for a in after["ancestors"]] == ["/usr/bin/bash", "/usr/bin/zsh", None]
+    assert before["session_leader"] == {"unknown": True}
+    assert after["session_leader"] == {"unknown": True}  # 300 kept its old session: setsid is 200's own
+    assert docs[-2]["process"]["session_leader"]["pid"] == 200
