@@ -460,3 +460,39 @@ def test_cached_context_follows_an_ancestors_exec_and_setsid():
     assert before["session_leader"] == {"unknown": True}
     assert after["session_leader"] == {"unknown": True}  # 300 kept its old session: setsid is 200's own
     assert docs[-2]["process"]["session_leader"]["pid"] == 200
+
+
+def test_builders_from_the_typed_config_and_filter_reading_labels_from_documents(tmp_path):
+    """What `run` builds from [process] and [filter]: the filter finds the labels and process
+    identity in the documents the process stage wrote, with no link between the two stages."""
+    from auditpipe.config import load_config
+    from auditpipe.process.filter import build_filter_stage
+    from auditpipe.process.stage import build_process_stage
+
+    cfg = load_config(text=f"""
+[process]
+state_dir = "{tmp_path}"
+read_proc = false   # the records below are made up: this host's /proc must not answer for them
+label_exe = {{ "/bash$" = "shell" }}
+[[filter.rules]]
+name = "shells"
+label = "shell"
+[[filter.rules]]
+name = "once"
+action = "keep_first"
+key = "files"
+""")
+    ps, fs = build_process_stage(cfg), build_filter_stage(cfg)
+    assert ps.reader is None and ps.state is not None and fs is not None
+    assert build_process_stage(load_config(text="")).reader is not None
+    assert build_process_stage(load_config(text="[process]\nenabled = false\n")) is None
+    assert build_filter_stage(load_config(text="")) is None
+    log = Log()
+    lines = log.event("execve", 100, 50, "/usr/bin/bash", args=["bash"])
+    lines += log.event("execve", 200, 60, "/usr/bin/ls", args=["ls"], key="files")
+    lines += log.event("open", 200, 60, "/usr/bin/ls", key="files")
+    docs = Pipeline(staged(make_normalizer("ecs"), [ps, fs], time.time)).feed_lines(lines)
+    assert [d["process"]["pid"] for d in docs] == [200]
+    assert fs.metrics() == {"dropped.shells": 1, "dropped.once": 1, "dropped": 2}
+    ps.close(time.time())
+    assert (tmp_path / "process-table.json").exists()

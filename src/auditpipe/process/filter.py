@@ -15,11 +15,12 @@ from auditpipe import tables
 from auditpipe.process.config import FilterConfig, FilterRule
 from auditpipe.reassembly import Event
 
-__all__ = ["FilterStage"]
+__all__ = ["FilterStage", "build_filter_stage"]
 
 _SYSCALL = tables.RECORD_TYPE_NUMBERS["SYSCALL"]
 _KEY_SEP = "\x01"  # the kernel joins several rule keys with ^A
 _MAX_TRACKED = 65536
+_EMPTY: dict = {}
 
 
 class _Rule:
@@ -32,9 +33,11 @@ class _Rule:
 
 
 class FilterStage:
-    """Stage. ``labels``: the labels of an event's process (``ProcessStage.labels_of``; None
-    when the process stage is off: a rule on a label then never matches). ``identity``: what
-    "one process" is for keep_first (``ProcessStage.identity_of``; default: node and pid)."""
+    """Stage, after the process stage. ``labels``: the labels of an event's process (default:
+    ``process.labels`` of the event's ECS document, ``context.process.labels`` of a coalesced
+    one, as the process stage wrote them; none for Panther rows or with the process stage off: a
+    rule on a label then never matches). ``identity``: what "one process" is for keep_first
+    (default: the document's ``process.entity_id``, else node and pid)."""
 
     name = "filter"
 
@@ -53,15 +56,15 @@ class FilterStage:
             return docs
         main = _main_fields(event)
         for rule in self.rules:
-            if not self._matches(rule, event, main):
+            if not self._matches(rule, event, main, docs):
                 continue
-            if rule.action == "keep" or (rule.action == "keep_first" and self._first(rule, event, main)):
+            if rule.action == "keep" or (rule.action == "keep_first" and self._first(rule, event, main, docs)):
                 return docs
             self.dropped[rule.name] += 1
             return []
         return docs
 
-    def _matches(self, rule: _Rule, event: Event, main: dict) -> bool:
+    def _matches(self, rule: _Rule, event: Event, main: dict, docs: list[dict]) -> bool:
         if rule.key is not None:
             key = main.get("key")
             if type(key) is not str or rule.key not in key.split(_KEY_SEP):
@@ -70,17 +73,19 @@ class FilterStage:
             exe = main.get("exe")
             if type(exe) is not str or rule.exe.search(exe) is None:
                 return False
-        if rule.label is not None and (self.labels is None or rule.label not in self.labels(event)):
-            return False
+        if rule.label is not None:
+            labels = self.labels(event) if self.labels is not None else _doc_process(docs).get("labels", ())
+            if rule.label not in labels:
+                return False
         if rule.raw is not None:
             rx = rule.raw
             if not any(rx.search(r.raw) for r in event.records):
                 return False
         return True
 
-    def _first(self, rule: _Rule, event: Event, main: dict) -> bool:
+    def _first(self, rule: _Rule, event: Event, main: dict, docs: list[dict]) -> bool:
         """Whether this is one of the first ``rule.first`` matching events of its process."""
-        who = self.identity(event) if self.identity is not None else None
+        who = self.identity(event) if self.identity is not None else _doc_process(docs).get("entity_id")
         if who is None:
             who = (event.node, main.get("pid"))
         k = (rule.name, who)
@@ -100,6 +105,25 @@ class FilterStage:
         out: dict[str, int | float] = {f"dropped.{k}": v for k, v in self.dropped.items()}
         out["dropped"] = sum(self.dropped.values())
         return out
+
+
+def _doc_process(docs: list[dict]) -> dict:
+    """The process object the process stage wrote into the event's (first) document."""
+    if not docs:
+        return _EMPTY
+    d = docs[0]
+    p = d.get("process")
+    if p is None:
+        p = d.get("context", _EMPTY).get("process")
+    return p if type(p) is dict else _EMPTY
+
+
+def build_filter_stage(cfg) -> FilterStage | None:
+    """``[filter]`` → the stage (None without rules); for ``assembly.STAGE_BUILDERS``, after
+    the process stage's builder."""
+    if not cfg.filter.rules:
+        return None
+    return FilterStage(cfg.filter, cfg.normalize.format)
 
 
 def _main_fields(event: Event) -> dict:

@@ -22,7 +22,7 @@ from auditpipe.process.state import StateStore
 from auditpipe.process.table import START_TOLERANCE, Labeler, Proc, ProcessTable
 from auditpipe.reassembly import Event
 
-__all__ = ["ProcessStage", "from_records_only", "staged"]
+__all__ = ["ProcessStage", "build_process_stage", "from_records_only", "staged"]
 
 _T = tables.RECORD_TYPE_NUMBERS
 _SYSCALL, _EXECVE, _PROCTITLE = _T["SYSCALL"], _T["EXECVE"], _T["PROCTITLE"]
@@ -681,3 +681,18 @@ def from_records_only(normalize: Callable[[Event], list[dict]], fmt: str) -> Cal
     the processes seen earlier in it); no /proc (the records are from another time), no state."""
     stage = ProcessStage(ProcessConfig(read_proc=False, state_dir=""), fmt)
     return staged(normalize, [stage], time.time)
+
+
+def build_process_stage(cfg) -> ProcessStage | None:
+    """``[process]`` → the stage for ``run`` (this host's /proc, the state file), or None when
+    turned off; for ``assembly.STAGE_BUILDERS``. Not for ``serve`` (events of many hosts) nor
+    ``parse`` (another time's records: :func:`from_records_only`)."""
+    if not cfg.process.enabled:
+        return None
+    n = cfg.normalize
+    user_name = None
+    if n.resolve_ids:
+        from auditpipe.normalize.idresolve import IdResolver
+
+        user_name = IdResolver(passwd_file=n.passwd_file, group_file=n.group_file).user
+    return ProcessStage.for_live(cfg.process, n.format, time.time(), user_name)
