@@ -124,7 +124,7 @@ def test_the_runtime_routes_alerts_to_the_outputs_that_take_them(tmp_path, monke
         def metrics(self):
             return {"alerts": 1}
 
-    monkeypatch.setattr(assembly, "STAGE_BUILDERS", (lambda cfg: Flag() if cfg.normalize.format == "ecs" else None,))
+    monkeypatch.setattr(assembly, "STAGE_BUILDERS", ((lambda cfg: Flag() if cfg.normalize.format == "ecs" else None, ("run",)),))
     cfg = load_config(text=f"""
 [normalize]
 format = "ecs"

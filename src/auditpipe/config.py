@@ -20,6 +20,7 @@ from typing import Any, Literal
 import msgspec
 
 from auditpipe.metrics.config import HeartbeatConfig, MetricsConfig, split_listen
+from auditpipe.process.config import FilterConfig, ProcessConfig, config_problems
 
 __all__ = [
     "DEFAULT_CONFIG_PATHS",
@@ -299,6 +300,8 @@ class Config(_S):
     state: StateConfig = msgspec.field(default_factory=StateConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     heartbeat: HeartbeatConfig = msgspec.field(default_factory=HeartbeatConfig)
+    process: ProcessConfig = msgspec.field(default_factory=ProcessConfig)
+    filter: FilterConfig = msgspec.field(default_factory=FilterConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: where this configuration came from (None: built-in defaults)
     path: str | None = None
@@ -492,6 +495,8 @@ def _http_problems(o: HttpOutput) -> list[tuple[str, str]]:
     if not o.queue_dir:
         out.append((".queue_dir", "must not be empty"))
     return out
+    for path, msg in config_problems(cfg.process, cfg.filter):
+        fail(path, msg)
 
 
 def rule_files(cfg: Config) -> list[str]:
@@ -587,6 +592,8 @@ def _find_line(text: str, parts: list) -> int | None:
     table = str(parts[0])
     index = parts[1] if len(parts) > 1 and isinstance(parts[1], int) else None
     keys = [p for p in parts[1:] if isinstance(p, str)]
+    if len(parts) > 2 and isinstance(parts[1], str) and isinstance(parts[2], int):
+        table, index, keys = f"{table}.{parts[1]}", parts[2], [p for p in parts[3:] if isinstance(p, str)]
     header_line = None
     seen = -1
     current = ""  # the table the line is in

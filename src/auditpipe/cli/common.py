@@ -60,7 +60,7 @@ def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_fl
     """Parse `paths` in order (one stream: a rotated set continues across files) and write JSON lines."""
     reject = RejectWriter(rejects)
     cfg = Config(reassembly=ReassemblyConfig(timeout=timeout, max_in_flight=max_in_flight))
-    pipeline = assembly.build_pipeline(cfg, reject, normalize=normalize)
+    pipeline = assembly.build_pipeline(cfg, reject, normalize=normalize, role="parse")
     out, close_out = _open_output(output)
     write = out.write
     bar = _Progress(paths) if progress else None

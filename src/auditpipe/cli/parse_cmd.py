@@ -29,11 +29,16 @@ __all__ = ["parse"]
 @click.option("--group", type=click.Path(exists=True, dir_okay=False), help="ecs: resolve gids from this group file.")
 @click.option("--include-raw", is_flag=True, help="Keep each record's line as read (ecs: event.original; coalesced: records[].raw).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-def parse(paths, fmt, output, rejects, strict, timeout, max_in_flight, resolve_ids, passwd, group, include_raw, progress):
+@click.option("--process-context", is_flag=True, help="ecs/coalesced: parents, ancestors and leaders from the input itself (docs/process.md).")
+def parse(paths, fmt, output, rejects, strict, timeout, max_in_flight, resolve_ids, passwd, group, include_raw, progress,
+          process_context):
     """Parse audit.log files (plain or .gz, in the order given; `-` or none for stdin) into events."""
     from auditpipe.cli.common import build_normalizer, run_files
 
     normalize = build_normalizer(fmt, resolve_ids=resolve_ids, passwd=passwd, group=group, include_raw=include_raw)
+    if process_context:
+        from auditpipe.process.stage import from_records_only
+        normalize = from_records_only(normalize, fmt)
     paths = list(paths) or ["-"]
     if progress is None:
         progress = sys.stderr.isatty() and "-" not in paths

@@ -83,7 +83,7 @@ def serve(listen, tls_cert, tls_key, tls_client_ca, auth, auth_header, auth_secr
     normalize = build_normalizer(pipe_cfg.normalize)
 
     def pipeline_factory(on_reject):
-        return build_pipeline(pipe_cfg, on_reject, normalize=normalize)
+        return build_pipeline(pipe_cfg, on_reject, normalize=normalize, role="serve")
 
     sink = StdoutSink() if output == "-" else FileSink(output, max_bytes=rotate, generations=generations, fsync=fsync)
     ssl_context = make_ssl_context(tls_cert, tls_key, tls_client_ca) if tls_cert else None

@@ -8,7 +8,7 @@ import itertools
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from auditpipe.config import Config, ConfigError, NormalizeConfig, ReassemblyConfig
 from auditpipe.normalize import make_normalizer
@@ -19,9 +19,31 @@ from auditpipe.reassembly import Reassembler
 __all__ = ["STAGE_BUILDERS", "build_normalizer", "normalizer_for", "build_pipeline", "build_reassembler", "build_source",
            "build_stages", "unique_row_ids"]
 
-#: Stage builders, in pipeline order: each takes the typed Config and returns a Stage, or None
-#: when its section does not ask for it. A feature adds its builder here (one line).
-STAGE_BUILDERS: tuple[Callable[[Config], Stage | None], ...] = ()
+#: Which command a pipeline is built for: ``run`` (this host, live), ``serve`` (events of many
+#: hosts), ``parse`` (records of another time).
+Role = Literal["run", "serve", "parse"]
+StageBuilder = Callable[[Config], "Stage | None"]
+
+
+def _process_stage(cfg: Config) -> Stage | None:
+    from auditpipe.process.stage import build_process_stage
+
+    return build_process_stage(cfg)
+
+
+def _filter_stage(cfg: Config) -> Stage | None:
+    from auditpipe.process.filter import build_filter_stage
+
+    return build_filter_stage(cfg)
+
+
+#: Stage builders, in pipeline order, with the roles they run in: each takes the typed Config
+#: and returns a Stage, or None when its section does not ask for it. A feature adds its
+#: builder here (one line). The process table reads this host's /proc: ``run`` only.
+STAGE_BUILDERS: tuple[tuple[StageBuilder, tuple[Role, ...]], ...] = (
+    (_process_stage, ("run",)),
+    (_filter_stage, ("run", "serve", "parse")),
+)
 
 
 def unique_row_ids() -> Callable[[], str]:
@@ -64,15 +86,15 @@ def build_reassembler(r: ReassemblyConfig) -> Reassembler:
     return Reassembler(timeout=r.timeout, max_in_flight=r.max_in_flight, wall_timeout=r.wall_timeout)
 
 
-def build_stages(cfg: Config) -> list[Stage]:
-    return [st for st in (b(cfg) for b in STAGE_BUILDERS) if st is not None]
+def build_stages(cfg: Config, role: Role = "run") -> list[Stage]:
+    return [st for st in (b(cfg) for b, roles in STAGE_BUILDERS if role in roles) if st is not None]
 
 
 def build_pipeline(cfg: Config, on_reject: RejectHandler | None = None, *,
-                   normalize: Normalizer | None = None) -> Pipeline:
+                   normalize: Normalizer | None = None, role: Role = "run") -> Pipeline:
     """normalizer → reassembler → Pipeline → stages, from the typed config."""
     return Pipeline(normalize if normalize is not None else normalizer_for(cfg),
-                    build_reassembler(cfg.reassembly), on_reject=on_reject, stages=build_stages(cfg))
+                    build_reassembler(cfg.reassembly), on_reject=on_reject, stages=build_stages(cfg, role))
 
 
 def build_source(cfg: Config) -> Any:
