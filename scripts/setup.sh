@@ -9,6 +9,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   command -v auditctl >/dev/null 2>&1 || need+=(auditd)        # auditctl/ausearch/ausyscall: tests compare against them
   command -v laurel   >/dev/null 2>&1 || need+=(laurel)        # peer for tests and benchmarks
   dpkg -s python3-audit >/dev/null 2>&1 || need+=(python3-audit)  # table generator (scripts/gen_tables.py)
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)      # renders `auditpipe report --html` headless in the tests
+  command -v java     >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)  # `query --engine spark` (PySpark local mode)
   if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}" >&2
     # never let a package start a service here (auditd would register as the audit daemon)

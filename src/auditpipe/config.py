@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from auditpipe.lake.config import LakeOutput
+
 __all__ = [
     "DEFAULT_CONFIG_PATHS",
     "DEFAULT_OUTPUT",
@@ -151,7 +153,7 @@ class Config(_S):
     rules: RulesConfig = msgspec.field(default_factory=RulesConfig)
     reassembly: ReassemblyConfig = msgspec.field(default_factory=ReassemblyConfig)
     normalize: NormalizeConfig = msgspec.field(default_factory=NormalizeConfig)
-    outputs: list[FileOutput | StdoutOutput | HttpOutput] = msgspec.field(
+    outputs: list[FileOutput | StdoutOutput | HttpOutput | LakeOutput] = msgspec.field(
         default_factory=lambda: [FileOutput()])
     source: SourceConfig = msgspec.field(default_factory=SourceConfig)
     status: StatusConfig = msgspec.field(default_factory=StatusConfig)
@@ -173,6 +175,8 @@ class Config(_S):
                             "fsync": o.fsync, "fsync_interval": o.fsync_interval})
             elif isinstance(o, StdoutOutput):
                 out.append({"type": "stdout"})
+            elif isinstance(o, LakeOutput):
+                out.append({"type": "lake", "config": o})
             else:
                 out.append({"type": "http", **o.options})
         return out
@@ -382,7 +386,7 @@ def _hint(parts: list) -> str:
     if len(parts) < 2 or not isinstance(parts[-1], str):
         return ""
     if parts[0] == "outputs" and parts[-1] == "type":
-        return " (one of: file, stdout, http)"
+        return " (one of: file, stdout, http, lake)"
     table = {"kernel": KernelConfig, "normalize": NormalizeConfig, "source": SourceConfig,
              "rules": RulesConfig}.get(str(parts[0]))
     if table is None:

@@ -69,12 +69,14 @@ def _open_output(output: str):
     return open(output, "wb"), True
 
 
-def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_flight=4096, progress=False) -> dict:
-    """Parse `paths` in order (one stream: a rotated set continues across files) and write JSON lines."""
+def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_flight=4096, progress=False,
+              lake=None) -> dict:
+    """Parse `paths` in order (one stream: a rotated set continues across files) and write JSON lines
+    (or hand them to ``lake``, a Transport, one batch per chunk)."""
     reject = RejectWriter(rejects)
     pipeline = Pipeline(normalize, Reassembler(timeout=timeout, max_in_flight=max_in_flight), on_reject=reject)
-    out, close_out = _open_output(output)
-    write = out.write
+    out, close_out = _open_output("-" if lake is not None else output)
+    write = out.write if lake is None else _lake_write(lake)
     bar = _Progress(paths) if progress else None
     read_errors = 0
     try:
@@ -108,6 +110,14 @@ def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_fl
             out.close()
         reject.close()
     return {**pipeline.stats(), "read_errors": read_errors}
+
+
+def _lake_write(lake):
+    def write(lines: bytes) -> None:
+        out = lake.send(lines.splitlines())
+        for _i, why in out.refused:
+            click.echo(f"lake: refused a document: {why}", err=True)
+    return write
 
 
 class _Progress:

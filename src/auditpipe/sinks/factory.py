@@ -61,4 +61,8 @@ def open_sink(cfg: Mapping[str, Any]) -> Any:
         sink = HttpSink(HttpConfig(**cfg), os.fspath(queue_dir), **qkw)
         sink.drain_timeout = drain
         return sink
+    if kind == "lake":
+        from auditpipe.lake.sink import open_lake_output
+
+        return open_lake_output(cfg["config"])
     raise ValueError(f"unknown sink type {kind!r}")

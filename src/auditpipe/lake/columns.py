@@ -1,0 +1,204 @@
+"""What a lake file holds: the typed columns of each format and how a document fills them.
+
+Every file has ``timestamp`` (event time, UTC), ``event_id`` ("SEC.MSEC:SERIAL"), ``host`` and
+``document`` (the whole JSON document: nothing is lost, a new field needs no schema change),
+plus the columns people filter and group on. ECS columns are picked by path from the document;
+panther columns are Panther's schema fields (generated: ``panther_columns.py``) and its ``p_``
+fields. docs/lake.md lists them with their types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from auditpipe.lake.panther_columns import SCHEMA_FIELDS
+from auditpipe.normalize.panther_schema import P_FIELDS
+
+__all__ = ["BASE", "Column", "FORMATS", "TIMESTAMP", "schema_of"]
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+STR, INT, STRS = pa.string(), pa.int64(), pa.list_(pa.string())
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: pa.DataType
+    get: Callable[[dict], Any]
+    doc: str = ""
+
+
+def _path(*keys: str) -> Callable[[dict], Any]:
+    """A getter for a nested key; None where any level is missing or not an object."""
+    def get(d: dict) -> Any:
+        for k in keys:
+            if not isinstance(d, dict):
+                return None
+            d = d.get(k)  # type: ignore[assignment]
+        return d
+    return get
+
+
+def _as_int(get: Callable[[dict], Any]) -> Callable[[dict], Any]:
+    """Numbers that arrive as strings ("60", "-13") become integers; others become None."""
+    def conv(d: dict) -> Any:
+        v = get(d)
+        if isinstance(v, bool) or v is None:
+            return None
+        if isinstance(v, int):
+            return v
+        try:
+            return int(v)
+        except (TypeError, ValueError):
+            return None
+    return conv
+
+
+def _as_str(get: Callable[[dict], Any]) -> Callable[[dict], Any]:
+    def conv(d: dict) -> Any:
+        v = get(d)
+        if v is None or isinstance(v, str):
+            return v
+        if isinstance(v, (dict, list)):
+            return orjson.dumps(v).decode()
+        return str(v)
+    return conv
+
+
+def _as_strs(get: Callable[[dict], Any]) -> Callable[[dict], Any]:
+    def conv(d: dict) -> Any:
+        v = get(d)
+        if v is None:
+            return None
+        if isinstance(v, list):
+            return [x if isinstance(x, str) else str(x) for x in v]
+        return [v if isinstance(v, str) else str(v)]
+    return conv
+
+
+def _record_types(d: dict) -> Any:
+    """The types of the event's records, when the document keeps its lines (event.original)."""
+    lines = _path("event", "original")(d)
+    if not isinstance(lines, list):
+        return None
+    out = []
+    for line in lines:
+        if isinstance(line, str):
+            i = line.find("type=")
+            if i >= 0:
+                out.append(line[i + 5:].split(" ", 1)[0])
+    return out
+
+
+def _ecs(name: str, typ: pa.DataType, *path: str, doc: str = "") -> Column:
+    conv = {INT: _as_int, STRS: _as_strs}.get(typ, _as_str)
+    return Column(name, typ, conv(_path(*path)), doc or ".".join(path))
+
+
+#: ECS documents (and alerts): the fields people filter and group on.
+ECS_COLUMNS: tuple[Column, ...] = (
+    _ecs("sequence", INT, "auditd", "sequence"),
+    Column("record_types", STRS, _record_types, "from event.original, when kept (--include-raw)"),
+    _ecs("kind", STR, "event", "kind"),
+    _ecs("action", STR, "event", "action"),
+    _ecs("category", STRS, "event", "category"),
+    _ecs("event_type", STRS, "event", "type"),
+    _ecs("outcome", STR, "event", "outcome"),
+    _ecs("message_type", STR, "auditd", "message_type"),
+    _ecs("result", STR, "auditd", "result"),
+    _ecs("session", STR, "auditd", "session"),
+    _ecs("tags", STRS, "tags"),
+    _ecs("user_id", STR, "user", "id"),
+    _ecs("user_name", STR, "user", "name"),
+    _ecs("effective_user_id", STR, "user", "effective", "id"),
+    _ecs("effective_user_name", STR, "user", "effective", "name"),
+    _ecs("audit_user_id", STR, "user", "audit", "id"),
+    _ecs("audit_user_name", STR, "user", "audit", "name"),
+    _ecs("target_user_id", STR, "user", "target", "id"),
+    _ecs("target_user_name", STR, "user", "target", "name"),
+    _ecs("group_id", STR, "group", "id"),
+    _ecs("group_name", STR, "group", "name"),
+    _ecs("process_pid", INT, "process", "pid"),
+    _ecs("process_ppid", INT, "process", "parent", "pid"),
+    _ecs("process_executable", STR, "process", "executable"),
+    _ecs("process_name", STR, "process", "name"),
+    _ecs("process_args", STRS, "process", "args"),
+    _ecs("process_title", STR, "process", "title"),
+    _ecs("process_working_directory", STR, "process", "working_directory"),
+    _ecs("process_exit_code", INT, "process", "exit_code"),
+    _ecs("syscall", STR, "auditd", "data", "syscall"),
+    _ecs("syscall_exit", INT, "auditd", "data", "exit"),
+    _ecs("file_path", STR, "file", "path"),
+    _ecs("source_ip", STR, "source", "ip"),
+    _ecs("source_port", INT, "source", "port"),
+    _ecs("destination_ip", STR, "destination", "ip"),
+    _ecs("destination_port", INT, "destination", "port"),
+    _ecs("summary_actor_primary", STR, "auditd", "summary", "actor", "primary"),
+    _ecs("summary_actor_secondary", STR, "auditd", "summary", "actor", "secondary"),
+    _ecs("summary_object_primary", STR, "auditd", "summary", "object", "primary"),
+    _ecs("summary_object_secondary", STR, "auditd", "summary", "object", "secondary"),
+    _ecs("summary_object_type", STR, "auditd", "summary", "object", "type"),
+    _ecs("summary_how", STR, "auditd", "summary", "how"),
+    _ecs("rule_name", STR, "rule", "name"),
+    _ecs("rule_id", STR, "rule", "id"),
+)
+
+
+def _p_field(name: str) -> Column:
+    """Panther's standard fields: p_any_* are lists, p_*_time timestamps, the rest strings."""
+    if name.startswith("p_any_"):
+        return Column(name, STRS, _as_strs(_path(name)), "Panther standard field")
+    if name.endswith("_time"):
+        return Column(name, TIMESTAMP, _panther_time(name), "Panther standard field")
+    return Column(name, STR, _as_str(_path(name)), "Panther standard field")
+
+
+def _panther_time(key: str) -> Callable[[dict], Any]:
+    """"YYYY-MM-DD HH:MM:SS.fff" (UTC) → microseconds since the epoch."""
+    def get(d: dict) -> Any:
+        v = d.get(key)
+        if not isinstance(v, str):
+            return None
+        try:
+            t = datetime.fromisoformat(v).replace(tzinfo=UTC)
+        except ValueError:
+            return None
+        return (t - _EPOCH) // _US
+    return get
+
+
+def _schema_column(name: str, typ: str) -> Column | None:
+    if name == "timestamp":  # the lake's own timestamp column is this field
+        return None
+    return Column(name, STR, _as_str(_path(name)), f"Panther schema ({typ})")
+
+
+#: panther rows: every field of Panther's schema, then its p_ fields.
+PANTHER_COLUMNS: tuple[Column, ...] = tuple(
+    c for c in (_schema_column(n, t) for n, t in SCHEMA_FIELDS) if c is not None
+) + tuple(_p_field(n) for n in sorted(P_FIELDS))
+
+#: The columns every lake file starts with (filled by the writer, not by a getter).
+BASE: tuple[tuple[str, pa.DataType], ...] = (
+    ("timestamp", TIMESTAMP), ("event_id", STR), ("host", STR))
+
+#: the lake's top-level folders and the columns of each
+FORMATS: dict[str, tuple[Column, ...]] = {"ecs": ECS_COLUMNS, "panther": PANTHER_COLUMNS, "alerts": ECS_COLUMNS}
+
+
+def schema_of(fmt: str) -> pa.Schema:
+    """The Arrow schema of every file under ``<lake>/<fmt>/`` (the same for all of them, so any
+    engine reads the folder as one table)."""
+    cols = [pa.field(n, t) for n, t in BASE]
+    cols += [pa.field(c.name, c.type) for c in FORMATS[fmt]]
+    cols.append(pa.field("document", STR))
+    return pa.schema(cols)
+
