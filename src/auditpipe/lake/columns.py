@@ -187,8 +187,10 @@ PANTHER_COLUMNS: tuple[Column, ...] = tuple(
 ) + tuple(_p_field(n) for n in sorted(P_FIELDS))
 
 #: The columns every lake file starts with (filled by the writer, not by a getter).
+#: doc_hash: 64 bits of BLAKE2b over the document's bytes. One audit serial can give two events
+#: (auparse splits some groups), so a re-sent document is known by (event_id, doc_hash).
 BASE: tuple[tuple[str, pa.DataType], ...] = (
-    ("timestamp", TIMESTAMP), ("event_id", STR), ("host", STR))
+    ("timestamp", TIMESTAMP), ("event_id", STR), ("host", STR), ("doc_hash", INT))
 
 #: the lake's top-level folders and the columns of each
 FORMATS: dict[str, tuple[Column, ...]] = {"ecs": ECS_COLUMNS, "panther": PANTHER_COLUMNS, "alerts": ECS_COLUMNS}

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-__all__ = ["DEFAULT_LAKE_DIR", "LakeOutput"]
+__all__ = ["DEFAULT_LAKE_DIR", "LakeOutput", "parse_duration"]
 
 DEFAULT_LAKE_DIR = "./auditpipe-data"
 
@@ -36,3 +36,20 @@ class LakeOutput(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, tag="
     queue_max_bytes: _Positive = 1 << 30
     #: which documents this output takes; alerts (event.kind = "signal") go under path/alerts/
     documents: Literal["events", "alerts", "both"] = "events"
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90d``, ``24h``, ``30m``, ``45s``, ``2w`` (or plain seconds) → seconds."""
+    t = text.strip().lower()
+    unit = _UNITS.get(t[-1:]) if t else None
+    num = t[:-1] if unit else t
+    try:
+        value = float(num) * (unit or 1)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration like 90d, 24h, 30m or 45s") from None
+    if value <= 0:
+        raise ValueError(f"{text!r}: a duration must be more than 0")
+    return value

@@ -2,9 +2,9 @@
 (embedded, the default) or Apache Spark (``auditpipe[spark]``, local mode or a cluster).
 
 Both engines read the same files with Hive partitioning (``date`` DATE, ``host`` VARCHAR: a
-filter on them skips whole folders) and deduplicate what a writer sent twice after a crash:
-one ``events`` row per (date, host, event_id), one ``records`` row per (date, host, p_row_id),
-one ``alerts`` row per (date, host, document). ``dedup=False`` shows the files as they are.
+filter on them skips whole folders) and deduplicate what a writer sent twice after a crash (the
+same document again, so the same event id and document hash): one row per (date, host,
+event_id, doc_hash). ``dedup=False`` shows the files as they are.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ __all__ = ["DuckEngine", "NoLake", "QueryError", "SparkEngine", "View", "VIEWS",
 class View:
     name: str
     folder: str
-    key: str  # the column that identifies a row when a writer sent it twice
 
 
-VIEWS = (View("events", "ecs", "event_id"), View("records", "panther", "p_row_id"),
-         View("alerts", "alerts", "document"))
+VIEWS = (View("events", "ecs"), View("records", "panther"), View("alerts", "alerts"))
+#: a row sent twice has the same values of these
+DEDUP_KEY = ("date", "host", "event_id", "doc_hash")
 
 
 class QueryError(Exception):
@@ -82,8 +82,8 @@ class DuckEngine:
                f"hive_types = {{'date': DATE, 'host': VARCHAR}}, union_by_name = true)")
         if not dedup:
             return f"SELECT * FROM {src}"
-        return (f"SELECT * FROM {src} QUALIFY {v.key} IS NULL OR "
-                f"row_number() OVER (PARTITION BY date, host, {v.key} ORDER BY timestamp) = 1")
+        return (f"SELECT * FROM {src} QUALIFY "
+                f"row_number() OVER (PARTITION BY {', '.join(DEDUP_KEY)} ORDER BY timestamp) = 1")
 
     def arrow(self, sql: str) -> pa.Table:
         try:
@@ -133,9 +133,8 @@ class SparkEngine:
         else:
             df = spark.createDataFrame([], _spark_schema(schema_of(v.folder))).withColumn("date", F.lit(None).cast("date"))
         if dedup and present:
-            w = Window.partitionBy("date", "host", v.key).orderBy("timestamp")
-            df = (df.withColumn("_rn", F.row_number().over(w))
-                  .filter(F.col(v.key).isNull() | (F.col("_rn") == 1)).drop("_rn"))
+            w = Window.partitionBy(*DEDUP_KEY).orderBy("timestamp")
+            df = df.withColumn("_rn", F.row_number().over(w)).filter(F.col("_rn") == 1).drop("_rn")
         df.createOrReplaceTempView(v.name)
 
     def arrow(self, sql: str) -> pa.Table:

@@ -11,6 +11,7 @@ again carries the same event id (``auditpipe query`` deduplicates on it). The sh
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import time
@@ -50,7 +51,7 @@ class _Open:
         self.writer: pq.ParquetWriter | None = None
         self.docs: list[dict] = []
         self.texts: list[str] = []
-        self.keys: list[tuple[int, str | None]] = []
+        self.keys: list[tuple[int, str | None, int]] = []
         self.buffered = 0
         self.first_batch = first_batch
         self.opened = opened
@@ -172,7 +173,7 @@ class LakeWriter:
             o = self._open[(folder, date, host)] = self._new_file(folder, date, host, batch)
         o.docs.append(doc)
         o.texts.append(payload.decode("utf-8", "replace"))
-        o.keys.append((us, eid))
+        o.keys.append((us, eid, int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "big", signed=True)))
         o.buffered += len(payload)
         return None
 
@@ -214,6 +215,7 @@ class LakeWriter:
             pa.array([k[0] for k in o.keys], schema.field("timestamp").type),
             pa.array([k[1] for k in o.keys], pa.string()),
             pa.array([o.host] * len(o.keys), pa.string()),
+            pa.array([k[2] for k in o.keys], pa.int64()),
         ]
         docs = o.docs
         for c in FORMATS[o.folder]:
