@@ -75,7 +75,7 @@ def _ecs_key(doc: dict) -> tuple[int, str | None, Any]:
 def _panther_key(doc: dict) -> tuple[int, str | None, Any]:
     ts = doc["timestamp"]
     us = round(float(ts) * 1000) * 1000
-    return us, doc.get("eventId"), (doc.get("extra_message_fields") or {}).get("node")
+    return us, doc.get("eventId"), (doc.get("extra_message_fields") or {}).get("node") or doc.get("node")
 
 
 def classify(doc: dict) -> str | None:
