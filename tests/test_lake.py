@@ -277,3 +277,49 @@ def test_lake_output_config(tmp_path):
     assert LakeOutput().path == "./auditpipe-data"
     with pytest.raises(Exception, match=r":4: .*compression"):
         load_config(text='[[outputs]]\ntype = "lake"\n\ncompression = "zip"\n')
+
+
+# ------------------------------------------------------------------------------ batch path
+def _lake_table(root: Path, folder: str) -> pa.Table:
+    t = pa.concat_tables(pq.read_table(f) for f in sorted((root / folder).rglob("part-*.parquet")))
+    return t.sort_by([("doc_hash", "ascending")])
+
+
+def test_batch_path_writes_what_the_reference_path_writes(tmp_path):
+    from auditpipe.cli.common import build_normalizer, run_files
+
+    odd = [orjson.dumps(d) for d in (
+        {"@timestamp": "2027-01-15T08:00:00.001Z", "event": {"kind": "signal", "action": "x", "id": "alert-1"},
+         "rule": {"name": "r", "id": "1"}, "host": {"name": "é host/1"}},
+        {"@timestamp": "2027-01-15T08:00:00.002Z", "event": {"kind": "metric", "action": "heartbeat"}, "host": {"name": ""}},
+        {"@timestamp": "2027-01-15T08:00:00.003Z", "auditd": {"sequence": 7, "data": {"exit": "-13x"}},
+         "event": {"original": ["type=SYSCALL msg=audit(1:7): a=1", "type=PATH msg=audit(1:7): b=2"]}},
+    )]
+    for fast in (True, False):
+        root = tmp_path / ("fast" if fast else "slow")
+        for corpus, raw in ((CORPUS / "enriched.log", False), (CORPUS / "raw-node.log", True)):
+            w = LakeWriter(LakeOutput(path=str(root), default_host="d"), fast=fast)
+            run_files([str(corpus)], build_normalizer("ecs", resolve_ids=False, include_raw=raw), lake=w)
+            assert w.stats()["lake_slow_batches"] == (0 if fast else 2), "the corpora take the batch path"
+            w.send(odd)
+            w.close()
+    for folder in ("ecs", "alerts"):
+        fast, slow = _lake_table(tmp_path / "fast", folder), _lake_table(tmp_path / "slow", folder)
+        assert fast.num_rows == slow.num_rows > 0
+        for name in fast.column_names:
+            assert fast.column(name).to_pylist() == slow.column(name).to_pylist(), (folder, name)
+    t = _lake_table(tmp_path / "fast", "ecs")
+    assert t.filter(pa.compute.field("record_types").is_valid()).num_rows > 900, "include_raw fills record_types"
+
+
+def test_batch_path_falls_back_on_a_surprise(tmp_path):
+    w = LakeWriter(LakeOutput(path=str(tmp_path)))
+    good = _ecs_doc(1_800_000_000, 1)
+    odd = orjson.dumps({"@timestamp": "2027-01-15T08:00:00.001Z", "process": {"pid": "12"}})  # pid as a string
+    assert w._fast.tables([good, odd]) is None
+    out = w.send([good, odd, b"[1]"])
+    assert out.refused == [(2, "not a JSON object")]
+    w.close()
+    eng = DuckEngine(str(tmp_path))
+    assert sorted(eng.arrow("SELECT process_pid FROM events").column(0).to_pylist()) == [12, 42]
+    eng.close()

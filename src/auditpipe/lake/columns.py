@@ -9,6 +9,7 @@ fields. docs/lake.md lists them with their types.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ import pyarrow as pa
 from auditpipe.lake.panther_columns import SCHEMA_FIELDS
 from auditpipe.normalize.panther_schema import P_FIELDS
 
-__all__ = ["BASE", "Column", "FORMATS", "TIMESTAMP", "schema_of"]
+__all__ = ["BASE", "Column", "ECS_COLUMNS", "FORMATS", "PANTHER_COLUMNS", "TIMESTAMP", "doc_hash", "json_schema", "schema_of"]
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -30,10 +31,22 @@ STR, INT, STRS = pa.string(), pa.int64(), pa.list_(pa.string())
 
 @dataclass(frozen=True, slots=True)
 class Column:
+    """A typed column. ``get`` fills it from a decoded document (the reference path); ``path``
+    and ``src`` (the JSON type found there) let the batch path read it with Arrow's JSON reader,
+    ``vec`` converting that array to ``type`` when the two differ."""
+
     name: str
     type: pa.DataType
     get: Callable[[dict], Any]
     doc: str = ""
+    path: tuple[str, ...] = ()
+    src: pa.DataType | None = None
+    vec: Callable[[Any], Any] | None = None
+
+
+def doc_hash(payload: bytes) -> int:
+    """64 bits of BLAKE2b: tells a re-sent document from another event of the same serial."""
+    return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "big", signed=True)
 
 
 def _path(*keys: str) -> Callable[[dict], Any]:
@@ -84,9 +97,7 @@ def _as_strs(get: Callable[[dict], Any]) -> Callable[[dict], Any]:
     return conv
 
 
-def _record_types(d: dict) -> Any:
-    """The types of the event's records, when the document keeps its lines (event.original)."""
-    lines = _path("event", "original")(d)
+def _types_of(lines: Any) -> Any:
     if not isinstance(lines, list):
         return None
     out = []
@@ -98,15 +109,36 @@ def _record_types(d: dict) -> Any:
     return out
 
 
-def _ecs(name: str, typ: pa.DataType, *path: str, doc: str = "") -> Column:
+def _record_types(d: dict) -> Any:
+    """The types of the event's records, when the document keeps its lines (event.original)."""
+    return _types_of(_path("event", "original")(d))
+
+
+def _record_types_vec(arr: Any) -> Any:
+    if arr.null_count == len(arr):
+        return pa.nulls(len(arr), STRS)
+    return pa.array([_types_of(v) for v in arr.to_pylist()], STRS)
+
+
+def _int_of_str_vec(arr: Any) -> Any:
+    """"60", "-13" → integers; anything else → null (as ``_as_int`` does one by one)."""
+    import pyarrow.compute as pc
+
+    ok = pc.fill_null(pc.match_substring_regex(arr, r"^-?[0-9]{1,18}$"), False)
+    return pc.if_else(ok, pc.cast(pc.if_else(ok, arr, "0"), INT), pa.scalar(None, INT))
+
+
+def _ecs(name: str, typ: pa.DataType, *path: str, doc: str = "", src: pa.DataType | None = None,
+         vec: Callable[[Any], Any] | None = None) -> Column:
     conv = {INT: _as_int, STRS: _as_strs}.get(typ, _as_str)
-    return Column(name, typ, conv(_path(*path)), doc or ".".join(path))
+    return Column(name, typ, conv(_path(*path)), doc or ".".join(path), path, src, vec)
 
 
 #: ECS documents (and alerts): the fields people filter and group on.
 ECS_COLUMNS: tuple[Column, ...] = (
     _ecs("sequence", INT, "auditd", "sequence"),
-    Column("record_types", STRS, _record_types, "from event.original, when kept (--include-raw)"),
+    Column("record_types", STRS, _record_types, "from event.original, when kept (--include-raw)",
+           ("event", "original"), STRS, _record_types_vec),
     _ecs("kind", STR, "event", "kind"),
     _ecs("action", STR, "event", "action"),
     _ecs("category", STRS, "event", "category"),
@@ -135,7 +167,7 @@ ECS_COLUMNS: tuple[Column, ...] = (
     _ecs("process_working_directory", STR, "process", "working_directory"),
     _ecs("process_exit_code", INT, "process", "exit_code"),
     _ecs("syscall", STR, "auditd", "data", "syscall"),
-    _ecs("syscall_exit", INT, "auditd", "data", "exit"),
+    _ecs("syscall_exit", INT, "auditd", "data", "exit", src=STR, vec=_int_of_str_vec),
     _ecs("file_path", STR, "file", "path"),
     _ecs("source_ip", STR, "source", "ip"),
     _ecs("source_port", INT, "source", "port"),
@@ -194,6 +226,25 @@ BASE: tuple[tuple[str, pa.DataType], ...] = (
 
 #: the lake's top-level folders and the columns of each
 FORMATS: dict[str, tuple[Column, ...]] = {"ecs": ECS_COLUMNS, "panther": PANTHER_COLUMNS, "alerts": ECS_COLUMNS}
+
+
+def json_schema(columns: tuple[Column, ...], extra: dict[tuple[str, ...], pa.DataType]) -> pa.Schema:
+    """The nested Arrow schema the JSON reader needs to read ``columns`` (and ``extra`` paths)
+    out of documents, ignoring every other field."""
+    tree: dict[str, Any] = {}
+    leaves = {c.path: c.src or c.type for c in columns if c.path} | extra
+    for path, typ in leaves.items():
+        node = tree
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"{'.'.join(path)}: a leaf and an object at once")
+        node[path[-1]] = typ
+
+    def build(node: dict[str, Any]) -> list[pa.Field]:
+        return [pa.field(k, pa.struct(build(v)) if isinstance(v, dict) else v) for k, v in node.items()]
+
+    return pa.schema(build(tree))
 
 
 def schema_of(fmt: str) -> pa.Schema:

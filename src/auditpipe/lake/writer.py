@@ -11,7 +11,6 @@ again carries the same event id (``auditpipe query`` deduplicates on it). The sh
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import socket
 import time
@@ -23,7 +22,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from auditpipe.lake.columns import _EPOCH, _US, FORMATS, schema_of
+from auditpipe.lake.batch import EcsBatchReader
+from auditpipe.lake.columns import _EPOCH, _US, FORMATS, doc_hash, schema_of
 from auditpipe.lake.config import LakeOutput
 from auditpipe.lake.store import Store, final_name, safe_host, stale_temp, temp_name, writer_id
 from auditpipe.sinks.transport import Outcome
@@ -39,19 +39,18 @@ _MAX_BUFFER_BYTES = 64 << 20
 
 
 class _Open:
-    """One partition's file being written."""
+    """One partition's file being written: Arrow tables buffered until a row group is due."""
 
-    __slots__ = ("folder", "date", "host", "temp", "final", "file", "writer", "docs", "texts", "keys",
-                 "buffered", "first_batch", "opened")
+    __slots__ = ("folder", "date", "host", "temp", "final", "file", "writer", "tables", "rows", "buffered",
+                 "first_batch", "opened")
 
     def __init__(self, folder: str, date: str, host: str, temp: str, first_batch: int, opened: float) -> None:
         self.folder, self.date, self.host = folder, date, host
         self.temp, self.final = temp, temp.rsplit("/", 1)[0] + "/" + final_name(temp.rsplit("/", 1)[1])
         self.file: IO[bytes] | None = None
         self.writer: pq.ParquetWriter | None = None
-        self.docs: list[dict] = []
-        self.texts: list[str] = []
-        self.keys: list[tuple[int, str | None, int]] = []
+        self.tables: list[pa.Table] = []
+        self.rows = 0
         self.buffered = 0
         self.first_batch = first_batch
         self.opened = opened
@@ -59,6 +58,10 @@ class _Open:
     def size(self) -> int:
         on_disk = self.file.tell() if self.file is not None else 0
         return on_disk + self.buffered // _BUFFER_RATIO
+
+
+#: (folder, date, host) → (rows of that partition, their payload bytes)
+_Parts = dict[tuple[str, str, str], tuple[pa.Table, int]]
 
 
 def _ecs_key(doc: dict) -> tuple[int, str | None, Any]:
@@ -92,7 +95,7 @@ class LakeWriter:
     """Transport writing documents into the lake (see module doc)."""
 
     def __init__(self, cfg: LakeOutput, *, clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic, fast: bool = True) -> None:
         self.cfg = cfg
         self.name = f"lake {cfg.path}"
         self.store = Store(cfg.path)
@@ -101,6 +104,7 @@ class LakeWriter:
         self.default_host = safe_host(cfg.default_host or socket.gethostname())
         self.compression = None if cfg.compression == "none" else cfg.compression
         self._schemas = {f: schema_of(f) for f in FORMATS}
+        self._fast: EcsBatchReader | None = EcsBatchReader(self._schemas["ecs"], self.default_host) if fast else None
         self._open: dict[tuple[str, str, str], _Open] = {}
         self._dates: dict[int, str] = {}
         self._sent = 0
@@ -108,18 +112,26 @@ class LakeWriter:
         self.rows_written = 0
         self.files_written = 0
         self.refused = 0
+        self.slow_batches = 0  # batches the Arrow JSON reader could not take (see batch.py)
         self.leftovers_removed = clean_leftovers(self.store, max(3600.0, 4 * cfg.max_file_age), clock())
 
     # ---- Transport -------------------------------------------------------------------------
     def send(self, payloads: list[bytes]) -> Outcome:
         """Buffer one batch into its partitions' open files; refuse what is not an event."""
         batch = self._sent + 1
+        parts = self._fast.tables(payloads) if self._fast is not None else None
         refused: list[tuple[int, str]] = []
+        if parts is None:
+            self.slow_batches += 1
+            parts, refused = self._slow_tables(payloads)
         try:
-            for i, p in enumerate(payloads):
-                why = self._add(p, batch)
-                if why is not None:
-                    refused.append((i, why))
+            for (folder, date, host), (table, nbytes) in parts.items():
+                o = self._open.get((folder, date, host))
+                if o is None:
+                    o = self._open[(folder, date, host)] = self._new_file(folder, date, host, batch)
+                o.tables.append(table)
+                o.rows += table.num_rows
+                o.buffered += nbytes
             self._write_due()
         except OSError:
             self._abandon()  # the shipper rewinds the queue: all that was in these files comes again
@@ -150,9 +162,23 @@ class LakeWriter:
     def stats(self) -> dict[str, int]:
         return {"lake_files_written": self.files_written, "lake_rows_written": self.rows_written,
                 "lake_open_files": len(self._open), "lake_refused": self.refused,
-                "lake_leftovers_removed": self.leftovers_removed}
+                "lake_leftovers_removed": self.leftovers_removed, "lake_slow_batches": self.slow_batches}
 
-    def _add(self, payload: bytes, batch: int) -> str | None:
+    def _slow_tables(self, payloads: list[bytes]) -> tuple[_Parts, list[tuple[int, str]]]:
+        """Document by document (the reference path, and the one that says what is wrong)."""
+        groups: dict[tuple[str, str, str], list[tuple[dict, bytes, int, str | None]]] = {}
+        refused = []
+        for i, p in enumerate(payloads):
+            got = self._decode(p)
+            if isinstance(got, str):
+                refused.append((i, got))
+                continue
+            key, doc, us, eid = got
+            groups.setdefault(key, []).append((doc, p, us, eid))
+        parts = {key: (self._table(key[0], key[2], rows), sum(len(r[1]) for r in rows)) for key, rows in groups.items()}
+        return parts, refused
+
+    def _decode(self, payload: bytes) -> str | tuple[tuple[str, str, str], dict, int, str | None]:
         try:
             doc = orjson.loads(payload)
         except orjson.JSONDecodeError as e:
@@ -167,15 +193,7 @@ class LakeWriter:
         except (KeyError, TypeError, ValueError, OverflowError) as e:
             return f"no usable event time: {e!r}"
         host = safe_host(host) if isinstance(host, str) and host else self.default_host
-        date = self._date(us)
-        o = self._open.get((folder, date, host))
-        if o is None:
-            o = self._open[(folder, date, host)] = self._new_file(folder, date, host, batch)
-        o.docs.append(doc)
-        o.texts.append(payload.decode("utf-8", "replace"))
-        o.keys.append((us, eid, int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "big", signed=True)))
-        o.buffered += len(payload)
-        return None
+        return (folder, self._date(us), host), doc, us, eid
 
     def _date(self, us: int) -> str:
         day = us // _DAY_US
@@ -194,34 +212,35 @@ class LakeWriter:
 
     def _write_due(self) -> None:
         for key, o in list(self._open.items()):
-            if len(o.docs) >= self.cfg.row_group_rows or o.buffered >= _MAX_BUFFER_BYTES:
+            if o.rows >= self.cfg.row_group_rows or o.buffered >= _MAX_BUFFER_BYTES:
                 self._write_rows(o)
             if o.size() >= self.cfg.max_file_bytes:
                 self._finish(key)
 
     def _write_rows(self, o: _Open) -> None:
-        if not o.docs:
+        if not o.rows:
             return
-        schema = self._schemas[o.folder]
         if o.writer is None:
             o.file = self.store.open_write(o.temp)
-            o.writer = pq.ParquetWriter(o.file, schema, compression=self.compression)
-        o.writer.write_table(self._table(o, schema), row_group_size=len(o.docs))
-        self.rows_written += len(o.docs)
-        o.docs, o.texts, o.keys, o.buffered = [], [], [], 0
+            o.writer = pq.ParquetWriter(o.file, self._schemas[o.folder], compression=self.compression)
+        table = pa.concat_tables(o.tables)
+        o.writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        self.rows_written += table.num_rows
+        o.tables, o.rows, o.buffered = [], 0, 0
 
-    def _table(self, o: _Open, schema: pa.Schema) -> pa.Table:
+    def _table(self, folder: str, host: str, rows: list[tuple[dict, bytes, int, str | None]]) -> pa.Table:
+        schema = self._schemas[folder]
+        docs = [r[0] for r in rows]
         arrays = [
-            pa.array([k[0] for k in o.keys], schema.field("timestamp").type),
-            pa.array([k[1] for k in o.keys], pa.string()),
-            pa.array([o.host] * len(o.keys), pa.string()),
-            pa.array([k[2] for k in o.keys], pa.int64()),
+            pa.array([r[2] for r in rows], schema.field("timestamp").type),
+            pa.array([r[3] for r in rows], pa.string()),
+            pa.array([host] * len(rows), pa.string()),
+            pa.array([doc_hash(r[1]) for r in rows], pa.int64()),
         ]
-        docs = o.docs
-        for c in FORMATS[o.folder]:
+        for c in FORMATS[folder]:
             get = c.get
             arrays.append(pa.array([get(d) for d in docs], c.type))
-        arrays.append(pa.array(o.texts, pa.string()))
+        arrays.append(pa.array([r[1] for r in rows], pa.binary()).cast(pa.string()))
         return pa.Table.from_arrays(arrays, schema=schema)
 
     def _finish(self, key: tuple[str, str, str]) -> None:
