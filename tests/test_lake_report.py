@@ -19,6 +19,8 @@ from lake_helpers import build_lake
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium")
+NEEDS_CHROMIUM = pytest.mark.skipif(
+    CHROMIUM is None, reason="Debian's chromium is not installed (scripts/setup.sh installs it as root)")
 HEADLESS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"]
 
@@ -64,7 +66,7 @@ def test_report_tables(lake):
     failed = _failed_logins(CORPUS / "enriched.log") + _failed_logins(CORPUS / "raw-node.log")
     assert failed > 0
     assert re.search(rf"│ 127\.0\.0\.1\s+│ {failed}\s+│", out), "failed logins by address = USER_LOGIN res=failed lines"
-    assert re.search(r"│ failed_logins\s+│ %d\s+│" % failed, out)
+    assert re.search(rf"│ failed_logins\s+│ {failed}\s+│", out)
     assert re.search(r"│ web-01\.example\.com\s+│ \d+\s+│ [\d:\- ]+│ 2\s+│ [\d:\- ]+│ 12\s+│ 2\s+│", out), \
         "loss per host: two heartbeats, 12 lost, 2 serial gaps"
     assert "anom_abend" in out and "/usr/bin/true" in out
@@ -88,7 +90,7 @@ def _console_errors(stderr: str) -> list[str]:
     return [ln for ln in stderr.splitlines() if "CONSOLE" in ln and re.search(r"error|uncaught", ln, re.I)]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/setup.sh installs it as root)")
+@NEEDS_CHROMIUM
 def test_html_report_renders_in_headless_chromium(lake, tmp_path):
     page = tmp_path / "report.html"
     r = _report("--lake", str(lake), "--since", "all", "--html", str(page))
@@ -108,7 +110,7 @@ def test_html_report_renders_in_headless_chromium(lake, tmp_path):
     assert s.returncode == 0 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/setup.sh installs it as root)")
+@NEEDS_CHROMIUM
 def test_the_error_check_sees_a_broken_page(tmp_path):
     page = tmp_path / "broken.html"
     page.write_text("<!DOCTYPE html><html><body><script>document.body.dataset.errors='0';"

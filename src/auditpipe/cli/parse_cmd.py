@@ -28,7 +28,8 @@ __all__ = ["parse"]
 @click.option("--passwd", type=click.Path(exists=True, dir_okay=False), help="ecs: resolve uids from this passwd file.")
 @click.option("--group", type=click.Path(exists=True, dir_okay=False), help="ecs: resolve gids from this group file.")
 @click.option("--include-raw", is_flag=True, help="Keep each record's line as read (ecs: event.original; coalesced: records[].raw).")
-@click.option("--lake", type=click.Path(file_okay=False), help="Write the events into this Parquet lake (ecs or panther; see docs/lake.md) instead of JSON lines.")
+@click.option("--lake", type=click.Path(file_okay=False),
+              help="Write the events into this Parquet lake (ecs or panther; see docs/lake.md) instead of JSON lines.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 def parse(paths, fmt, output, rejects, strict, timeout, max_in_flight, resolve_ids, passwd, group, include_raw, lake, progress):
     """Parse audit.log files (plain or .gz, in the order given; `-` or none for stdin) into events."""

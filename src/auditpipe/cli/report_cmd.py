@@ -15,7 +15,8 @@ __all__ = ["report"]
 @click.option("--since", default="24h", show_default=True, help="Events of this last period (90d, 24h, 30m) or 'all'.")
 @click.option("--host", help="Only this host.")
 @click.option("--top", default=10, show_default=True, help="Rows of the top-N tables.")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Also write one self-contained HTML page with charts.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="Also write one self-contained HTML page with charts.")
 def report(lake, since, host, top, html_path):
     """Logins, authentications, executables, account changes, rule keys, anomalies, files and
     loss per host, from the lake."""

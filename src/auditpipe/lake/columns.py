@@ -21,7 +21,8 @@ import pyarrow as pa
 from auditpipe.lake.panther_columns import SCHEMA_FIELDS
 from auditpipe.normalize.panther_schema import P_FIELDS
 
-__all__ = ["BASE", "Column", "ECS_COLUMNS", "FORMATS", "PANTHER_COLUMNS", "TIMESTAMP", "doc_hash", "json_schema", "schema_of"]
+__all__ = ["BASE", "Column", "ECS_COLUMNS", "FORMATS", "PANTHER_COLUMNS", "TIMESTAMP", "doc_hash", "json_schema",
+           "schema_of"]
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

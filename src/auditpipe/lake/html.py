@@ -85,7 +85,7 @@ def _chart(name: str, title: str, t: pa.Table | None) -> str:
            f"<line x1={_PAD_L} y1={10 + plot_h} x2={_W - 10} y2={10 + plot_h} stroke=#999 />",
            f"<text x=4 y=18>{_num(top)}</text><text x=4 y={10 + plot_h}>0</text>"]
     for i, lab in enumerate(labels):
-        y = 10 + plot_h
+        y = float(10 + plot_h)
         for k, (sname, values) in enumerate(series.items()):
             v = values.get(lab, 0)
             h = plot_h * v / top

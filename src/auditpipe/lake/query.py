@@ -131,7 +131,8 @@ class SparkEngine:
             base = f"{root.rstrip('/')}/{v.folder}"
             df = spark.read.option("basePath", base).parquet(base).withColumn("date", F.col("date").cast("date"))
         else:
-            df = spark.createDataFrame([], _spark_schema(schema_of(v.folder))).withColumn("date", F.lit(None).cast("date"))
+            df = spark.createDataFrame([], _spark_schema(schema_of(v.folder)))
+            df = df.withColumn("date", F.lit(None).cast("date"))
         if dedup and present:
             w = Window.partitionBy(*DEDUP_KEY).orderBy("timestamp")
             df = df.withColumn("_rn", F.row_number().over(w)).filter(F.col("_rn") == 1).drop("_rn")
@@ -156,8 +157,7 @@ def _first_line(msg: str) -> str:
 
 
 def _spark_schema(schema: pa.Schema) -> Any:
-    from pyspark.sql.types import (ArrayType, LongType, StringType, StructField, StructType,
-                                   TimestampType)
+    from pyspark.sql.types import ArrayType, LongType, StringType, StructField, StructType, TimestampType
 
     def typ(t: pa.DataType) -> Any:
         if pa.types.is_list(t):

@@ -47,7 +47,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("failed_by_address", "Failed logins by source address", f"""
         SELECT source_ip, count(*) AS failed, count(DISTINCT {_LOGIN_USER}) AS users, min(timestamp) AS first,
                max(timestamp) AS last
-        FROM ev WHERE message_type = 'user_login' AND outcome = 'failure' GROUP BY ALL ORDER BY failed DESC, source_ip"""),
+        FROM ev WHERE message_type = 'user_login' AND outcome = 'failure'
+        GROUP BY ALL ORDER BY failed DESC, source_ip"""),
     Section("failed_by_user", "Failed logins by user", f"""
         SELECT {_LOGIN_USER} AS user, count(*) AS failed, count(DISTINCT source_ip) AS addresses, max(timestamp) AS last
         FROM ev WHERE message_type = 'user_login' AND outcome = 'failure' GROUP BY ALL ORDER BY failed DESC, user"""),
@@ -76,10 +77,13 @@ SECTIONS: tuple[Section, ...] = (
     Section("loss", "Kernel lost, serial gaps and heartbeats per host", f"""
         WITH hb AS (
             SELECT host, count(*) AS heartbeats, max(timestamp) AS last_heartbeat,
-                   CAST(sum(TRY_CAST(document->>'$.auditpipe.heartbeat.deltas.kernel_lost' AS BIGINT)) AS BIGINT) AS kernel_lost,
-                   CAST(sum(TRY_CAST(document->>'$.auditpipe.heartbeat.deltas.serial_gaps' AS BIGINT)) AS BIGINT) AS serial_gaps
+                   CAST(sum(TRY_CAST(document->>'$.auditpipe.heartbeat.deltas.kernel_lost' AS BIGINT)) AS BIGINT)
+                       AS kernel_lost,
+                   CAST(sum(TRY_CAST(document->>'$.auditpipe.heartbeat.deltas.serial_gaps' AS BIGINT)) AS BIGINT)
+                       AS serial_gaps
             FROM ev WHERE {_HEARTBEAT} GROUP BY host),
-        e AS (SELECT host, count(*) AS events, max(timestamp) AS last_event FROM ev WHERE NOT ({_HEARTBEAT}) GROUP BY host)
+        e AS (SELECT host, count(*) AS events, max(timestamp) AS last_event FROM ev
+              WHERE NOT ({_HEARTBEAT}) GROUP BY host)
         SELECT coalesce(e.host, hb.host) AS host, coalesce(events, 0) AS events, last_event,
                coalesce(heartbeats, 0) AS heartbeats, last_heartbeat,
                coalesce(kernel_lost, 0) AS kernel_lost, coalesce(serial_gaps, 0) AS serial_gaps
@@ -106,8 +110,8 @@ CHARTS: dict[str, tuple[str, str]] = {
 }
 
 #: bucket widths for the time charts: the smallest giving at most about 60 bars
-_BUCKETS = ((1, "1 second"), (10, "10 seconds"), (60, "1 minute"), (300, "5 minutes"), (900, "15 minutes"), (3600, "1 hour"),
-            (6 * 3600, "6 hours"), (86400, "1 day"), (7 * 86400, "7 days"))
+_BUCKETS = ((1, "1 second"), (10, "10 seconds"), (60, "1 minute"), (300, "5 minutes"), (900, "15 minutes"),
+            (3600, "1 hour"), (6 * 3600, "6 hours"), (86400, "1 day"), (7 * 86400, "7 days"))
 
 
 @dataclass(slots=True)
