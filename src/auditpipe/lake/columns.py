@@ -135,54 +135,65 @@ def _ecs(name: str, typ: pa.DataType, *path: str, doc: str = "", src: pa.DataTyp
     return Column(name, typ, conv(_path(*path)), doc or ".".join(path), path, src, vec)
 
 
-#: ECS documents (and alerts): the fields people filter and group on.
-ECS_COLUMNS: tuple[Column, ...] = (
-    _ecs("sequence", INT, "auditd", "sequence"),
-    Column("record_types", STRS, _record_types, "from event.original, when kept (--include-raw)",
-           ("event", "original"), STRS, _record_types_vec),
-    _ecs("kind", STR, "event", "kind"),
-    _ecs("action", STR, "event", "action"),
-    _ecs("category", STRS, "event", "category"),
-    _ecs("event_type", STRS, "event", "type"),
-    _ecs("outcome", STR, "event", "outcome"),
-    _ecs("message_type", STR, "auditd", "message_type"),
-    _ecs("result", STR, "auditd", "result"),
-    _ecs("session", STR, "auditd", "session"),
-    _ecs("tags", STRS, "tags"),
-    _ecs("user_id", STR, "user", "id"),
-    _ecs("user_name", STR, "user", "name"),
-    _ecs("effective_user_id", STR, "user", "effective", "id"),
-    _ecs("effective_user_name", STR, "user", "effective", "name"),
-    _ecs("audit_user_id", STR, "user", "audit", "id"),
-    _ecs("audit_user_name", STR, "user", "audit", "name"),
-    _ecs("target_user_id", STR, "user", "target", "id"),
-    _ecs("target_user_name", STR, "user", "target", "name"),
-    _ecs("group_id", STR, "group", "id"),
-    _ecs("group_name", STR, "group", "name"),
-    _ecs("process_pid", INT, "process", "pid"),
-    _ecs("process_ppid", INT, "process", "parent", "pid"),
-    _ecs("process_executable", STR, "process", "executable"),
-    _ecs("process_name", STR, "process", "name"),
-    _ecs("process_args", STRS, "process", "args"),
-    _ecs("process_title", STR, "process", "title"),
-    _ecs("process_working_directory", STR, "process", "working_directory"),
-    _ecs("process_exit_code", INT, "process", "exit_code"),
-    _ecs("syscall", STR, "auditd", "data", "syscall"),
-    _ecs("syscall_exit", INT, "auditd", "data", "exit", src=STR, vec=_int_of_str_vec),
-    _ecs("file_path", STR, "file", "path"),
-    _ecs("source_ip", STR, "source", "ip"),
-    _ecs("source_port", INT, "source", "port"),
-    _ecs("destination_ip", STR, "destination", "ip"),
-    _ecs("destination_port", INT, "destination", "port"),
-    _ecs("summary_actor_primary", STR, "auditd", "summary", "actor", "primary"),
-    _ecs("summary_actor_secondary", STR, "auditd", "summary", "actor", "secondary"),
-    _ecs("summary_object_primary", STR, "auditd", "summary", "object", "primary"),
-    _ecs("summary_object_secondary", STR, "auditd", "summary", "object", "secondary"),
-    _ecs("summary_object_type", STR, "auditd", "summary", "object", "type"),
-    _ecs("summary_how", STR, "auditd", "summary", "how"),
-    _ecs("rule_name", STR, "rule", "name"),
-    _ecs("rule_id", STR, "rule", "id"),
-)
+#: ECS documents (and alerts): the fields people filter and group on — column, type, document path.
+_ECS_SPEC = """
+    sequence                    int   auditd.sequence
+    kind                        str   event.kind
+    action                      str   event.action
+    category                    strs  event.category
+    event_type                  strs  event.type
+    outcome                     str   event.outcome
+    message_type                str   auditd.message_type
+    result                      str   auditd.result
+    session                     str   auditd.session
+    tags                        strs  tags
+    user_id                     str   user.id
+    user_name                   str   user.name
+    effective_user_id           str   user.effective.id
+    effective_user_name         str   user.effective.name
+    audit_user_id               str   user.audit.id
+    audit_user_name             str   user.audit.name
+    target_user_id              str   user.target.id
+    target_user_name            str   user.target.name
+    group_id                    str   group.id
+    group_name                  str   group.name
+    process_pid                 int   process.pid
+    process_ppid                int   process.parent.pid
+    process_executable          str   process.executable
+    process_name                str   process.name
+    process_args                strs  process.args
+    process_title               str   process.title
+    process_working_directory   str   process.working_directory
+    process_exit_code           int   process.exit_code
+    syscall                     str   auditd.data.syscall
+    file_path                   str   file.path
+    source_ip                   str   source.ip
+    source_port                 int   source.port
+    destination_ip              str   destination.ip
+    destination_port            int   destination.port
+    summary_actor_primary       str   auditd.summary.actor.primary
+    summary_actor_secondary     str   auditd.summary.actor.secondary
+    summary_object_primary      str   auditd.summary.object.primary
+    summary_object_secondary    str   auditd.summary.object.secondary
+    summary_object_type         str   auditd.summary.object.type
+    summary_how                 str   auditd.summary.how
+    rule_name                   str   rule.name
+    rule_id                     str   rule.id
+"""
+_TYPES = {"str": STR, "int": INT, "strs": STRS}
+
+
+def _ecs_columns() -> tuple[Column, ...]:
+    rows = [line.split() for line in _ECS_SPEC.strip().splitlines()]
+    cols = [_ecs(name, _TYPES[typ], *path.split(".")) for name, typ, path in rows]
+    at = [c.name for c in cols].index("syscall")
+    cols.insert(at + 1, _ecs("syscall_exit", INT, "auditd", "data", "exit", src=STR, vec=_int_of_str_vec))
+    cols.insert(1, Column("record_types", STRS, _record_types, "from event.original, when kept (--include-raw)",
+                          ("event", "original"), STRS, _record_types_vec))
+    return tuple(cols)
+
+
+ECS_COLUMNS: tuple[Column, ...] = _ecs_columns()
 
 
 def _p_field(name: str) -> Column:
