@@ -322,3 +322,26 @@ def test_batch_path_falls_back_on_a_surprise(tmp_path):
     eng = DuckEngine(str(tmp_path))
     assert sorted(eng.arrow("SELECT process_pid FROM events").column(0).to_pylist()) == [12, 42]
     eng.close()
+
+
+def test_run_writes_the_lake_through_its_queue(tmp_path):
+    """`auditpipe run` with a lake output (file source): every event ends in a completed file."""
+    cfg = tmp_path / "cfg.toml"
+    lake_dir = tmp_path / "lake"
+    cfg.write_text(f'[source]\ntype = "file"\npath = "{CORPUS / "raw-node.log"}"\nstart = "head"\n'
+                   f'checkpoint = "{tmp_path / "ckpt"}"\n[status]\npath = "{tmp_path / "status.json"}"\n'
+                   f'[[outputs]]\ntype = "lake"\npath = "{lake_dir}"\nmax_file_age = 0.5\n')
+    p = subprocess.Popen([*CLI, "run", "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    try:
+        deadline = time.monotonic() + 60
+        while not list(lake_dir.rglob("part-*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0, out
+    eng = DuckEngine(str(lake_dir))
+    assert eng.arrow("SELECT count(*) n, min(host) h FROM events").to_pylist() == [{"n": 949, "h": "web-01.example.com"}]
+    eng.close()
+    assert not list(lake_dir.rglob(".part-*"))
