@@ -108,7 +108,11 @@ class SparkEngine:
         except ImportError:
             raise QueryError("--engine spark needs PySpark: pip install 'auditpipe[spark]' (and Java 17+)") from None
         have = lake_views(root)
-        b = (SparkSession.builder.master(master).appName("auditpipe query")
+        b = SparkSession.builder.master(master).appName("auditpipe query")
+        if master.startswith("local"):  # local mode: the driver listens on loopback only
+            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+            b = b.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+        b = (b
              .config("spark.sql.session.timeZone", "UTC")
              .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
              .config("spark.ui.enabled", "false")
