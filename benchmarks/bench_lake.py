@@ -100,6 +100,25 @@ def bench_write(payloads: list[bytes], tmp: Path, runs: int) -> None:
           f"lake write speed = {rows[0][1] / rows[1][1]:.2f}× the file output's")
 
 
+def bench_parse(log: bytes, tmp: Path, runs: int) -> None:
+    """The whole command: audit.log → ECS → JSON lines, or → lake."""
+    plain = tmp / "bench.log"
+    plain.write_bytes(log)
+    auditpipe = str(ROOT / ".venv" / "bin" / "auditpipe")
+    base = [auditpipe, "parse", str(plain), "--format", "ecs", "--no-progress"]
+    print(f"\n   the whole command, {plain.stat().st_size:,} bytes of audit.log (median of {runs})")
+    rows = []
+    for name, extra in (("parse -o events.jsonl", ["-o", str(tmp / "e.jsonl")]),
+                        ("parse --lake DIR", ["--lake", str(tmp / "parse-lake")])):
+        times = []
+        for _ in range(runs):
+            shutil.rmtree(tmp / "parse-lake", ignore_errors=True)
+            times.append(timed(base + extra)[0])
+        rows.append((name, statistics.median(times)))
+        print(f"   {name:<24}{rows[-1][1]:>8.2f} s")
+    print(f"   lake / JSON-lines wall time: {rows[1][1] / rows[0][1]:.2f}")
+
+
 def shift_log(log: bytes, copies: int, span: int, serial_span: int, out: Path) -> None:
     with open(out, "wb") as f:
         for k in range(copies):
@@ -178,6 +197,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-lake-") as t:
         tmp = Path(t)
         bench_write(payloads, tmp, args.runs)
+        bench_parse(log, tmp, args.runs)
         if not args.skip_query:
             if not shutil.which("aureport"):
                 print("aureport not found (apt-get install auditd): query comparison skipped")

@@ -76,7 +76,8 @@ def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_fl
     reject = RejectWriter(rejects)
     pipeline = Pipeline(normalize, Reassembler(timeout=timeout, max_in_flight=max_in_flight), on_reject=reject)
     out, close_out = _open_output("-" if lake is not None else output)
-    write = out.write if lake is None else _lake_write(lake)
+    feed = _LakeFeed(lake) if lake is not None else None
+    write = out.write if feed is None else feed.write
     bar = _Progress(paths) if progress else None
     read_errors = 0
     try:
@@ -102,6 +103,8 @@ def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_fl
         docs = pipeline.flush()
         if docs:
             write(b"".join(map(dumps_line, docs)))
+        if feed is not None:
+            feed.flush()
         out.flush()
     finally:
         if bar:
@@ -112,12 +115,23 @@ def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_fl
     return {**pipeline.stats(), "read_errors": read_errors}
 
 
-def _lake_write(lake):
-    def write(lines: bytes) -> None:
-        out = lake.send(lines.splitlines())
-        for _i, why in out.refused:
-            click.echo(f"lake: refused a document: {why}", err=True)
-    return write
+class _LakeFeed:
+    """JSON lines → the lake transport in batches of ``size`` documents (a send has a fixed cost)."""
+
+    def __init__(self, lake, size: int = 5000):
+        self.lake, self.size, self.pending = lake, size, []
+
+    def write(self, lines: bytes) -> None:
+        self.pending.extend(lines.splitlines())
+        if len(self.pending) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            out = self.lake.send(self.pending)
+            self.pending = []
+            for _i, why in out.refused:
+                click.echo(f"lake: refused a document: {why}", err=True)
 
 
 class _Progress:

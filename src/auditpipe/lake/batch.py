@@ -44,8 +44,9 @@ class EcsBatchReader:
         if not payloads:
             return {}
         data = b"\n".join(payloads)
+        block = max(1 << 20, 2 * max(map(len, payloads)))  # blocks are parsed in parallel; none may split a document
         try:
-            t = pj.read_json(io.BytesIO(data), read_options=pj.ReadOptions(block_size=len(data) + 1),
+            t = pj.read_json(io.BytesIO(data), read_options=pj.ReadOptions(block_size=block),
                              parse_options=self.parse)
             if t.num_rows != len(payloads):
                 return None
