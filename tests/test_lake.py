@@ -344,3 +344,50 @@ def test_run_writes_the_lake_through_its_queue(tmp_path):
     assert eng.arrow("SELECT count(*) n, min(host) h FROM events").to_pylist() == [{"n": 949, "h": "web-01.example.com"}]
     eng.close()
     assert not list(lake_dir.rglob(".part-*"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_disk_full_under_the_lake_loses_nothing(tmp_path, caplog):
+    """ENOSPC while a file is written: the open files are dropped, the queue sends them again
+    once there is room; readers never see a partial file."""
+    from auditpipe.lake.sink import open_lake_output
+
+    lake_dir = tmp_path / "lake"
+    lake_dir.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(lake_dir)], check=True)
+    out = None
+    try:
+        filler = lake_dir / "filler"
+        filler.write_bytes(b"\0" * (4 * 1024 * 1024 - 160 * 1024))
+        out = open_lake_output(LakeOutput(path=str(lake_dir), queue_dir=str(tmp_path / "queue"),
+                                          max_file_age=0.3, row_group_rows=500, compression="none"))
+        docs = [orjson.loads(_ecs_doc(1_800_000_000, i)) | {"message": os.urandom(300).hex()} for i in range(3000)]
+        out.write(docs)
+        deadline = time.monotonic() + 20
+        while out.shipper.queue.pending and time.monotonic() < deadline and not _full(lake_dir):
+            time.sleep(0.05)
+        time.sleep(1.0)
+        done = [pq.read_metadata(f).num_rows for f in lake_dir.rglob("part-*.parquet")]  # each one whole
+        assert sum(done) < 3000, "the disk was full before everything was written"
+        assert any(r.exc_info and isinstance(r.exc_info[1], OSError) and r.exc_info[1].errno == 28
+                   for r in caplog.records), "the writer met ENOSPC"
+        filler.unlink()
+        deadline = time.monotonic() + 30
+        while out.shipper.queue.pending and time.monotonic() < deadline:
+            time.sleep(0.1)
+        out.close(drain_timeout=10)
+        out = None
+        eng = DuckEngine(str(lake_dir))
+        assert eng.arrow("SELECT count(*) n, count(DISTINCT sequence) d FROM events").to_pylist() == [
+            {"n": 3000, "d": 3000}]
+        eng.close()
+        assert not list(lake_dir.rglob(".part-*"))
+    finally:
+        if out is not None:
+            out.close(drain_timeout=0)
+        subprocess.run(["umount", str(lake_dir)], check=False)
+
+
+def _full(path: Path) -> bool:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize < 64 * 1024
