@@ -341,7 +341,8 @@ def test_run_writes_the_lake_through_its_queue(tmp_path):
         out, _ = p.communicate(timeout=60)
     assert p.returncode == 0, out
     eng = DuckEngine(str(lake_dir))
-    assert eng.arrow("SELECT count(*) n, min(host) h FROM events").to_pylist() == [{"n": 949, "h": "web-01.example.com"}]
+    got = eng.arrow("SELECT count(*) n, min(host) h FROM events").to_pylist()
+    assert got == [{"n": 949, "h": "web-01.example.com"}]
     eng.close()
     assert not list(lake_dir.rglob(".part-*"))
 
@@ -361,7 +362,8 @@ def test_disk_full_under_the_lake_loses_nothing(tmp_path, caplog):
         filler.write_bytes(b"\0" * (4 * 1024 * 1024 - 160 * 1024))
         out = open_lake_output(LakeOutput(path=str(lake_dir), queue_dir=str(tmp_path / "queue"),
                                           max_file_age=0.3, row_group_rows=500, compression="none"))
-        docs = [orjson.loads(_ecs_doc(1_800_000_000, i)) | {"message": os.urandom(300).hex()} for i in range(3000)]
+        noise = {"message": os.urandom(300).hex()}  # 600 more bytes a document (stored uncompressed)
+        docs = [orjson.loads(_ecs_doc(1_800_000_000, i)) | noise for i in range(3000)]
         out.write(docs)
         deadline = time.monotonic() + 20
         while out.shipper.queue.pending and time.monotonic() < deadline and not _full(lake_dir):
