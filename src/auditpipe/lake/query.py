@@ -112,7 +112,9 @@ class SparkEngine:
         if master.startswith("local"):  # local mode: the driver listens on loopback only
             os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
             b = b.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
+        log4j = os.path.join(os.path.dirname(__file__), "spark-log4j2.properties")
         b = (b
+             .config("spark.driver.extraJavaOptions", f"-Dlog4j.configurationFile=file:{log4j}")
              .config("spark.sql.session.timeZone", "UTC")
              .config("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
              .config("spark.ui.enabled", "false")
