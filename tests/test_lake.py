@@ -274,7 +274,7 @@ def test_lake_output_config(tmp_path):
     assert LakeOutput().path == "./auditpipe-data"
     with pytest.raises(Exception, match=r":4: .*compression"):
         load_config(text='[[outputs]]\ntype = "lake"\n\ncompression = "zip"\n')
-    with pytest.raises(Exception, match=r":2: .*ecs or panther"):
+    with pytest.raises(Exception, match=r":1: .*ecs or panther"):
         load_config(text='[[outputs]]\ntype = "lake"\n[normalize]\nformat = "coalesced"\n')
 
 

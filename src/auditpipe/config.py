@@ -338,7 +338,7 @@ def _check(cfg: Config, name: str, text: str) -> None:
         fail("outputs", "at least one output is needed")
     for i, o in enumerate(cfg.outputs):
         if isinstance(o, LakeOutput) and cfg.normalize.format == "coalesced":
-            fail(f"outputs[{i}].type", "the lake stores ecs or panther documents: [normalize] format = \"ecs\"")
+            fail(f"outputs[{i}]", "the lake stores ecs or panther documents: [normalize] format = \"ecs\"")
 
 
 def rule_files(cfg: Config) -> list[str]:
