@@ -12,6 +12,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   dpkg -s libaudit-dev >/dev/null 2>&1 || need+=(libaudit-dev)    # libaudit.h for the table generator
   dpkg -s libauparse-dev >/dev/null 2>&1 || need+=(libauparse-dev)  # auparse-defs.h, likewise
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # tests verify the service unit
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)      # renders `auditpipe report --html` headless in the tests
+  command -v java     >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)  # `query --engine spark` (PySpark local mode)
   if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}" >&2
     # never let a package start a service here (auditd would register as the audit daemon)

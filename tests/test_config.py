@@ -150,7 +150,7 @@ HTTP = "[[outputs]]\ntype = \"http\"\nurl = \"https://127.0.0.1:1/\"\n"
     ("[[outputs]]\npath = \"/tmp/a\"\n[[outputs]]\npath = \"/tmp/b\"\nsize = 3\n", 5,
      "[[outputs]] #2 size", "unknown option `size`"),
     ("[[outputs]]\ntype = \"kafka\"\n", 2, "[[outputs]] #1 type",
-     "invalid value 'kafka' (one of: file, stdout, http, elasticsearch)"),
+     "invalid value 'kafka' (one of: file, stdout, http, elasticsearch, lake)"),
     ("[[outputs]]\ntype = \"http\"\nurl = \"https://x\"\nretries = 3\n", 4, "[[outputs]] #1 retries",
      "unknown option `retries`"),
     ("[[outputs]]\ntype = \"http\"\n", 1, "[[outputs]] #1", "missing required option `url`"),

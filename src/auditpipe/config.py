@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from auditpipe.lake.config import LakeOutput
 from auditpipe.metrics.config import HeartbeatConfig, MetricsConfig, split_listen
 from auditpipe.process.config import FilterConfig, ProcessConfig, config_problems
 
@@ -264,7 +265,7 @@ class ElasticsearchOutput(_S, tag="elasticsearch", tag_field="type"):
             raise ValueError("max_events ≥ 1, max_bytes ≥ 1024, max_wait ≥ 0")
 
 
-OutputConfig = FileOutput | StdoutOutput | HttpOutput | ElasticsearchOutput
+OutputConfig = FileOutput | StdoutOutput | HttpOutput | ElasticsearchOutput | LakeOutput
 
 
 class SourceConfig(_S):
@@ -456,6 +457,10 @@ def _check(cfg: Config, name: str, text: str) -> None:
     for i, o in enumerate(cfg.outputs):
         if isinstance(o, ElasticsearchOutput) and cfg.normalize.format != "ecs":
             fail(f"outputs[{i}].type", "the elasticsearch output takes ECS documents: [normalize] format = \"ecs\"")
+        if isinstance(o, LakeOutput) and cfg.normalize.format == "coalesced":
+            fail(f"outputs[{i}]", "the lake stores ecs or panther documents: [normalize] format = \"ecs\"")
+    for path, msg in config_problems(cfg.process, cfg.filter):
+        fail(path, msg)
     if not cfg.state.dir:
         fail("state.dir", "must not be empty")
 
@@ -495,8 +500,6 @@ def _http_problems(o: HttpOutput) -> list[tuple[str, str]]:
     if not o.queue_dir:
         out.append((".queue_dir", "must not be empty"))
     return out
-    for path, msg in config_problems(cfg.process, cfg.filter):
-        fail(path, msg)
 
 
 def rule_files(cfg: Config) -> list[str]:
@@ -547,7 +550,7 @@ def _hint(parts: list) -> str:
     if len(parts) < 2 or not isinstance(parts[-1], str):
         return ""
     if parts[0] == "outputs" and parts[-1] == "type":
-        return " (one of: file, stdout, http, elasticsearch)"
+        return " (one of: file, stdout, http, elasticsearch, lake)"
     table = {"kernel": KernelConfig, "normalize": NormalizeConfig, "source": SourceConfig,
              "rules": RulesConfig}.get(str(parts[0]))
     if parts[0] == "outputs" and parts[-1] == "documents":

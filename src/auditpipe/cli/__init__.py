@@ -35,6 +35,9 @@ def _register() -> None:
     from auditpipe.cli import status_cmd; main.add_command(status_cmd.status)  # noqa: E702
     from auditpipe.cli import install_cmd; main.add_command(install_cmd.install)  # noqa: E702
     from auditpipe.cli import es_cmd; es_cmd.register(main)  # noqa: E702
+    from auditpipe.cli import query_cmd; main.add_command(query_cmd.query)  # noqa: E702
+    from auditpipe.cli import lake_cmd; main.add_command(lake_cmd.lake)  # noqa: E702
+    from auditpipe.cli import report_cmd; main.add_command(report_cmd.report)  # noqa: E702
 
 
 _register()

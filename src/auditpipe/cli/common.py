@@ -56,13 +56,16 @@ def _open_output(output: str):
     return open(output, "wb"), True
 
 
-def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_flight=4096, progress=False) -> dict:
-    """Parse `paths` in order (one stream: a rotated set continues across files) and write JSON lines."""
+def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_flight=4096, progress=False,
+              lake=None) -> dict:
+    """Parse `paths` in order (one stream: a rotated set continues across files) and write JSON lines
+    (or hand them to ``lake``, a Transport, one batch per chunk)."""
     reject = RejectWriter(rejects)
     cfg = Config(reassembly=ReassemblyConfig(timeout=timeout, max_in_flight=max_in_flight))
     pipeline = assembly.build_pipeline(cfg, reject, normalize=normalize, role="parse")
-    out, close_out = _open_output(output)
-    write = out.write
+    out, close_out = _open_output("-" if lake is not None else output)
+    feed = _LakeFeed(lake) if lake is not None else None
+    write = out.write if feed is None else feed.write
     bar = _Progress(paths) if progress else None
     read_errors = 0
     try:
@@ -88,6 +91,8 @@ def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_fl
         docs = pipeline.flush()
         if docs:
             write(b"".join(map(dumps_line, docs)))
+        if feed is not None:
+            feed.flush()
         out.flush()
     finally:
         if bar:
@@ -96,6 +101,25 @@ def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_fl
             out.close()
         reject.close()
     return {**pipeline.stats(), "read_errors": read_errors}
+
+
+class _LakeFeed:
+    """JSON lines → the lake transport in batches of ``size`` documents (a send has a fixed cost)."""
+
+    def __init__(self, lake, size: int = 5000):
+        self.lake, self.size, self.pending = lake, size, []
+
+    def write(self, lines: bytes) -> None:
+        self.pending.extend(lines.splitlines())
+        if len(self.pending) >= self.size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            out = self.lake.send(self.pending)
+            self.pending = []
+            for _i, why in out.refused:
+                click.echo(f"lake: refused a document: {why}", err=True)
 
 
 class _Progress:

@@ -28,10 +28,12 @@ __all__ = ["parse"]
 @click.option("--passwd", type=click.Path(exists=True, dir_okay=False), help="ecs: resolve uids from this passwd file.")
 @click.option("--group", type=click.Path(exists=True, dir_okay=False), help="ecs: resolve gids from this group file.")
 @click.option("--include-raw", is_flag=True, help="Keep each record's line as read (ecs: event.original; coalesced: records[].raw).")
+@click.option("--lake", type=click.Path(file_okay=False),
+              help="Write the events into this Parquet lake (ecs or panther; see docs/lake.md) instead of JSON lines.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--process-context", is_flag=True, help="ecs/coalesced: parents, ancestors and leaders from the input itself (docs/process.md).")
 def parse(paths, fmt, output, rejects, strict, timeout, max_in_flight, resolve_ids, passwd, group, include_raw, progress,
-          process_context):
+          process_context, lake):
     """Parse audit.log files (plain or .gz, in the order given; `-` or none for stdin) into events."""
     from auditpipe.cli.common import build_normalizer, run_files
 
@@ -43,8 +45,15 @@ def parse(paths, fmt, output, rejects, strict, timeout, max_in_flight, resolve_i
     if progress is None:
         progress = sys.stderr.isatty() and "-" not in paths
     started = time.perf_counter()
-    stats = run_files(paths, normalize, output=output, rejects=rejects, timeout=timeout,
-                      max_in_flight=max_in_flight, progress=progress)
+    if lake and fmt == "coalesced":
+        raise click.UsageError("--lake stores ecs or panther documents: add --format ecs (or panther)")
+    writer = _lake_writer(lake) if lake else None
+    try:
+        stats = run_files(paths, normalize, output=output, rejects=rejects, timeout=timeout,
+                          max_in_flight=max_in_flight, progress=progress, lake=writer)
+    finally:
+        if writer is not None:
+            writer.close()
     elapsed = time.perf_counter() - started
     rate = stats["records"] / elapsed if elapsed > 0 else 0.0
     click.echo(
@@ -58,3 +67,10 @@ def parse(paths, fmt, output, rejects, strict, timeout, max_in_flight, resolve_i
         sys.exit(1)  # a damaged file (truncated gzip, I/O error): what could be read was written
     if strict and stats["rejects"]:
         sys.exit(1)
+
+
+def _lake_writer(path: str):
+    from auditpipe.lake.config import LakeOutput
+    from auditpipe.lake.writer import LakeWriter
+
+    return LakeWriter(LakeOutput(path=path))

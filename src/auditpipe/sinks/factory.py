@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from auditpipe.config import DEFAULT_QUEUE_DIR, ElasticsearchOutput, FileOutput, OutputConfig, StdoutOutput
+from auditpipe.config import DEFAULT_QUEUE_DIR, ElasticsearchOutput, FileOutput, LakeOutput, OutputConfig, StdoutOutput
 from auditpipe.sinks.file import FileSink
 from auditpipe.sinks.http import HttpConfig, HttpTransport, batching_of, retry_of
 from auditpipe.sinks.queue import DiskQueue
@@ -43,6 +43,10 @@ def open_output(cfg: OutputConfig) -> Any:
         from auditpipe.sinks.elasticsearch import open_elasticsearch
 
         return open_elasticsearch(cfg)
+    if isinstance(cfg, LakeOutput):
+        from auditpipe.lake.sink import open_lake_output
+
+        return open_lake_output(cfg)
     if isinstance(cfg, FileOutput):
         return FileSink(cfg.path, max_bytes=cfg.max_bytes, generations=cfg.generations, mode=cfg.file_mode(),
                         fsync=cfg.fsync, fsync_interval=cfg.fsync_interval)
