@@ -19,8 +19,10 @@ class _S(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class ProcessConfig(_S):
-    #: keep the process table and add parent/ancestors/leaders/container to every event
-    enabled: bool = True
+    #: keep the process table and add parent/ancestors/leaders/container to every event; unset:
+    #: on when the source is this host's kernel, off for a followed file (records of another
+    #: time or host, which this host's /proc cannot describe)
+    enabled: bool | None = None
     #: ancestors listed in process.ancestors (nearest first)
     ancestors: int = 8
     #: seconds an exited process stays in the table after its last event (its children may

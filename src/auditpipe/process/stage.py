@@ -689,7 +689,8 @@ def build_process_stage(cfg) -> ProcessStage | None:
     """``[process]`` → the stage for ``run`` (this host's /proc, the state file), or None when
     turned off; for ``assembly.STAGE_BUILDERS``. Not for ``serve`` (events of many hosts) nor
     ``parse`` (another time's records: :func:`from_records_only`)."""
-    if not cfg.process.enabled:
+    enabled = cfg.process.enabled
+    if enabled is False or (enabled is None and cfg.source.type != "kernel"):
         return None
     n = cfg.normalize
     user_name = None
