@@ -16,7 +16,7 @@ from auditpipe.normalize import make_normalizer
 from auditpipe.normalize.jsonl import dumps_line
 from auditpipe.pipeline import Pipeline
 from auditpipe.reassembly import Reassembler
-from auditpipe.sources.files import iter_line_chunks, open_audit_file
+from auditpipe.sources.files import MAX_LINE, iter_line_chunks, open_audit_file
 
 __all__ = ["build_normalizer", "run_files", "RejectWriter"]
 
@@ -69,7 +69,8 @@ def _open_output(output: str):
     return open(output, "wb"), True
 
 
-def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_flight=4096, progress=False) -> dict:
+def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_flight=4096, progress=False,
+              max_line=MAX_LINE) -> dict:
     """Parse `paths` in order (one stream: a rotated set continues across files) and write JSON lines."""
     reject = RejectWriter(rejects)
     pipeline = Pipeline(normalize, Reassembler(timeout=timeout, max_in_flight=max_in_flight), on_reject=reject)
@@ -85,7 +86,7 @@ def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_fl
             lineno = 1
             try:
                 on_progress = bar.updater(path, raw) if bar else None
-                for lines in iter_line_chunks(stream, on_progress=on_progress):
+                for lines in iter_line_chunks(stream, on_progress=on_progress, max_line=max_line):
                     docs = pipeline.feed_lines(lines, where, lineno)
                     lineno += len(lines)
                     if docs:

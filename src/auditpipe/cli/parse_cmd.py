@@ -8,6 +8,7 @@ import time
 import click
 
 from auditpipe.normalize import FORMATS
+from auditpipe.sources.files import MAX_LINE
 
 __all__ = ["parse"]
 
@@ -29,7 +30,10 @@ __all__ = ["parse"]
 @click.option("--group", type=click.Path(exists=True, dir_okay=False), help="ecs: resolve gids from this group file.")
 @click.option("--include-raw", is_flag=True, help="Keep each record's line as read (ecs: event.original; coalesced: records[].raw).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-def parse(paths, fmt, output, rejects, strict, timeout, max_in_flight, resolve_ids, passwd, group, include_raw, progress):
+@click.option("--max-line-bytes", type=click.IntRange(min=8970), default=MAX_LINE, show_default=True,
+              help="Skip (and report) input lines longer than this; memory stays bounded by it.")
+def parse(paths, fmt, output, rejects, strict, timeout, max_in_flight, resolve_ids, passwd, group, include_raw, progress,
+          max_line_bytes):
     """Parse audit.log files (plain or .gz, in the order given; `-` or none for stdin) into events."""
     from auditpipe.cli.common import build_normalizer, run_files
 
@@ -39,7 +43,7 @@ def parse(paths, fmt, output, rejects, strict, timeout, max_in_flight, resolve_i
         progress = sys.stderr.isatty() and "-" not in paths
     started = time.perf_counter()
     stats = run_files(paths, normalize, output=output, rejects=rejects, timeout=timeout,
-                      max_in_flight=max_in_flight, progress=progress)
+                      max_in_flight=max_in_flight, progress=progress, max_line=max_line_bytes)
     elapsed = time.perf_counter() - started
     rate = stats["records"] / elapsed if elapsed > 0 else 0.0
     click.echo(
@@ -50,6 +54,6 @@ def parse(paths, fmt, output, rejects, strict, timeout, max_in_flight, resolve_i
         err=True,
     )
     if stats["read_errors"]:
-        sys.exit(1)  # a damaged file (truncated gzip, I/O error): what could be read was written
+        sys.exit(1)  # a damaged file (gzip damage, overlong lines, I/O error): what could be read was written
     if strict and stats["rejects"]:
         sys.exit(1)
