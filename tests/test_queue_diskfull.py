@@ -11,12 +11,12 @@ import subprocess
 import time
 
 import pytest
+from loopback_http import LoopbackReceiver
 
 from auditpipe.sinks.errors import OutputUnavailable
 from auditpipe.sinks.http import HttpConfig, HttpShipper
 from auditpipe.sinks.queue import DiskQueue, scan
 from auditpipe.sinks.shipper import QueueSink
-from loopback_http import LoopbackReceiver
 
 
 @pytest.fixture

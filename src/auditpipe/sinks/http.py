@@ -26,10 +26,21 @@ import httpx
 
 from auditpipe.sinks.auth import client_headers
 from auditpipe.sinks.queue import DiskQueue
-from auditpipe.sinks.shipper import Batching, QueueShipper, QueueSink, RetryPolicy, raw_record
-from auditpipe.sinks.transport import Outcome, PermanentError, ServerError, TransientError
+from auditpipe.sinks.shipper import (
+    Batching,
+    QueueShipper,
+    QueueSink,
+    RetryPolicy,
+    raw_record,
+)
+from auditpipe.sinks.transport import (
+    Outcome,
+    PermanentError,
+    ServerError,
+    TransientError,
+)
 
-__all__ = ["HttpConfig", "HttpTransport", "HttpShipper", "QueueSink", "raw_record", "build_client", "is_retryable"]
+__all__ = ["HttpConfig", "HttpShipper", "HttpTransport", "QueueSink", "build_client", "is_retryable", "raw_record"]
 
 log = logging.getLogger(__name__)
 # httpx logs every request at INFO ("HTTP Request: POST … 200 OK"), one line per batch sent;

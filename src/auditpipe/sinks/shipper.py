@@ -33,9 +33,15 @@ import orjson
 from auditpipe.sinks.encode import dumps_line
 from auditpipe.sinks.file import FileSink
 from auditpipe.sinks.queue import DiskQueue
-from auditpipe.sinks.transport import Outcome, PermanentError, ServerError, TransientError, Transport
+from auditpipe.sinks.transport import (
+    Outcome,
+    PermanentError,
+    ServerError,
+    TransientError,
+    Transport,
+)
 
-__all__ = ["Batching", "RetryPolicy", "QueueShipper", "QueueSink", "QueuedOutput", "raw_record", "raw_bodies"]
+__all__ = ["Batching", "QueueShipper", "QueueSink", "QueuedOutput", "RetryPolicy", "raw_bodies", "raw_record"]
 
 log = logging.getLogger(__name__)
 

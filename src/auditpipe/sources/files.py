@@ -11,6 +11,7 @@ import struct
 import sys
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["DamagedInput", "GzipStream", "LineSplitter", "iter_line_chunks", "open_audit_file"]
 
@@ -91,7 +92,7 @@ class GzipStream:
         self._buf = b""  # compressed bytes not consumed yet
         self._pos = 0  # file offset of _buf[0]
         self._eof = False
-        self._z = None  # the current member's raw inflater; None between members
+        self._z: Any = None  # the current member's raw inflater (zlib's _Decompress); None between members
         self._member_at = 0
         self._crc = self._size = 0
         self.problems: list[str] = []
@@ -382,8 +383,8 @@ class LineSplitter:
             return []
         first = self.skipped[0]
         where = f"line {first[0]}" + (f" (byte {first[1]})" if first[1] >= 0 else "")
-        return [f"{len(self.skipped)} line(s) longer than {self.max_line} bytes skipped "
-                f"(the first at {where}, {first[2]} bytes)"]
+        return [(f"{len(self.skipped)} line(s) longer than {self.max_line} bytes skipped "
+                 f"(the first at {where}, {first[2]} bytes)")]
 
 
 def compressed_size(path: str) -> int | None:
