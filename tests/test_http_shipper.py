@@ -241,3 +241,17 @@ def test_raw_body_is_what_fluent_bit_in_http_takes(tmp_path):
     got = [d for i in range(len(rec.requests)) for d in rec.lines(i)]
     assert got == [{"date": 1.5, "log": ln} for ln in lines[:301]]
     assert sh.sent_events == 301
+
+
+def test_drain_after_restart_waits_for_the_backlog(tmp_path):
+    """A backlog found at start is not 'idle' just because it has all been read."""
+    q = DiskQueue(tmp_path / "q")
+    QueueSink(q).write([{"i": i} for i in range(30)])
+    q.close()
+    q, rec, sh = make(tmp_path, [503, 503], max_wait=0, backoff_initial=0.2, backoff_max=0.2)
+    sh.start()
+    try:
+        assert sh.drain(10) and q.pending == 0
+    finally:
+        sh.stop()
+    assert [d["i"] for i in range(len(rec.requests)) for d in rec.lines(i)][-30:] == list(range(30))

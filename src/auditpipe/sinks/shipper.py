@@ -184,7 +184,7 @@ class QueueShipper:
         self._inflight: deque[tuple[int, int]] = deque()  # (calls needed, last seq) per batch
         self._ack_due: int | None = None
         self._ack_attempt = 0
-        self._resolved = queue.last_seq
+        self._resolved = queue.acked_seq - 1  # last record delivered or dead-lettered
         self._dead: FileSink | None = None
         self._thread: threading.Thread | None = None
 
