@@ -8,9 +8,9 @@ delivered exactly once. An ack that cannot be written pauses sending instead of 
 import errno
 import os
 import subprocess
-import time
 
 import pytest
+from helpers import wait_for
 from loopback_http import LoopbackReceiver
 
 from auditpipe.sinks.errors import OutputUnavailable
@@ -50,15 +50,6 @@ def fill_until_refused(sink: QueueSink, start: int) -> tuple[int, OutputUnavaila
     return i, err
 
 
-def wait(pred, timeout=30.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
-
-
 def test_disk_full_refuses_cleanly_then_delivers_everything_once(tmpfs, caplog):
     rx = LoopbackReceiver()
     rx.start()
@@ -85,10 +76,10 @@ def test_disk_full_refuses_cleanly_then_delivers_everything_once(tmpfs, caplog):
     rx.start()  # the receiver is back; the disk is still full
     sh.start()
     try:
-        assert wait(lambda: q.pending == 0), q.pending
+        assert wait_for(lambda: q.pending == 0), q.pending
         more, _ = fill_until_refused(sink, accepted)  # acks freed the space: writes go on
         assert more > accepted
-        assert wait(lambda: q.pending == 0), q.pending
+        assert wait_for(lambda: q.pending == 0), q.pending
     finally:
         sh.stop()
         q.close()
@@ -119,7 +110,7 @@ def test_unwritable_ack_pauses_sending_instead_of_resending(tmp_path, caplog):
         QueueSink(q).write([doc(i) for i in range(200)])
         sh.start()
         try:
-            assert wait(lambda: q.pending == 0, 20)
+            assert wait_for(lambda: q.pending == 0, 20)
         finally:
             sh.stop()
             q.close()
