@@ -148,10 +148,13 @@ interval = 0.5
         t0 = time.perf_counter()
         with open(plain, "rb") as src, open(log, "ab") as dst:  # the whole corpus appears at once
             shutil.copyfileobj(src, dst, 1 << 20)
-        done = wait_for(lambda: metric(port, "auditpipe_receiver_events_in_total") >= expected, args.timeout, 0.02)
+        # json_lines: the events arrive as documents; raw: serve reassembles and normalizes them
+        arrived = "auditpipe_receiver_events_in_total" if args.http_format == "json_lines" else \
+            "auditpipe_receiver_documents_total"
+        done = wait_for(lambda: metric(port, arrived) >= expected, args.timeout, 0.02)
         t1 = time.perf_counter()
         cpu1 = cpu_seconds(sh.pid), cpu_seconds(rx.pid)
-        received = int(metric(port, "auditpipe_receiver_events_in_total"))
+        received = int(metric(port, arrived))
         if not done:
             raise RuntimeError(f"only {received} of {expected} events arrived in {args.timeout}s")
         total = cpu_seconds(sh.pid), cpu_seconds(rx.pid)
