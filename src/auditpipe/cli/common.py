@@ -16,7 +16,7 @@ from auditpipe.normalize import make_normalizer
 from auditpipe.normalize.jsonl import dumps_line
 from auditpipe.pipeline import Pipeline
 from auditpipe.reassembly import Reassembler
-from auditpipe.sources.files import MAX_LINE, iter_line_chunks, open_audit_file
+from auditpipe.sources.files import iter_line_chunks, open_audit_file
 
 __all__ = ["build_normalizer", "run_files", "RejectWriter"]
 
@@ -70,7 +70,7 @@ def _open_output(output: str):
 
 
 def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_flight=4096, progress=False,
-              max_line=MAX_LINE) -> dict:
+              max_line=None) -> dict:
     """Parse `paths` in order (one stream: a rotated set continues across files) and write JSON lines."""
     reject = RejectWriter(rejects)
     pipeline = Pipeline(normalize, Reassembler(timeout=timeout, max_in_flight=max_in_flight), on_reject=reject)

@@ -19,7 +19,7 @@ from auditpipe.sinks.queue import DiskQueue
 from auditpipe.sinks.shipper import QueuedOutput
 from auditpipe.sinks.stdout import StdoutSink
 
-__all__ = ["DEFAULT_QUEUE_DIR", "HttpSink", "open_sink"]
+__all__ = ["open_sink", "HttpSink", "DEFAULT_QUEUE_DIR"]
 
 DEFAULT_QUEUE_DIR = "/var/lib/auditpipe/queue"
 
