@@ -124,7 +124,8 @@ type = "http"
 url = "http://127.0.0.1:{port}/ingest"
 auth = "shared-secret"
 secret = "{SECRET}"
-gzip = true
+gzip = {"true" if args.gzip else "false"}
+format = "{args.http_format}"
 tls = false
 queue_dir = "{tmp / 'queue'}"
 queue_fsync = "{args.queue_fsync}"
@@ -147,10 +148,13 @@ interval = 0.5
         t0 = time.perf_counter()
         with open(plain, "rb") as src, open(log, "ab") as dst:  # the whole corpus appears at once
             shutil.copyfileobj(src, dst, 1 << 20)
-        done = wait_for(lambda: metric(port, "auditpipe_receiver_events_in_total") >= expected, args.timeout, 0.02)
+        # json_lines: the events arrive as documents; raw: serve reassembles and normalizes them
+        arrived = "auditpipe_receiver_events_in_total" if args.http_format == "json_lines" else \
+            "auditpipe_receiver_documents_total"
+        done = wait_for(lambda: metric(port, arrived) >= expected, args.timeout, 0.02)
         t1 = time.perf_counter()
         cpu1 = cpu_seconds(sh.pid), cpu_seconds(rx.pid)
-        received = int(metric(port, "auditpipe_receiver_events_in_total"))
+        received = int(metric(port, arrived))
         if not done:
             raise RuntimeError(f"only {received} of {expected} events arrived in {args.timeout}s")
         total = cpu_seconds(sh.pid), cpu_seconds(rx.pid)
@@ -230,7 +234,9 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--sink-only", choices=["raw", "json_lines"],
                     help="measure only the HTTP output (queue + shipper) in this process")
-    ap.add_argument("--no-gzip", dest="gzip", action="store_false", help="--sink-only: plain bodies")
+    ap.add_argument("--no-gzip", dest="gzip", action="store_false", help="plain bodies")
+    ap.add_argument("--http-format", choices=["json_lines", "raw"], default="json_lines",
+                    help="the run's HTTP output format (raw: serve reassembles and normalizes)")
     args = ap.parse_args()
     if args.sink_only:
         return main_sink_only(args)
@@ -246,7 +252,8 @@ def main() -> int:
         expected = ref.count(b"\n")
         del ref
         print(f"corpus {args.corpus.name}: {records:,} records, {expected:,} ECS events "
-              f"({plain.stat().st_size / 1e6:.1f} MB); queue_fsync={args.queue_fsync}, shipper log {args.log_level}")
+              f"({plain.stat().st_size / 1e6:.1f} MB); {args.http_format}, gzip={args.gzip}, "
+              f"queue_fsync={args.queue_fsync}, shipper log {args.log_level}")
         results = []
         for i in range(args.runs):
             r = one_run(tmp, plain, expected, args)

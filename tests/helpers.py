@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from auditpipe.normalize.coalesced import make_coalesced_normalizer
 from auditpipe.parsing import ParseError, parse_line
 from auditpipe.pipeline import Pipeline
@@ -43,3 +45,13 @@ def coalesce_file(path, rejects=None):
             lineno += len(lines)
     docs.extend(pipe.flush())
     return docs, pipe
+
+
+def wait_for(pred, timeout: float = 30.0, interval: float = 0.05) -> bool:
+    """Poll ``pred`` until it is true or ``timeout`` seconds passed; its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(interval)
+    return bool(pred())

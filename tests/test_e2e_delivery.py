@@ -43,21 +43,13 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import shared_path
+from helpers import wait_for
 
 SECRET = "e2e-s3cret"
 FMT = "coalesced"
 MAX_EVENTS = 50  # the shipper's batch size (events per POST)
 
 # --------------------------------------------------------------------------------- helpers
-
-
-def wait_for(pred, timeout: float = 30.0, interval: float = 0.05) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(interval)
-    return bool(pred())
 
 
 def cli(*args: str) -> list[str]:

@@ -241,3 +241,34 @@ def test_raw_body_is_what_fluent_bit_in_http_takes(tmp_path):
     got = [d for i in range(len(rec.requests)) for d in rec.lines(i)]
     assert got == [{"date": 1.5, "log": ln} for ln in lines[:301]]
     assert sh.sent_events == 301
+
+
+def test_drain_after_restart_waits_for_the_backlog(tmp_path):
+    """A backlog found at start is not 'idle' just because it has all been read."""
+    q = DiskQueue(tmp_path / "q")
+    QueueSink(q).write([{"i": i} for i in range(30)])
+    q.close()
+    q, rec, sh = make(tmp_path, [503, 503], max_wait=0, backoff_initial=0.2, backoff_max=0.2)
+    sh.start()
+    try:
+        assert sh.drain(10) and q.pending == 0
+    finally:
+        sh.stop()
+    assert [d["i"] for i in range(len(rec.requests)) for d in rec.lines(i)][-30:] == list(range(30))
+
+
+@pytest.mark.parametrize("bad,msg", [
+    ({"max_events": 0}, "never send"), ({"timeout": 0}, "never deliver"), ({"max_bytes": 10}, "at least 1024"),
+    ({"backoff_initial": 0}, "backoff_initial"), ({"max_retries_5xx": -1}, "0 or more"),
+])
+def test_options_that_could_never_deliver_are_refused(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        HttpConfig(url="http://127.0.0.1:1/", tls=False, **bad)
+
+
+def test_config_file_refuses_them_with_the_line(tmp_path):
+    from auditpipe.config import ConfigError, load_config
+
+    text = '[[outputs]]\ntype = "http"\nurl = "http://127.0.0.1:1/"\ntls = false\nmax_events = 0\n'
+    with pytest.raises(ConfigError, match=r"run.toml:\d+: .*max_events:? must be at least 1"):
+        load_config(str(tmp_path / "run.toml"), text=text)

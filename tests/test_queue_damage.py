@@ -163,7 +163,7 @@ def test_segments_of_the_previous_frame_format_are_converted(tmp_path):
 
     qdir = tmp_path / "q"
     qdir.mkdir()
-    (qdir / ("seg-%020d.q" % 0)).write_bytes(b"".join(v1(payload(i)) for i in range(50)))
+    (qdir / f"seg-{0:020d}.q").write_bytes(b"".join(v1(payload(i)) for i in range(50)))
     with DiskQueue(qdir) as q:
         assert q.skipped_frames == 0 and q.pending == 50
         q.put(payload(50))

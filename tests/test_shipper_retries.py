@@ -5,10 +5,11 @@ unreachable receiver, 429 and 503 are retried for as long as it takes (the queue
 import json
 import time
 
+from loopback_http import LoopbackReceiver
+
 from auditpipe.sinks.http import HttpConfig, HttpShipper
 from auditpipe.sinks.queue import DiskQueue
 from auditpipe.sinks.shipper import QueueSink
-from loopback_http import LoopbackReceiver
 
 
 def shipper(tmp_path, url, **kw):

@@ -57,7 +57,7 @@ def _open_output(output: str):
 
 
 def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_flight=4096, progress=False,
-              lake=None) -> dict:
+              lake=None, max_line=None) -> dict:
     """Parse `paths` in order (one stream: a rotated set continues across files) and write JSON lines
     (or hand them to ``lake``, a Transport, one batch per chunk)."""
     reject = RejectWriter(rejects)
@@ -76,7 +76,7 @@ def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_fl
             lineno = 1
             try:
                 on_progress = bar.updater(path, raw) if bar else None
-                for lines in iter_line_chunks(stream, on_progress=on_progress):
+                for lines in iter_line_chunks(stream, on_progress=on_progress, max_line=max_line):
                     docs = pipeline.feed_lines(lines, where, lineno)
                     lineno += len(lines)
                     if docs:

@@ -8,6 +8,7 @@ import time
 import click
 
 from auditpipe.normalize import FORMATS
+from auditpipe.sources.files import MAX_LINE
 
 __all__ = ["parse"]
 
@@ -32,8 +33,10 @@ __all__ = ["parse"]
               help="Write the events into this Parquet lake (ecs or panther; see docs/lake.md) instead of JSON lines.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--process-context", is_flag=True, help="ecs/coalesced: parents, ancestors and leaders from the input itself (docs/process.md).")
+@click.option("--max-line-bytes", type=click.IntRange(min=8970), default=MAX_LINE, show_default=True,
+              help="Skip (and report) input lines longer than this; memory stays bounded by it.")
 def parse(paths, fmt, output, rejects, strict, timeout, max_in_flight, resolve_ids, passwd, group, include_raw, progress,
-          process_context, lake):
+          process_context, lake, max_line_bytes):
     """Parse audit.log files (plain or .gz, in the order given; `-` or none for stdin) into events."""
     from auditpipe.cli.common import build_normalizer, run_files
 
@@ -50,7 +53,8 @@ def parse(paths, fmt, output, rejects, strict, timeout, max_in_flight, resolve_i
     writer = _lake_writer(lake) if lake else None
     try:
         stats = run_files(paths, normalize, output=output, rejects=rejects, timeout=timeout,
-                          max_in_flight=max_in_flight, progress=progress, lake=writer)
+                          max_in_flight=max_in_flight, progress=progress, lake=writer,
+                          max_line=max_line_bytes)
     finally:
         if writer is not None:
             writer.close()
@@ -64,7 +68,7 @@ def parse(paths, fmt, output, rejects, strict, timeout, max_in_flight, resolve_i
         err=True,
     )
     if stats["read_errors"]:
-        sys.exit(1)  # a damaged file (truncated gzip, I/O error): what could be read was written
+        sys.exit(1)  # a damaged file (gzip damage, overlong lines, I/O error): what could be read was written
     if strict and stats["rejects"]:
         sys.exit(1)
 

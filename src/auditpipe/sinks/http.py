@@ -26,10 +26,21 @@ import httpx
 
 from auditpipe.sinks.auth import client_headers
 from auditpipe.sinks.queue import DiskQueue
-from auditpipe.sinks.shipper import Batching, QueueShipper, QueueSink, RetryPolicy, raw_record
-from auditpipe.sinks.transport import Outcome, PermanentError, ServerError, TransientError
+from auditpipe.sinks.shipper import (
+    Batching,
+    QueueShipper,
+    QueueSink,
+    RetryPolicy,
+    raw_record,
+)
+from auditpipe.sinks.transport import (
+    Outcome,
+    PermanentError,
+    ServerError,
+    TransientError,
+)
 
-__all__ = ["HttpConfig", "HttpTransport", "HttpShipper", "QueueSink", "raw_record", "build_client", "is_retryable"]
+__all__ = ["HttpConfig", "HttpShipper", "HttpTransport", "QueueSink", "build_client", "is_retryable", "raw_record"]
 
 log = logging.getLogger(__name__)
 # httpx logs every request at INFO ("HTTP Request: POST … 200 OK"), one line per batch sent;
@@ -75,6 +86,22 @@ class HttpConfig:
             raise ValueError(f"url must be http(s)://, not {self.url!r}")
         if scheme == "http" and self.tls:
             raise ValueError("TLS is on by default: use an https:// url or set tls=False")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Values that pass the types but could never deliver (issue 8, item 10)."""
+        if self.max_events < 1:
+            raise ValueError("max_events must be at least 1 (0 would never send)")
+        if self.max_bytes < 1024:
+            raise ValueError("max_bytes must be at least 1024 (a batch must hold a document)")
+        if not self.timeout > 0:
+            raise ValueError("timeout must be more than 0 seconds (0 would never deliver)")
+        if self.max_wait < 0 or not self.backoff_initial > 0 or self.backoff_max < self.backoff_initial:
+            raise ValueError("need max_wait >= 0 and 0 < backoff_initial <= backoff_max")
+        for name in ("max_retries", "max_retries_5xx"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ValueError(f"{name} must be 0 or more (or unset: retry for ever)")
 
 
 def build_client(cfg: HttpConfig) -> httpx.Client:

@@ -42,7 +42,7 @@ from typing import NamedTuple
 
 from auditpipe.sinks.errors import OutputUnavailable
 
-__all__ = ["DiskQueue", "QueueFull", "QueueClosed", "frame", "scan"]
+__all__ = ["DiskQueue", "QueueClosed", "QueueFull", "frame", "scan"]
 
 MAGIC = b"\xa7AQ\x02"  # frame sync word; version 2 of the frame layout
 _HDR = struct.Struct("<4sIII")  # magic, payload length, crc32(payload), crc32(first 12 bytes)
@@ -115,7 +115,7 @@ def scan(data: bytes | memoryview) -> Scan:
 
 
 class _Segment:
-    __slots__ = ("base", "path", "count", "size")
+    __slots__ = ("base", "count", "path", "size")
 
     def __init__(self, base: int, path: str, count: int = 0, size: int = 0) -> None:
         self.base, self.path, self.count, self.size = base, path, count, size
@@ -580,7 +580,8 @@ class DiskQueue:
         """Write the ack cursor to the older slot (a torn write leaves the other one valid).
         It names the frame's byte offset too, so that damage found at a later open cannot
         shift which records count as acknowledged."""
-        base, off = self._marks.pop(seq, None) or self._locate(seq)
+        mark = self._marks.pop(seq, None)
+        base, off = mark if mark is not None else self._locate(seq)
         for k in [k for k in self._marks if k < seq]:
             del self._marks[k]
         slot = self._ack_writes % 2

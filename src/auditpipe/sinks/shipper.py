@@ -33,9 +33,15 @@ import orjson
 from auditpipe.sinks.encode import dumps_line
 from auditpipe.sinks.file import FileSink
 from auditpipe.sinks.queue import DiskQueue
-from auditpipe.sinks.transport import Outcome, PermanentError, ServerError, TransientError, Transport
+from auditpipe.sinks.transport import (
+    Outcome,
+    PermanentError,
+    ServerError,
+    TransientError,
+    Transport,
+)
 
-__all__ = ["Batching", "RetryPolicy", "QueueShipper", "QueueSink", "QueuedOutput", "raw_record", "raw_bodies"]
+__all__ = ["Batching", "QueueShipper", "QueueSink", "QueuedOutput", "RetryPolicy", "raw_bodies", "raw_record"]
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +184,7 @@ class QueueShipper:
         self._inflight: deque[tuple[int, int]] = deque()  # (calls needed, last seq) per batch
         self._ack_due: int | None = None
         self._ack_attempt = 0
-        self._resolved = queue.last_seq
+        self._resolved = queue.acked_seq - 1  # last record delivered or dead-lettered
         self._dead: FileSink | None = None
         self._thread: threading.Thread | None = None
 

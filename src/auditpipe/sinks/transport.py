@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["TransientError", "ServerError", "PermanentError", "Outcome", "Transport"]
+__all__ = ["Outcome", "PermanentError", "ServerError", "TransientError", "Transport"]
 
 
 class TransientError(Exception):
