@@ -13,12 +13,14 @@ loss), ``"batch"`` fsyncs after every ``write`` call, ``"interval"`` at most eve
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from auditpipe.sinks.encode import dumps_line
+from auditpipe.sinks.errors import OutputUnavailable
 
 __all__ = ["FileSink", "rotate_files"]
 
@@ -102,10 +104,20 @@ class FileSink:
         self._open()
 
     def _write_all(self, data: bytes | bytearray) -> None:
+        """Append all of ``data`` or nothing: a write cut short (ENOSPC, EDQUOT, EIO…) is
+        truncated back, so a reader never sees a torn line, and ``OutputUnavailable`` is raised."""
         view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as e:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass
+            raise OutputUnavailable(f"{errno.errorcode.get(e.errno or 0, 'error')} on {self.path}: "
+                                    f"{e.strerror}") from e
         self._size += len(data)
         self._dirty = True
 

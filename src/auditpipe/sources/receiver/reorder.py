@@ -1,0 +1,164 @@
+"""Per-sender reordering of audit records that arrive out of order across requests (sans-I/O).
+
+A shipper such as Fluent Bit posts several chunks at once and retries failed ones later, so the
+records of one event can arrive in separate requests, in either order, seconds apart. Records are
+held per event key (node, time, serial) with an *order key* that says where each one stood in
+the sender's stream: the record's position when the sender says which range of its stream a
+request holds (``X-Auditpipe-Range``), else the sender's timestamp (Fluent Bit's ``date``) and
+the position within the request, else the order of arrival.
+
+A held event is released, its records sorted by order key and grouped by auparse's rules (one
+``Reassembler`` per sender), as soon as it is *provably complete*: it holds a record that ends
+an event (``reassembly.ends_event``) and its first record is not the first record of a request
+whose predecessor in the stream is unknown — the only place where earlier records of the same
+event can sit in another request that has not arrived yet. Otherwise it waits ``window`` seconds
+of wall clock from its first record's arrival (sized for a shipper's retries), or until the
+buffer holds ``max_records`` (the oldest events leave first, counted as ``forced``).
+
+An event only ever touched by *in-order* requests (each one's predecessor known to have arrived:
+one keep-alive connection, or consecutive ``X-Auditpipe-Range``) cannot get records from an
+earlier request any more, so it follows ``auditpipe parse``'s own rules instead: it is closed
+``timeout`` seconds of audit time behind the newest in-order record, or after ``in_order_wait``
+seconds of wall clock (a live stream's last event has nothing newer behind it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from auditpipe.reassembly import Event, Reassembler
+from auditpipe.reassembly.reassembler import ends_event
+
+__all__ = ["ReorderBuffer", "Chunk"]
+
+Order = tuple[float, int, int]
+
+
+@dataclass(slots=True)
+class Chunk:
+    """The records of one request, in body order. ``base``: the stream position of the first
+    record (from ``X-Auditpipe-Range``) or None; ``head_known``: whatever precedes this request in
+    the sender's stream has arrived already (or nothing does)."""
+
+    records: list[tuple[Any, float | None, int]]  # (parsed record, sender date, index in the request)
+    seq: int  # arrival number of the request at this sender
+    base: int | None = None
+    head_known: bool = False
+
+
+@dataclass(slots=True)
+class _Held:
+    records: list[tuple[Order, Any]] = field(default_factory=list)
+    first: Order = (float("inf"), 0, 0)
+    arrived: float = 0.0
+    ended: bool = False
+    head_open: bool = False  # the first record opened a request whose predecessor is unknown
+    ts: float = 0.0  # audit time of the event
+    deadline: float = 0.0  # wall clock: released incomplete at this time
+
+
+class ReorderBuffer:
+    def __init__(self, window: float, max_records: int = 100_000, in_order_wait: float = 2.0,
+                 timeout: float = 2.0) -> None:
+        self.window = window
+        self.max_records = max_records
+        self.in_order_wait = in_order_wait
+        self.timeout = timeout
+        self._newest = 0.0  # audit time of the newest record of an in-order request
+        self._held: dict[tuple, _Held] = {}
+        self._count = 0
+        # groups records as auparse does (LOGIN before its SYSCALL, a late record after the end);
+        # every event fed leaves it at the end of ``_release`` (see there), so none waits in here
+        self._reasm = Reassembler(timeout=float("inf"), max_in_flight=1 << 30, wall_timeout=None)
+        self.forced = 0  # events released by max_records before they were complete
+        self.expired = 0  # events released because the window passed
+
+    @property
+    def held_records(self) -> int:
+        return self._count
+
+    @property
+    def held_events(self) -> int:
+        return len(self._held)
+
+    @property
+    def reassembler(self) -> Reassembler:
+        return self._reasm
+
+    def add(self, chunk: Chunk, now: float) -> list[Event]:
+        """Hold the chunk's records; return the events that are complete now."""
+        held = self._held
+        touched: dict[tuple, _Held] = {}
+        wait = self.in_order_wait if chunk.head_known else self.window
+        for rec, date, index in chunk.records:
+            if chunk.base is not None:
+                order: Order = (float(chunk.base + index), 0, 0)
+            else:
+                order = (date if date is not None else 0.0, chunk.seq, index)
+            key = (rec.node, rec.time, rec.serial)
+            g = held.get(key)
+            if g is None:
+                g = held[key] = _Held(arrived=now, ts=rec.sec + rec.msec * 0.001, deadline=now + wait)
+            elif not chunk.head_known:
+                g.deadline = max(g.deadline, g.arrived + self.window)
+            g.records.append((order, rec))
+            if order < g.first:
+                g.first = order
+                g.head_open = index == 0 and not chunk.head_known
+            if ends_event(rec.type_num):
+                g.ended = True
+            touched[key] = g
+        self._count += len(chunk.records)
+        ready = [k for k, g in touched.items() if g.ended and not g.head_open]
+        if chunk.head_known and chunk.records:
+            newest = max(r.sec + r.msec * 0.001 for r, _, _ in chunk.records)
+            if newest > self._newest:
+                self._newest = newest
+            horizon = self._newest - self.timeout
+            ready += [k for k, g in held.items() if g.ts < horizon and g.deadline - g.arrived < self.window
+                      and not g.ended]
+        out = self._release(ready, now)
+        if self._count > self.max_records:
+            out += self._release_oldest(now)
+        return out
+
+    def expire(self, now: float) -> list[Event]:
+        """Release the events whose window has passed (call about every second)."""
+        late = [k for k, g in self._held.items() if now >= g.deadline]
+        self.expired += len(late)
+        return self._release(late, now)
+
+    def flush(self, now: float) -> list[Event]:
+        """Release everything (shutdown, or a sender forgotten after being idle)."""
+        return self._release(list(self._held), now)
+
+    def _release_oldest(self, now: float) -> list[Event]:
+        victims: list[tuple] = []
+        excess = self._count - self.max_records
+        for k, g in sorted(self._held.items(), key=lambda kv: kv[1].arrived):
+            if excess <= 0:
+                break
+            victims.append(k)
+            excess -= len(g.records)
+        self.forced += len(victims)
+        return self._release(victims, now)
+
+    def _release(self, keys: Iterable[tuple], now: float) -> list[Event]:
+        groups = [self._held.pop(k) for k in keys]
+        if not groups:
+            return []
+        groups.sort(key=lambda g: g.first)
+        feed = self._reasm.feed
+        out: list[Event] = []
+        for g in groups:
+            self._count -= len(g.records)
+            g.records.sort(key=lambda r: r[0])
+            for _, rec in g.records:
+                out += feed(rec, now)
+        # a zero wall timeout for this one tick: everything fed above leaves, complete or not
+        self._reasm.wall_timeout = 0.0
+        out += self._reasm.tick(now)
+        self._reasm.wall_timeout = None
+        return out
