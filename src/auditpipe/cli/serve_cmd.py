@@ -73,8 +73,8 @@ def serve(listen, tls_cert, tls_key, tls_client_ca, auth, auth_header, auth_secr
     from auditpipe.pipeline import Pipeline
     from auditpipe.sinks.file import FileSink
     from auditpipe.sinks.stdout import StdoutSink
-    from auditpipe.sources.http_receiver import (Receiver, ReceiverConfig, make_ssl_context, parse_size,
-                                                 raise_fd_limit, serve as run)
+    from auditpipe.sources.http_receiver import Receiver, ReceiverConfig, make_ssl_context, parse_size, raise_fd_limit
+    from auditpipe.sources.http_receiver import serve as run
     from auditpipe.sources.receiver.limits import LimitsConfig
 
     host, port = split_listen(listen)

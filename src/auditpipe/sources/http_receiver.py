@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import socket
 import ssl
 import time
 from collections import deque
@@ -55,8 +57,20 @@ from auditpipe.sources.receiver.body import BodyError, decode_body, decode_strea
 from auditpipe.sources.receiver.limits import ConnectionLimits, LimitsConfig
 from auditpipe.sources.receiver.reorder import Chunk, ReorderBuffer
 
-__all__ = ["ReceiverConfig", "Receiver", "BodyError", "inflate_capped", "decode_body", "parse_size",
-           "serve", "make_ssl_context", "start_site", "SENDER_HEADER", "RANGE_HEADER", "DEFAULT_MAX_BODY"]
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "RANGE_HEADER",
+    "SENDER_HEADER",
+    "BodyError",
+    "Receiver",
+    "ReceiverConfig",
+    "decode_body",
+    "inflate_capped",
+    "make_ssl_context",
+    "parse_size",
+    "serve",
+    "start_site",
+]
 
 log = logging.getLogger("auditpipe.serve")
 MAX_ERRORS_REPORTED = 20
@@ -134,8 +148,17 @@ class _Reordering:
 
 
 class _Sender:
-    __slots__ = ("key", "pipeline", "reorder", "last_seen", "errors", "requests", "range_ends", "refused_at",
-                 "by_connection")
+    __slots__ = (
+        "by_connection",
+        "errors",
+        "key",
+        "last_seen",
+        "pipeline",
+        "range_ends",
+        "refused_at",
+        "reorder",
+        "requests",
+    )
 
     def __init__(self, key: str, pipeline: Any, reorder: _Reordering, by_connection: bool) -> None:
         self.key = key
@@ -482,7 +505,7 @@ class Receiver:
                 where = f"{ident.key}:{item[3] + 1}"
                 try:
                     pipeline.feed_line(item[1], where, now)
-                except Exception as e:  # a parser bug must cost one line, not the request
+                except Exception as e:  # noqa: BLE001 -- a parser bug must cost one line, not the request
                     crashed += 1
                     s.errors.append((where, f"internal error: {type(e).__name__}: {e}"))
                 if records % SLICE == 0:
@@ -526,12 +549,12 @@ def make_ssl_context(cert: str, key: str | None = None, client_ca: str | None = 
 class _GuardedSite(web.BaseSite):
     """A TCP site whose connections pass through the receiver's ``ConnectionLimits``."""
 
-    __slots__ = ("_host", "_port", "_limits")
+    __slots__ = ("_host", "_limits", "_port", "_queue")
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, limits: ConnectionLimits,
-                 ssl_context: ssl.SSLContext | None = None, backlog: int = 4096) -> None:
+                 ssl_context: ssl.SSLContext | None = None, backlog: int = 64, queue: int = 4096) -> None:
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
-        self._host, self._port, self._limits = host, port, limits
+        self._host, self._port, self._limits, self._queue = host, port, limits, queue
 
     @property
     def name(self) -> str:
@@ -541,9 +564,15 @@ class _GuardedSite(web.BaseSite):
         await super().start()
         server = self._runner.server
         assert server is not None
+        # asyncio accepts up to ``backlog`` connections per loop iteration before it reads from
+        # any of them: a small batch lets a health check's request be read before a flood of newer
+        # connections could push it out; the kernel's accept queue is then made deep again
         self._server = await asyncio.get_running_loop().create_server(
             self._limits.factory(server), self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
             reuse_address=True)
+        for sock in self._server.sockets:
+            with socket.socket(fileno=os.dup(sock.fileno())) as same:  # the same socket, another fd
+                same.listen(self._queue)
         self._port = self._server.sockets[0].getsockname()[1]
 
 

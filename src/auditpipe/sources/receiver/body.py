@@ -13,14 +13,23 @@ import json
 import re
 import zlib
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-__all__ = ["BodyError", "Decoded", "inflate_capped", "decode_stream", "decode_body", "parse_size",
-           "is_auditpipe_event", "MAX_DEPTH", "READABLE_TYPES"]
+__all__ = [
+    "MAX_DEPTH",
+    "READABLE_TYPES",
+    "BodyError",
+    "Decoded",
+    "decode_body",
+    "decode_stream",
+    "inflate_capped",
+    "is_auditpipe_event",
+    "parse_size",
+]
 
 MAX_DEPTH = 64  # Fluent Bit records and auditpipe documents nest a handful of levels
 READABLE_TYPES = ("application/json", "application/x-ndjson", "application/jsonlines", "application/json-lines",
@@ -81,7 +90,7 @@ def inflate_capped(data: bytes | bytearray, encoding: str, cap: int) -> tuple[by
     return b"".join(out), total
 
 
-def _loads(b: bytes | memoryview) -> Any:
+def _loads(b: bytes | bytearray | memoryview) -> Any:
     try:
         return orjson.loads(b)
     except orjson.JSONDecodeError:
@@ -151,7 +160,7 @@ class Decoded:
     kind: str  # "text" | "lines" | "array"
     body: bytes | bytearray
     spans: array | None = None
-    lines: list[bytes] = field(default_factory=list)
+    lines: Sequence[bytes | bytearray] = field(default_factory=list)
     decoded: int = 0
 
     def items(self) -> Iterator[tuple]:
@@ -205,7 +214,7 @@ class Decoded:
                 yield item
 
 
-def _classify(obj: Any, n: int, line: bytes | None, index: int) -> Iterator[tuple]:
+def _classify(obj: Any, n: int, line: bytes | bytearray | None, index: int) -> Iterator[tuple]:
     if isinstance(obj, str):
         yield ("raw", obj.rstrip("\n"), None, index)
     elif isinstance(obj, dict):

@@ -10,7 +10,7 @@ through a small ``asyncio.Protocol`` proxy (``_Guarded``) registered with ``Conn
   ``keepalive_timeout``. A sweeper closes what passed its deadline, about twice a second.
 * **bounds**: at most ``max_connections`` in total and ``max_per_address`` from one address.
   A new connection over a bound evicts the oldest connection (of that address, or overall) that
-  is not inside a request — a flood of idle or half-sent connections pushes out its own oldest
+  is not inside a request and has not sent a request's complete headers — a flood of idle or half-sent connections pushes out its own oldest
   members, never a request being served and never the newest arrival (a health check) — and is
   refused only if every connection is inside a request.
 * each condition is logged once (with counts) per ``log_every`` seconds, never per connection.
@@ -25,7 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["ConnectionLimits", "LimitsConfig"]
 
@@ -43,12 +43,25 @@ class LimitsConfig:
 
 
 class _Guarded(asyncio.Protocol):
-    """Forwards everything to aiohttp's protocol; keeps the state the limits need."""
+    """Forwards everything to aiohttp's protocol, which is only made when the first bytes arrive
+    (an idle connection costs little); keeps the state the limits need."""
 
-    __slots__ = ("inner", "limits", "transport", "peer", "cid", "busy", "waiting_since", "idle_since")
+    __slots__ = (
+        "busy",
+        "cid",
+        "headers_in",
+        "idle_since",
+        "inner",
+        "limits",
+        "make",
+        "peer",
+        "transport",
+        "waiting_since",
+    )
 
-    def __init__(self, inner: Any, limits: ConnectionLimits) -> None:
-        self.inner = inner
+    def __init__(self, make: Callable[[], Any], limits: ConnectionLimits) -> None:
+        self.make = make
+        self.inner: Any = None
         self.limits = limits
         self.transport: asyncio.Transport | None = None
         self.peer = "-"
@@ -57,34 +70,44 @@ class _Guarded(asyncio.Protocol):
         now = time.monotonic()
         self.waiting_since: float | None = now  # a request is due: its headers must come in time
         self.idle_since = now
+        self.headers_in = False  # the end of a request's headers arrived: it is about to start
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else str(peer or "-")
         if not self.limits.admit(self):
-            transport.abort()
-            return
-        self.inner.connection_made(transport)
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
-        if not self.busy and self.waiting_since is None:
-            self.waiting_since = time.monotonic()
+        if not self.cid:
+            return
+        if self.inner is None:
+            self.inner = self.make()
+            self.inner.connection_made(self.transport)
+            self.limits.track(self)
+        if not self.busy:
+            if self.waiting_since is None:
+                self.waiting_since = time.monotonic()
+            if b"\r\n\r\n" in data or b"\n\n" in data:
+                self.headers_in = True
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self.inner.eof_received()
+        return self.inner.eof_received() if self.inner is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.limits.forget(self)
-        if self.cid:
+        if self.inner is not None:
             self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
-        self.inner.pause_writing()
+        if self.inner is not None:
+            self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self.inner.resume_writing()
+        if self.inner is not None:
+            self.inner.resume_writing()
 
 
 class ConnectionLimits:
@@ -101,7 +124,7 @@ class ConnectionLimits:
 
     # ---- accounting -----------------------------------------------------------------------
     def factory(self, make_inner: Callable[[], Any]) -> Callable[[], _Guarded]:
-        return lambda: _Guarded(make_inner(), self)
+        return lambda: _Guarded(make_inner, self)
 
     @property
     def open(self) -> int:
@@ -121,8 +144,10 @@ class ConnectionLimits:
         g.cid = self._next_id
         self._all[g] = None
         peers[g] = None
-        self._by_inner[g.inner] = g
         return True
+
+    def track(self, g: _Guarded) -> None:
+        self._by_inner[g.inner] = g
 
     def forget(self, g: _Guarded) -> None:
         self._all.pop(g, None)
@@ -131,11 +156,12 @@ class ConnectionLimits:
             peers.pop(g, None)
             if not peers:
                 del self._by_addr[g.peer]
-        self._by_inner.pop(g.inner, None)
+        if g.inner is not None:
+            self._by_inner.pop(g.inner, None)
 
     def _evict(self, pool: dict[_Guarded, None], which: str) -> bool:
         for g in pool:  # oldest first
-            if not g.busy:
+            if not g.busy and not g.headers_in:
                 self._close(g)
                 self._note("evicted", f"connection limit ({which}: {self.cfg.max_connections} in total, "
                                       f"{self.cfg.max_per_address} per address) reached: the oldest connections "
@@ -155,6 +181,7 @@ class ConnectionLimits:
     def request_started(self, g: _Guarded) -> None:
         g.busy += 1
         g.waiting_since = None
+        g.headers_in = False
 
     def request_done(self, g: _Guarded) -> None:
         g.busy -= 1

@@ -31,7 +31,7 @@ from typing import Any
 from auditpipe.reassembly import Event, Reassembler
 from auditpipe.reassembly.reassembler import ends_event
 
-__all__ = ["ReorderBuffer", "Chunk"]
+__all__ = ["Chunk", "ReorderBuffer"]
 
 Order = tuple[float, int, int]
 
@@ -114,8 +114,7 @@ class ReorderBuffer:
         ready = [k for k, g in touched.items() if g.ended and not g.head_open]
         if chunk.head_known and chunk.records:
             newest = max(r.sec + r.msec * 0.001 for r, _, _ in chunk.records)
-            if newest > self._newest:
-                self._newest = newest
+            self._newest = max(self._newest, newest)
             horizon = self._newest - self.timeout
             ready += [k for k, g in held.items() if g.ts < horizon and g.deadline - g.arrived < self.window
                       and not g.ended]
