@@ -51,13 +51,13 @@ class FluentBitLike:
 
     def chunks(self, lines: list[str], date0: float | None = None) -> list[Chunk]:
         """Records with increasing read times, cut into chunks of about ``chunk_bytes``."""
-        t = time.time() if date0 is None else date0
+        t_us = int((time.time() if date0 is None else date0) * 1e6)
         out: list[Chunk] = []
         cur: list[dict] = []
         size = 0
         for line in lines:
-            t += 1e-6  # in_tail stamps each record as it reads it (ns clock)
-            rec = {"date": round(t, 6), "log": line}
+            t_us += 1  # in_tail stamps each record as it reads it (ns clock; µs in the JSON double)
+            rec = {"date": t_us / 1e6, "log": line}
             cur.append(rec)
             size += len(line) + 40
             if size >= self.chunk_bytes:
@@ -83,12 +83,16 @@ class FluentBitLike:
             headers["Content-Encoding"] = "gzip"
         return data, headers
 
-    def send(self, chunks: list[Chunk], shuffle: bool = True, deadline: float = 300.0) -> None:
-        """Flush every chunk: in parallel, out of order, failed ones retried later."""
+    def send(self, chunks: list[Chunk], shuffle: int = 4, deadline: float = 300.0) -> None:
+        """Flush every chunk: ``workers`` at a time, in parallel (so they complete out of order),
+        the ready chunks taken in a shuffled order within runs of ``shuffle`` (the engine's
+        queue is roughly in creation order), failed ones retried later, after newer ones."""
         rnd = random.Random(self.seed)
-        todo = list(chunks)
-        if shuffle:
-            rnd.shuffle(todo)
+        todo: list[Chunk] = []
+        for i in range(0, len(chunks), max(1, shuffle)):
+            run = chunks[i:i + max(1, shuffle)]
+            rnd.shuffle(run)
+            todo += run
         lock = threading.Lock()
         end = time.monotonic() + deadline
 

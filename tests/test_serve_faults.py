@@ -412,7 +412,7 @@ class Listener:
 
 def test_fluent_bit_backlog_out_of_order_and_an_outage(tmp_path):
     """raw-node.log as a Fluent Bit backlog: chunks of ~60 KB, json_lines + gzip, posted in
-    parallel on 3 connections in shuffled order; half way the listener goes away for 7 s
+    parallel on 3 connections, out of order (shuffled within runs of 6); half way the listener goes away for 7 s
     (connection refused: the chunks in flight fail and are retried later, after newer ones).
     The output is exactly `auditpipe parse`'s, document for document."""
     lines = lines_of("raw-node.log")
@@ -436,7 +436,7 @@ def test_fluent_bit_backlog_out_of_order_and_an_outage(tmp_path):
 
         th = threading.Thread(target=outage)
         th.start()
-        fb.send(chunks, deadline=120)
+        fb.send(chunks, shuffle=6, deadline=120)
         th.join()
         assert done.is_set() and fb.retries > 0 and not fb.dropped
         assert fb.delivered == len(chunks)
@@ -450,8 +450,8 @@ def test_fluent_bit_backlog_out_of_order_and_an_outage(tmp_path):
 @pytest.mark.slow
 def test_fluent_bit_backlog_of_the_bench_corpus(serve):
     """The whole bench corpus as Fluent Bit would post its backlog with the defaults: ~2.2 MB
-    ``json`` chunks (accepted by the default body cap), 3 in parallel, shuffled: 20,649 events,
-    exactly parse's."""
+    ``json`` chunks (accepted by the default body cap), 3 in parallel, out of order (shuffled
+    within runs of 4): 20,649 events, exactly parse's."""
     lines = lines_of("bench.log.gz")
     expect = keys(parse_docs(lines))
     rx = serve()
