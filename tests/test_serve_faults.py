@@ -463,3 +463,20 @@ def test_fluent_bit_backlog_of_the_bench_corpus(serve):
     rx.stop()
     got = keys(read_jsonl(rx.out))
     assert sum(got.values()) == 20_649 and got == expect
+
+
+def test_a_retried_chunk_adds_nothing(serve):
+    """A shipper that timed out waiting for the answer sends a chunk again (Fluent Bit retries
+    it): chunks already taken, held or released, arrive a second time — in the middle of the
+    stream and after it — and the output is still exactly parse's, no duplicate."""
+    lines = lines_of("raw-node.log")
+    expect = parse_docs(lines)
+    rx = serve("--reorder-window", "2")
+    fb = FluentBitLike(rx.url, headers={**AUTH, "X-Auditpipe-Sender": "node-1/fb"}, chunk_bytes=50_000, workers=2)
+    chunks = fb.chunks(lines)
+    again = [chunks[3], chunks[4], chunks[len(chunks) // 2]]
+    fb.send(chunks[: len(chunks) // 2] + [chunks[3]] + chunks[len(chunks) // 2:] + again, shuffle=3)
+    assert fb.delivered == len(chunks) + 4 and not fb.dropped
+    rx.stop()
+    got = read_jsonl(rx.out)
+    assert sorted(map(json.dumps, got)) == sorted(map(json.dumps, expect))

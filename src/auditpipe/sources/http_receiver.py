@@ -379,13 +379,15 @@ class Receiver:
             return _Ident(f"connection:{conn.cid}:{conn.peer}", by_connection=True)
         return _Ident(f"address:{request.remote or '-'}")
 
-    def _head_known(self, s: _Sender, ident: _Ident, now: float) -> bool:
-        """Whether everything before this request in the sender's stream has arrived."""
-        if ident.base is not None:
-            return ident.base == 0 or ident.base in s.range_ends
-        # one HTTP/1.1 connection carries its requests one after the other: in order, unless we
-        # refused one lately (the sender may send it again after newer ones)
+    def _in_order(self, s: _Sender, now: float) -> bool:
+        """One HTTP/1.1 connection carries its requests one after the other: in order, unless we
+        refused one lately (the sender may send it again after newer ones)."""
         return s.by_connection and now - s.refused_at > self.cfg.reorder_window
+
+    @staticmethod
+    def _head_known(s: _Sender, ident: _Ident) -> bool:
+        """Whether the request before this one in the sender's stream has arrived (by range)."""
+        return ident.base is not None and (ident.base == 0 or ident.base in s.range_ends)
 
     # ---- handlers --------------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
@@ -491,7 +493,7 @@ class Receiver:
         s.last_seen = now
         s.requests += 1
         reorder = s.reorder
-        reorder.chunk = Chunk([], s.requests, ident.base, self._head_known(s, ident, now))
+        reorder.chunk = Chunk([], s.requests, ident.base, self._head_known(s, ident), self._in_order(s, now))
         pipeline = s.pipeline
         before = pipeline.counters.rejects
         records = events = written = crashed = 0

@@ -15,15 +15,20 @@ event can sit in another request that has not arrived yet. Otherwise it waits ``
 of wall clock from its first record's arrival (sized for a shipper's retries), or until the
 buffer holds ``max_records`` (the oldest events leave first, counted as ``forced``).
 
-An event only ever touched by *in-order* requests (each one's predecessor known to have arrived:
-one keep-alive connection, or consecutive ``X-Auditpipe-Range``) cannot get records from an
-earlier request any more, so it follows ``auditpipe parse``'s own rules instead: it is closed
+A shipper that timed out waiting for an answer sends the same request again: a record already
+held or recently released with the same place in the stream and the same text is dropped
+(counted as ``duplicates``), so a retry adds neither a record twice nor an event twice.
+
+An event only ever touched by *in-order* requests (one keep-alive connection: each request
+follows the one before) cannot get records from an earlier request any more, and the rest of
+its records come in the next request, so it follows ``auditpipe parse``'s own rules instead: it is closed
 ``timeout`` seconds of audit time behind the newest in-order record, or after ``in_order_wait``
 seconds of wall clock (a live stream's last event has nothing newer behind it).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,18 +44,22 @@ Order = tuple[float, int, int]
 @dataclass(slots=True)
 class Chunk:
     """The records of one request, in body order. ``base``: the stream position of the first
-    record (from ``X-Auditpipe-Range``) or None; ``head_known``: whatever precedes this request in
-    the sender's stream has arrived already (or nothing does)."""
+    record (from ``X-Auditpipe-Range``) or None; ``head_known``: what precedes this request in
+    the sender's stream has arrived already (or nothing does); ``in_order``: moreover the sender
+    sends one request after the other, so nothing of its stream before this request is missing
+    and what follows comes next (one keep-alive connection)."""
 
     records: list[tuple[Any, float | None, int]]  # (parsed record, sender date, index in the request)
     seq: int  # arrival number of the request at this sender
     base: int | None = None
     head_known: bool = False
+    in_order: bool = False
 
 
 @dataclass(slots=True)
 class _Held:
     records: list[tuple[Order, Any]] = field(default_factory=list)
+    prints: set[int] = field(default_factory=set)  # hashes of (stream place, text) of its records
     first: Order = (float("inf"), 0, 0)
     arrived: float = 0.0
     ended: bool = False
@@ -74,6 +83,10 @@ class ReorderBuffer:
         self._reasm = Reassembler(timeout=float("inf"), max_in_flight=1 << 30, wall_timeout=None)
         self.forced = 0  # events released by max_records before they were complete
         self.expired = 0  # events released because the window passed
+        self.duplicates = 0  # records dropped because the same record arrived before
+        # what was released lately, to recognise a retried request: event key → record prints
+        self._released: OrderedDict[tuple, set[int]] = OrderedDict()
+        self.remember = 8192  # events: a few of Fluent Bit's chunks
 
     @property
     def held_records(self) -> int:
@@ -91,28 +104,34 @@ class ReorderBuffer:
         """Hold the chunk's records; return the events that are complete now."""
         held = self._held
         touched: dict[tuple, _Held] = {}
-        wait = self.in_order_wait if chunk.head_known else self.window
+        wait = self.in_order_wait if chunk.in_order else self.window
+        dropped = self.duplicates
         for rec, date, index in chunk.records:
             if chunk.base is not None:
                 order: Order = (float(chunk.base + index), 0, 0)
             else:
                 order = (date if date is not None else 0.0, chunk.seq, index)
             key = (rec.node, rec.time, rec.serial)
+            fingerprint = hash((order[0], rec.raw))
             g = held.get(key)
+            if order[0] and (fingerprint in (g.prints if g is not None else self._released.get(key, ()))):
+                self.duplicates += 1
+                continue
             if g is None:
                 g = held[key] = _Held(arrived=now, ts=rec.sec + rec.msec * 0.001, deadline=now + wait)
-            elif not chunk.head_known:
+            elif not chunk.in_order:
                 g.deadline = max(g.deadline, g.arrived + self.window)
             g.records.append((order, rec))
+            g.prints.add(fingerprint)
             if order < g.first:
                 g.first = order
-                g.head_open = index == 0 and not chunk.head_known
+                g.head_open = index == 0 and not (chunk.head_known or chunk.in_order)
             if ends_event(rec.type_num):
                 g.ended = True
             touched[key] = g
-        self._count += len(chunk.records)
+        self._count += len(chunk.records) - (self.duplicates - dropped)
         ready = [k for k, g in touched.items() if g.ended and not g.head_open]
-        if chunk.head_known and chunk.records:
+        if chunk.in_order and chunk.records:
             newest = max(r.sec + r.msec * 0.001 for r, _, _ in chunk.records)
             self._newest = max(self._newest, newest)
             horizon = self._newest - self.timeout
@@ -151,8 +170,13 @@ class ReorderBuffer:
         groups.sort(key=lambda g: g.first)
         feed = self._reasm.feed
         out: list[Event] = []
+        released = self._released
         for g in groups:
             self._count -= len(g.records)
+            rec0 = g.records[0][1]
+            released[(rec0.node, rec0.time, rec0.serial)] = g.prints
+            if len(released) > self.remember:
+                released.popitem(last=False)
             g.records.sort(key=lambda r: r[0])
             for _, rec in g.records:
                 out += feed(rec, now)
