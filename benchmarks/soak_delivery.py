@@ -26,7 +26,6 @@ import collections
 import gzip
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -80,13 +79,14 @@ class Proc:
 
     def start(self) -> None:
         self.starts += 1
-        err = open(self.cwd / f"{self.name}-{self.starts}.err", "wb")
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=err, cwd=self.cwd)
+        errlog = self.cwd / f"{self.name}-{self.starts}.err"
+        with open(errlog, "wb") as err:
+            self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=err, cwd=self.cwd)
         self.rss.append([])
         if not wait_for(lambda: self.ready(self) or self.proc.poll() is not None, 60):
             raise SystemExit(f"{self.name} did not start")
         if self.proc.poll() is not None:
-            raise SystemExit(f"{self.name} exited: see {err.name}")
+            raise SystemExit(f"{self.name} exited: see {errlog}")
 
     def kill9(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -294,13 +294,14 @@ def main() -> int:
                 f"per instance first→last: {', '.join(f'{a:.0f}→{b:.0f}' for a, b in zip(firsts, lasts))}")
     print(f"events expected {len(expected):,}, received distinct {sum(1 for k in got if k in expected):,}, "
           f"missing {missing:,}, unexpected {extra:,}, duplicates {dups:,} (bound {bound:,}: {MAX_EVENTS} per kill)")
-    print(f"kills: receiver {kills['serve']}, shipper {kills['run']}; queue tmpfs "
-          f"{'%d MiB, nearly full in %d of the 5-s samples' % (args.queue_tmpfs_mb, queue_full_seen) if mounted else 'not used'}")
+    tmpfs = (f"{args.queue_tmpfs_mb} MiB, nearly full in {queue_full_seen} of the 5-s samples" if mounted
+             else "not used")
+    print(f"kills: receiver {kills['serve']}, shipper {kills['run']}; queue tmpfs {tmpfs}")
     print(rss_line(sh))
     print(rss_line(rx))
     dead = tmp / "dead.jsonl"
     if dead.exists():
-        print(f"dead letters: {sum(1 for _ in open(dead, 'rb'))}")
+        print(f"dead letters: {len(dead.read_bytes().splitlines())}")
     print(f"work directory (logs, output): {tmp}")
     return 0 if missing == 0 and extra == 0 and dups <= bound else 1
 
