@@ -27,7 +27,6 @@ import gzip
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,20 +34,12 @@ import threading
 import time
 from pathlib import Path
 
+from bench_delivery import cli, free_port, wait_for  # same directory: the runner puts it on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = Path(os.environ.get("AUDITPIPE_SHARED", ROOT.parent / "shared")) / "corpus" / "bench.log.gz"
 SECRET = "soak-secret"
 MAX_EVENTS = 200
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "auditpipe", *args]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mib(pid: int) -> float | None:
@@ -57,15 +48,6 @@ def rss_mib(pid: int) -> float | None:
             return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
     except (OSError, StopIteration):
         return None
-
-
-def wait_for(pred, timeout: float, interval: float = 0.1) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(interval)
-    return bool(pred())
 
 
 class Proc:

@@ -480,3 +480,30 @@ def test_a_retried_chunk_adds_nothing(serve):
     rx.stop()
     got = read_jsonl(rx.out)
     assert sorted(map(json.dumps, got)) == sorted(map(json.dumps, expect))
+
+
+def test_header_and_body_deadlines(serve):
+    """Half a request head is cut off after --header-timeout; a body that stops coming after
+    --body-timeout (408); each logged once however many connections do it."""
+    rx = serve("--header-timeout", "1", "--body-timeout", "1")
+    heads, bodies = [], []
+    for _ in range(5):
+        s = socket.create_connection(("127.0.0.1", rx.port))
+        s.sendall(b"POST /ingest HTTP/1.1\r\nHost: x\r\nX-Panther-")
+        heads.append(s)
+        b = socket.create_connection(("127.0.0.1", rx.port))
+        b.sendall(b"POST /ingest HTTP/1.1\r\nHost: x\r\nX-Panther-Secret: " + SECRET.encode()
+                  + b"\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n0123456789")
+        bodies.append(b)
+    t0 = time.monotonic()
+    for s in heads:
+        s.settimeout(5)
+        assert s.recv(100) == b""  # closed without an answer
+    for b in bodies:
+        b.settimeout(5)
+        assert b.recv(100).startswith(b"HTTP/1.1 408")
+        b.close()
+    assert time.monotonic() - t0 < 4
+    err = rx.stop()
+    assert err.count("without complete request headers") == 1, err
+    assert err.count("request bodies not complete") == 1, err

@@ -258,6 +258,7 @@ class Receiver:
     async def _background_ctx(self, app: web.Application):
         tasks = [asyncio.create_task(self._ticker()), asyncio.create_task(self.limits.run_sweeper())]
         yield
+        self.limits.close_all()
         for task in tasks:
             task.cancel()
             try:
@@ -424,9 +425,10 @@ class Receiver:
             wire = await self._read_body(request)
         except TimeoutError:
             self.limits.body_timed_out(request.remote or "-")
-            request.protocol.force_close()
-            return self._fail(408, f"request body not complete within {cfg.limits.body_timeout:g} s"
-                              if cfg.limits else "request body too slow")
+            timeout = cfg.limits.body_timeout if cfg.limits else 0
+            response = self._fail(408, f"request body not complete within {timeout:g} s")
+            response.force_close()  # the rest of the body is not waited for
+            return response
         if wire is None:
             return self._refuse(ident, 413, f"body larger than {cfg.max_body} bytes")
         self.m_wire.inc(len(wire))

@@ -169,6 +169,12 @@ class ConnectionLimits:
                 return True
         return False
 
+    def close_all(self) -> None:
+        """At shutdown: connections that never sent a byte are unknown to aiohttp; close them too."""
+        for g in list(self._all):
+            if g.inner is None:
+                self._close(g)
+
     def _close(self, g: _Guarded) -> None:
         self.forget(g)
         if g.transport is not None:
