@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/soak_delivery.py [--minutes 20] [--rate 2000] [--queue-tmpfs-mb 4]
 
 A writer appends audit records to audit.log at ``--rate`` records/s (the bench corpus again and
-again; each pass gets its own ``node=soak-N`` so every event stays unique). `auditpipe run`
+again; each pass gets its own ``node=soak-N`` and its times moved past the previous pass, so
+every event stays unique and time keeps going forward). `auditpipe run`
 follows it ([source] type = "file": the kernel is not touched) and ships coalesced events as
 gzip'd JSON lines with a shared secret through its durable queue, which lives on a small tmpfs
 (root: ``mount -t tmpfs``) that fills while the receiver is down and frees when it is back.
@@ -26,6 +27,7 @@ import collections
 import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -96,16 +98,31 @@ def corpus_lines(path: Path) -> list[str]:
         return [ln for ln in f.read().split("\n") if ln]
 
 
+_STAMP = re.compile(r"msg=audit\((\d+)\.")
+
+
+def split_stamps(lines: list[str]) -> tuple[list[tuple[str, int, str]], int]:
+    """Each line as (text before the seconds, seconds, text after), and the corpus' time span."""
+    parts = []
+    for ln in lines:
+        m = _STAMP.search(ln)
+        assert m, ln[:80]
+        parts.append((ln[:m.start(1)], int(m.group(1)), ln[m.end(1):]))
+    secs = [p[1] for p in parts]
+    return parts, max(secs) - min(secs) + 10
+
+
 def writer(log: Path, lines: list[str], rate: int, stop: threading.Event, written: list[int]) -> None:
     """Append ``rate`` records a second, in 10 steps a second, pass after pass of the corpus."""
+    parts, span = split_stamps(lines)
     step = max(1, rate // 10)
     t0 = time.monotonic()
     n = 0
     with open(log, "a", encoding="utf-8", errors="surrogateescape") as f:
         while not stop.is_set():
             p, i = divmod(n, len(lines))
-            chunk = lines[i:i + step]
-            f.write("".join(f"node=soak-{p} {ln}\n" for ln in chunk))
+            chunk = parts[i:i + step]
+            f.write("".join(f"node=soak-{p} {a}{sec + p * span}{b}\n" for a, sec, b in chunk))
             f.flush()
             n += len(chunk)
             written[0] = n

@@ -498,7 +498,10 @@ def test_header_and_body_deadlines(serve):
     t0 = time.monotonic()
     for s in heads:
         s.settimeout(5)
-        assert s.recv(100) == b""  # closed without an answer
+        try:
+            assert s.recv(100) == b""  # closed without an answer
+        except ConnectionResetError:
+            pass  # or reset
     for b in bodies:
         b.settimeout(5)
         assert b.recv(100).startswith(b"HTTP/1.1 408")

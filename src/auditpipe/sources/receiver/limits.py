@@ -10,9 +10,11 @@ through a small ``asyncio.Protocol`` proxy (``_Guarded``) registered with ``Conn
   ``keepalive_timeout``. A sweeper closes what passed its deadline, about twice a second.
 * **bounds**: at most ``max_connections`` in total and ``max_per_address`` from one address.
   A new connection over a bound evicts the oldest connection (of that address, or overall) that
-  is not inside a request and has not sent a request's complete headers — a flood of idle or half-sent connections pushes out its own oldest
-  members, never a request being served and never the newest arrival (a health check) — and is
-  refused only if every connection is inside a request.
+  is not inside a request and has not sent a request's complete headers, one that never completed
+  a request first (an idle keep-alive shipper is kept as long as possible). A flood of idle or
+  half-sent connections pushes out its own oldest members, never a request being served nor a
+  health check whose request is in; a new connection is refused only if every connection is
+  inside a request.
 * each condition is logged once (with counts) per ``log_every`` seconds, never per connection.
 
 The body deadline is the handler's (``Receiver.ingest``): it knows when a body is complete.
@@ -55,6 +57,7 @@ class _Guarded(asyncio.Protocol):
         "limits",
         "make",
         "peer",
+        "served",
         "transport",
         "waiting_since",
     )
@@ -71,6 +74,7 @@ class _Guarded(asyncio.Protocol):
         self.waiting_since: float | None = now  # a request is due: its headers must come in time
         self.idle_since = now
         self.headers_in = False  # the end of a request's headers arrived: it is about to start
+        self.served = 0  # requests started on this connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -160,14 +164,18 @@ class ConnectionLimits:
             self._by_inner.pop(g.inner, None)
 
     def _evict(self, pool: dict[_Guarded, None], which: str) -> bool:
-        for g in pool:  # oldest first
-            if not g.busy and not g.headers_in:
-                self._close(g)
-                self._note("evicted", f"connection limit ({which}: {self.cfg.max_connections} in total, "
-                                      f"{self.cfg.max_per_address} per address) reached: the oldest connections "
-                                      "not inside a request are closed")
-                return True
-        return False
+        # oldest first, and a connection that never completed a request before an idle keep-alive
+        # one (a shipper's: with connection identity, a new connection is a new sender)
+        victim = next((g for g in pool if not g.busy and not g.headers_in and not g.served), None)
+        if victim is None:
+            victim = next((g for g in pool if not g.busy and not g.headers_in), None)
+        if victim is None:
+            return False
+        self._close(victim)
+        self._note("evicted", f"connection limit ({which}: {self.cfg.max_connections} in total, "
+                              f"{self.cfg.max_per_address} per address) reached: the oldest connections "
+                              "not inside a request are closed")
+        return True
 
     def close_all(self) -> None:
         """At shutdown: connections that never sent a byte are unknown to aiohttp; close them too."""
@@ -186,6 +194,7 @@ class ConnectionLimits:
 
     def request_started(self, g: _Guarded) -> None:
         g.busy += 1
+        g.served += 1
         g.waiting_since = None
         g.headers_in = False
 
