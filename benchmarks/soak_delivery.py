@@ -129,7 +129,7 @@ def writer(log: Path, lines: list[str], rate: int, stop: threading.Event, writte
             time.sleep(max(0.0, t0 + n / rate - time.monotonic()))
 
 
-def shipper_config(tmp: Path, log: Path, url: str, queue: Path) -> Path:
+def shipper_config(tmp: Path, log: Path, url: str, queue: Path, http_format: str) -> Path:
     cfg = tmp / "run.toml"
     cfg.write_text(f"""
 log_level = "warning"
@@ -145,7 +145,7 @@ format = "coalesced"
 [[outputs]]
 type = "http"
 url = "{url}"
-format = "json_lines"
+format = "{http_format}"
 auth = "shared-secret"
 secret = "{SECRET}"
 gzip = true
@@ -193,6 +193,8 @@ def main() -> int:
     ap.add_argument("--receiver-every", type=float, default=60.0)
     ap.add_argument("--receiver-down", type=float, default=10.0)
     ap.add_argument("--shipper-every", type=float, default=90.0)
+    ap.add_argument("--http-format", choices=["json_lines", "raw"], default="json_lines",
+                    help="ship events (json_lines) or the records themselves for the receiver to reassemble")
     args = ap.parse_args()
     lines = corpus_lines(args.corpus)
     tmp = Path(tempfile.mkdtemp(prefix="auditpipe-soak-"))
@@ -214,7 +216,8 @@ def main() -> int:
             return False
         return bool(st.get("running") and st.get("pid") == p.proc.pid)
 
-    sh = Proc("run", cli("run", "--config", str(shipper_config(tmp, log, f"http://127.0.0.1:{port}/ingest", queue))),
+    sh = Proc("run", cli("run", "--config", str(shipper_config(tmp, log, f"http://127.0.0.1:{port}/ingest", queue,
+                                                                 args.http_format))),
               tmp, shipper_ready)
     stop = threading.Event()
     written = [0]
