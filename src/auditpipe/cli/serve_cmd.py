@@ -56,6 +56,9 @@ def _is_loopback(host: str) -> bool:
 @click.option("--event-wait", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Seconds an incomplete event of an in-order sender (one keep-alive connection, or "
                    "consecutive X-Auditpipe-Range) waits for its remaining records.")
+@click.option("--state", type=click.Path(dir_okay=False),
+              help="File where, at shutdown, the held records of senders that name themselves "
+                   "(X-Auditpipe-Sender) are kept for the next start, so a restart splits no event.")
 @click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Seconds a connection has to send complete request headers.")
 @click.option("--body-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
@@ -65,7 +68,7 @@ def _is_loopback(host: str) -> bool:
 @click.option("--max-connections-per-address", type=click.IntRange(min=1), default=256, show_default=True,
               help="Open connections from one address at most.")
 def serve(listen, tls_cert, tls_key, tls_client_ca, auth, auth_header, auth_secret, output, fmt, max_body,
-          rotate_size, generations, fsync, reorder_window, event_wait, header_timeout, body_timeout,
+          rotate_size, generations, fsync, reorder_window, event_wait, state, header_timeout, body_timeout,
           max_connections, max_connections_per_address):
     """Receive audit records over HTTP (Fluent Bit json_lines, raw text, JSON arrays, or events from
     another auditpipe), reassemble them per sender, normalize and write them to a file."""
@@ -90,7 +93,7 @@ def serve(listen, tls_cert, tls_key, tls_client_ca, auth, auth_header, auth_secr
                           max_connections=max_connections, max_per_address=max_connections_per_address)
     try:
         cfg = ReceiverConfig(auth=auth, secret=auth_secret, auth_header=auth_header, max_body=parse_size(max_body),
-                             reorder_window=reorder_window, event_wait=event_wait, limits=limits)
+                             reorder_window=reorder_window, event_wait=event_wait, limits=limits, state=state)
         rotate = 0 if str(rotate_size).strip() == "0" else parse_size(rotate_size)
     except ValueError as e:
         raise click.UsageError(str(e)) from None

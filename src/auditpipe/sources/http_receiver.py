@@ -47,9 +47,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
+from auditpipe.parsing import parse_line
 from auditpipe.sinks import auth as authmod
 from auditpipe.sinks.encode import dumps_line
 from auditpipe.sinks.errors import OutputUnavailable
@@ -101,6 +103,7 @@ class ReceiverConfig:
     max_held_records: int = 100_000  # per sender; beyond it the oldest held events leave incomplete
     retry_after: int = 5  # seconds, in the 503 answered while the output cannot be written
     limits: LimitsConfig | None = None
+    state: str | None = None  # file keeping named senders' held records across a restart
 
     def __post_init__(self) -> None:
         authmod.client_headers(self.auth, self.secret, b"", self.auth_header)  # validates
@@ -290,9 +293,14 @@ class Receiver:
         return written
 
     def flush_all(self) -> int:
+        """At shutdown: held records of named senders go to the state file (when one is set), so
+        the next start joins them with what those senders send after the restart; everything else
+        is written out as it is."""
         written = 0
-        for s in self.senders.values():
-            written += self._write(s.pipeline.flush())
+        kept = self._save_state()
+        for key, s in self.senders.items():
+            if key not in kept:
+                written += self._write(s.pipeline.flush())
         self._drain_pending()
         if self.pending:
             log.error("shutting down with %d documents the output never took (%s)", len(self.pending),
@@ -302,6 +310,42 @@ class Receiver:
         except OSError as e:
             log.error("output flush failed: %s", e)
         return written
+
+    def _save_state(self) -> set[str]:
+        path = self.cfg.state
+        if not path:
+            return set()
+        now, wall = time.monotonic(), time.time()
+        state = {key: {"held": s.reorder.buffer.dump(now, wall), "range_ends": list(s.range_ends)}
+                 for key, s in self.senders.items() if key.startswith("sender:")}
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps({"version": 1, "senders": state}))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        held = sum(len(g[3]) for v in state.values() for g in v["held"])
+        log.info("kept %d held records of %d senders in %s for the next start", held, len(state), path)
+        return set(state)
+
+    def load_state(self) -> int:
+        """At start: take back what the last process kept (then the file is removed: its records
+        are in memory now, and a crash must not bring them back twice). Returns records loaded."""
+        path = self.cfg.state
+        if not path or not os.path.exists(path):
+            return 0
+        with open(path, "rb") as f:
+            state = orjson.loads(f.read())
+        now, wall = time.monotonic(), time.time()
+        loaded = 0
+        for key, v in state.get("senders", {}).items():
+            s = self._sender(_Ident(key))
+            s.reorder.buffer.load(v["held"], now, wall, parse_line)
+            s.range_ends.extend(v["range_ends"])
+            loaded += s.reorder.buffer.held_records
+        os.unlink(path)
+        log.info("took back %d held records of %d senders from %s", loaded, len(state.get("senders", {})), path)
+        return loaded
 
     # ---- output ------------------------------------------------------------------------------
     def _write(self, items: list) -> int:
@@ -618,6 +662,7 @@ def serve(receiver: Receiver, host: str, port: int, ssl_context: ssl.SSLContext 
     import signal
 
     async def main() -> None:
+        receiver.load_state()
         runner, bound = await start_site(receiver, host, port, ssl_context)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

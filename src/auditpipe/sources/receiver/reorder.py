@@ -142,6 +142,29 @@ class ReorderBuffer:
             out += self._release_oldest(now)
         return out
 
+    def dump(self, now: float, wall: float) -> list:
+        """The held records as JSON-able data (times as wall clock), to be ``load``-ed by the next
+        process: a restarted receiver joins them with what the sender sends after the restart."""
+        return [[wall - (now - g.arrived), wall + (g.deadline - now), g.head_open,
+                 [[list(o), r.raw] for o, r in g.records]] for g in self._held.values()]
+
+    def load(self, data: list, now: float, wall: float, parse: Any) -> None:
+        """Take back what ``dump`` gave (a held event waits no longer than this buffer's window)."""
+        for arrived, deadline, head_open, records in data:
+            g: _Held | None = None
+            for order, raw in records:
+                rec = parse(raw)
+                if g is None:
+                    g = self._held.setdefault((rec.node, rec.time, rec.serial), _Held(
+                        arrived=now - (wall - arrived), ts=rec.sec + rec.msec * 0.001,
+                        deadline=now + min(deadline - wall, self.window), head_open=head_open))
+                o = tuple(order)
+                g.records.append((o, rec))
+                g.prints.add(hash((o[0], raw)))
+                g.first = min(g.first, o)
+                g.ended = g.ended or ends_event(rec.type_num)
+                self._count += 1
+
     def expire(self, now: float) -> list[Event]:
         """Release the events whose window has passed (call about every second)."""
         late = [k for k, g in self._held.items() if now >= g.deadline]
