@@ -1,4 +1,9 @@
-"""What a sink raises when it could not accept a write (INTERFACES.md §4)."""
+"""What a sink raises when it could not accept a write (INTERFACES.md §4).
+
+Every sink's ``write(items)`` either accepts all items or raises :class:`OutputUnavailable`
+having accepted none of them: a partial write is truncated back first. The runtime keeps the
+documents, holds its source and calls ``write`` again later.
+"""
 
 from __future__ import annotations
 
