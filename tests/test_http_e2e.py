@@ -169,13 +169,13 @@ def test_receiver_down_then_up_nothing_lost(tmp_path):
     cfg = {"type": "http", "url": f"http://127.0.0.1:{port}/", "tls": False, "max_wait": 0.05,
            "backoff_initial": 0.05, "backoff_max": 0.2, "queue_dir": qdir}
     sink = open_sink(cfg)
-    sink.write([{"n": i} for i in range(100)])
+    sink.write([{"id": f"e{i}", "n": i} for i in range(100)])  # event-shaped: the receiver refuses unknown shapes
     time.sleep(0.3)
     assert sink.shipper.retries >= 1 and sink.queue.pending == 100
     sink.close(drain_timeout=0)  # "crash": stop with everything unacknowledged
     with ThreadedReceiver(out, port=port):
         sink = open_sink(cfg)  # restart resends from the queue
-        sink.write([{"n": 100}])
+        sink.write([{"id": "e100", "n": 100}])
         sink.close(drain_timeout=10)
         assert sink.queue.pending == 0
     assert [d["n"] for d in docs_in(out)] == list(range(101))

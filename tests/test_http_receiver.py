@@ -282,7 +282,7 @@ def test_gzip_bomb_413_without_inflating(tmp_path):
     assert len(bomb) < 1 << 20
 
     async def go():
-        async with Server(tmp_path) as s, httpx.AsyncClient() as c:
+        async with Server(tmp_path, max_body=1 << 20) as s, httpx.AsyncClient() as c:
             tracemalloc.start()
             tracemalloc.reset_peak()
             r = await c.post(s.url, content=bomb, headers={"Content-Encoding": "gzip"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import sys
 
 import click
@@ -43,35 +44,60 @@ def _is_loopback(host: str) -> bool:
 @click.option("--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
               help="JSON-lines output file ('-' for stdout).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="coalesced", show_default=True)
-@click.option("--max-body", default="1MB", show_default=True,
-              help="Largest request body, on the wire and once decompressed.")
+@click.option("--max-body", default="8MB", show_default=True,
+              help="Largest request body, on the wire and once decompressed (Fluent Bit posts chunks of "
+                   "up to ~2.2 MB and drops a chunk refused with 413).")
 @click.option("--rotate-size", default="100MB", show_default=True, help="Rotate the output at this size (0: never).")
 @click.option("--generations", type=int, default=5, show_default=True, help="Rotated files to keep.")
 @click.option("--fsync", type=click.Choice(["never", "batch", "interval"]), default="interval", show_default=True)
-@click.option("--event-wait", type=float, default=2.0, show_default=True,
-              help="Seconds an incomplete event waits for its remaining records.")
+@click.option("--reorder-window", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds (wall clock) an incomplete event waits for records of the same sender that "
+                   "arrive late or out of order (a shipper's retries).")
+@click.option("--event-wait", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Seconds an incomplete event of an in-order sender (one keep-alive connection, or "
+                   "consecutive X-Auditpipe-Range) waits for its remaining records.")
+@click.option("--state", type=click.Path(dir_okay=False),
+              help="File where, at shutdown, the held records of senders that name themselves "
+                   "(X-Auditpipe-Sender) are kept for the next start, so a restart splits no event.")
+@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Seconds a connection has to send complete request headers.")
+@click.option("--body-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds a request has to send its whole body.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Open connections at most (the oldest idle ones give way to new ones).")
+@click.option("--max-connections-per-address", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Open connections from one address at most.")
 def serve(listen, tls_cert, tls_key, tls_client_ca, auth, auth_header, auth_secret, output, fmt, max_body,
-          rotate_size, generations, fsync, event_wait):
+          rotate_size, generations, fsync, reorder_window, event_wait, state, header_timeout, body_timeout,
+          max_connections, max_connections_per_address):
     """Receive audit records over HTTP (Fluent Bit json_lines, raw text, JSON arrays, or events from
     another auditpipe), reassemble them per sender, normalize and write them to a file."""
     from auditpipe.config import Config, NormalizeConfig, ReassemblyConfig
     from auditpipe.pipeline.assembly import build_normalizer, build_pipeline
     from auditpipe.sinks.file import FileSink
     from auditpipe.sinks.stdout import StdoutSink
-    from auditpipe.sources.http_receiver import Receiver, ReceiverConfig, make_ssl_context, parse_size
+    from auditpipe.sources.http_receiver import Receiver, ReceiverConfig, make_ssl_context, parse_size, raise_fd_limit
     from auditpipe.sources.http_receiver import serve as run
+    from auditpipe.sources.receiver.limits import LimitsConfig
 
     host, port = split_listen(listen)
     if auth != "none" and not auth_secret:
         raise click.UsageError(f"--auth {auth} needs --auth-secret (or AUDITPIPE_AUTH_SECRET)")
     if tls_key and not tls_cert:
         raise click.UsageError("--tls-key needs --tls-cert")
+    fd_limit = raise_fd_limit()
+    if max_connections > fd_limit - 64:
+        raise click.UsageError(f"--max-connections {max_connections} does not fit the open-file limit "
+                               f"({fd_limit}); raise it (ulimit -n) or lower --max-connections")
+    limits = LimitsConfig(header_timeout=header_timeout, body_timeout=body_timeout,
+                          max_connections=max_connections, max_per_address=max_connections_per_address)
     try:
-        cfg = ReceiverConfig(auth=auth, secret=auth_secret, auth_header=auth_header,
-                             max_body=parse_size(max_body), wall_timeout=event_wait)
+        cfg = ReceiverConfig(auth=auth, secret=auth_secret, auth_header=auth_header, max_body=parse_size(max_body),
+                             reorder_window=reorder_window, event_wait=event_wait, limits=limits, state=state)
         rotate = 0 if str(rotate_size).strip() == "0" else parse_size(rotate_size)
     except ValueError as e:
         raise click.UsageError(str(e)) from None
+    logging.basicConfig(stream=sys.stderr, format="auditpipe serve: %(levelname)s: %(message)s", level=logging.INFO)
     if not tls_cert and not _is_loopback(host):
         click.echo(f"auditpipe serve: warning: plain HTTP on {host}; use --tls-cert/--tls-key", err=True)
     if auth == "none" and not _is_loopback(host):

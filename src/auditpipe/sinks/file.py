@@ -109,10 +109,20 @@ class FileSink:
         self._open()
 
     def _write_all(self, data: bytes | bytearray) -> None:
+        """Append all of ``data`` or nothing: a write cut short (ENOSPC, EDQUOT, EIO…) is
+        truncated back, so a reader never sees a torn line, and ``OutputUnavailable`` is raised."""
         view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError as e:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass
+            raise OutputUnavailable(f"{errno.errorcode.get(e.errno or 0, 'error')} on {self.path}: "
+                                    f"{e.strerror}") from e
         self._size += len(data)
         self._dirty = True
 
@@ -170,9 +180,7 @@ class FileSink:
         return self.write(data.splitlines(keepends=True))
 
     def _after_write(self) -> None:
-        if self.fsync == "batch":
-            self._sync()
-        elif self.fsync == "interval" and time.monotonic() - self._last_sync >= self.fsync_interval:
+        if self.fsync == "batch" or self.fsync == "interval" and time.monotonic() - self._last_sync >= self.fsync_interval:
             self._sync()
 
     def _sync(self) -> None:

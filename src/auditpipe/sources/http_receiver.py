@@ -3,29 +3,43 @@
 Accepted POST bodies (any path but ``/healthz`` and ``/metrics``):
 
 * Fluent Bit ``json_lines``: ``{"date": 1700000000.123456, "log": "type=… msg=audit(…): …"}``
-  per line (``date`` first or absent) — the ``log`` value is a raw audit record;
+  per line — the ``log`` value is a raw audit record;
 * a JSON array of such objects (Fluent Bit's ``json`` format) or of raw lines as strings;
 * ``text/plain``: raw audit lines;
 * JSON lines of events already normalized by another auditpipe: written through unchanged.
 
-Raw records are parsed and reassembled per sender (the peer address: the records of one event
-may arrive in separate requests), normalized and written to the sink. Events left open wait
-``wall_timeout`` seconds of wall clock for their last records (a ticker closes them).
+``msgpack`` and any other content type → 415; objects with neither ``log`` nor the marks of an
+auditpipe event (GELF…) → 400 as an unknown shape, so the sender keeps them.
 
-Order of checks, cheapest and safest first: auth headers (401) → declared and received wire size
-(413) → HMAC over the wire bytes (401) → capped streaming inflate (413: a gzip bomb is refused
-after at most ``max_body + 1`` inflated bytes) → decode (400 with a reason). Lines that fail to
-parse are counted and reported in the response; the rest are accepted.
+**Senders.** Raw records are reassembled per *sender*, never across senders: the
+``X-Auditpipe-Sender`` header when present (``<host>/<instance id>``; several connections may
+carry one sender), else the connection (one keep-alive connection = one sender), else the peer
+address. Records are held per sender and event key in a ``ReorderBuffer`` until their event is
+provably complete or ``reorder_window`` seconds of wall clock pass (see ``receiver/reorder.py``).
+``X-Auditpipe-Range: <first>-<end>`` (the stream positions of the request's records, end
+exclusive) lets a sender say exactly where a request stands in its stream.
+
+**Order of checks**, cheapest and safest first: connection bounds and header deadline
+(``receiver/limits.py``) → auth headers (401) → output writable (503 + Retry-After) → declared
+and received wire size (413) within the body deadline (408) → HMAC over the wire bytes (401) →
+capped streaming inflate (413) → body decode (400/415). Lines that fail to parse are counted and
+reported in the response; the rest are accepted.
+
+**Output unavailable.** The sink accepts a write whole or raises ``OutputUnavailable`` (a file
+sink truncates a partial write back). Documents of a failed write stay pending in memory and are
+written first, as soon as the output takes them again; until then every POST is answered 503
+with ``Retry-After`` before its body is read, so nothing is accepted that cannot be written and
+nothing is written twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import ssl
+import os
+import re
 import time
-import zlib
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,134 +49,42 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
+from auditpipe.parsing import parse_line
 from auditpipe.sinks import auth as authmod
+from auditpipe.sinks.encode import dumps_line
+from auditpipe.sinks.errors import OutputUnavailable
+from auditpipe.sources.receiver.body import BodyError, decode_body, decode_stream, inflate_capped, parse_size
+from auditpipe.sources.receiver.limits import ConnectionLimits, LimitsConfig
+from auditpipe.sources.receiver.reorder import Chunk, ReorderBuffer
+from auditpipe.sources.receiver.site import make_ssl_context, raise_fd_limit, serve, start_site
 
-__all__ = ["ReceiverConfig", "Receiver", "BodyError", "inflate_capped", "decode_body", "parse_size",
-           "serve", "make_ssl_context"]
+__all__ = [
+    "DEFAULT_MAX_BODY",
+    "RANGE_HEADER",
+    "SENDER_HEADER",
+    "BodyError",
+    "Receiver",
+    "ReceiverConfig",
+    "decode_body",
+    "inflate_capped",
+    "make_ssl_context",
+    "parse_size",
+    "raise_fd_limit",
+    "serve",
+    "start_site",
+]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("auditpipe.serve")
 MAX_ERRORS_REPORTED = 20
-
-
-def parse_size(text: str | int) -> int:
-    """``"1MB"`` → 1048576 (K/M/G are binary, as in nginx' client_max_body_size)."""
-    if isinstance(text, int):
-        return text
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
-    num = t[:-1] if t[-1:] in "KMG" and t else t
-    value = int(float(num) * mult)
-    if value <= 0:
-        raise ValueError(f"size must be positive: {text!r}")
-    return value
-
-
-class BodyError(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def inflate_capped(data: bytes, encoding: str, cap: int) -> tuple[bytes, int]:
-    """Decompress ``data`` (gzip, possibly multi-member, or deflate), refusing past ``cap`` bytes.
-
-    Returns (body, inflated byte count). Never produces more than ``cap + 1`` bytes, whatever the
-    ratio: a bomb costs at most that much memory and CPU.
-    """
-    wbits = {"gzip": 31, "x-gzip": 31, "deflate": 15}[encoding]
-    out: list[bytes] = []
-    total = 0
-    buf = data
-    while buf:
-        d = zlib.decompressobj(wbits)
-        while True:
-            try:
-                chunk = d.decompress(buf, cap - total + 1)
-            except zlib.error as e:
-                raise BodyError(400, f"undecodable {encoding} body: {e}") from None
-            total += len(chunk)
-            if total > cap:
-                raise BodyError(413, f"body larger than {cap} bytes once decompressed")
-            out.append(chunk)
-            buf = d.unconsumed_tail
-            if d.eof or not buf:
-                break
-        if not d.eof:
-            raise BodyError(400, f"truncated {encoding} body")
-        buf = d.unused_data
-        if wbits == 15:
-            break
-    return b"".join(out), total
-
-
-def _loads(b: bytes) -> Any:
-    try:
-        return orjson.loads(b)
-    except orjson.JSONDecodeError:
-        # orjson refuses \\udcXX escapes (non-UTF-8 bytes carried as lone surrogates); json does not
-        return json.loads(b.decode("utf-8", "surrogateescape"))
-
-
-def decode_body(body: bytes, content_type: str) -> tuple[list[str], list[bytes], list[tuple[int, str]]]:
-    """Body → (raw audit lines, normalized event lines as bytes, [(line number, error)]).
-
-    Raises ``BodyError(400)`` when the body as a whole cannot be decoded.
-    """
-    raw: list[str] = []
-    events: list[bytes] = []
-    errors: list[tuple[int, str]] = []
-    ctype = content_type.split(";")[0].strip().lower()
-    head = body.lstrip()[:1]
-    if ctype == "text/plain" or head not in (b"[", b"{"):
-        if ctype in ("application/json", "application/x-ndjson") and head:
-            raise BodyError(400, f"{ctype} body does not start with '[' or '{{'")
-        # split on "\n" only: str.splitlines() would also cut at 0x1D, the ENRICHED separator
-        for line in body.decode("utf-8", "surrogateescape").split("\n"):
-            line = line.rstrip("\r")
-            if line.strip():
-                raw.append(line)
-        return raw, events, errors
-
-    def item(obj: Any, n: int, line: bytes | None) -> None:
-        if isinstance(obj, str):
-            raw.append(obj.rstrip("\n"))
-        elif isinstance(obj, dict):
-            log_value = obj.get("log")
-            if isinstance(log_value, str):
-                raw.append(log_value.rstrip("\n"))
-            elif "log" in obj:
-                errors.append((n, "'log' is not a string"))
-            else:
-                events.append(line if line is not None else orjson.dumps(obj, default=str))
-        else:
-            errors.append((n, f"expected an object or a string, got {type(obj).__name__}"))
-
-    if head == b"[":
-        try:
-            arr = _loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise BodyError(400, f"undecodable JSON array: {e}") from None
-        if not isinstance(arr, list):
-            raise BodyError(400, "expected a JSON array")
-        for i, obj in enumerate(arr, 1):
-            item(obj, i, None)
-        return raw, events, errors
-    decoded = 0
-    for n, line in enumerate(body.splitlines(), 1):
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            obj = _loads(line)
-        except (ValueError, UnicodeDecodeError) as e:
-            errors.append((n, f"not JSON: {e}"))
-            continue
-        decoded += 1
-        item(obj, n, line)
-    if not decoded:
-        raise BodyError(400, "no line of the body is JSON")
-    return raw, events, errors
+SENDER_HEADER = "X-Auditpipe-Sender"
+RANGE_HEADER = "X-Auditpipe-Range"
+# Fluent Bit posts chunks of up to ~2.2 MB as JSON (its chunks hold ~2 MB of msgpack) and drops
+# a chunk refused with 413 instead of retrying it: 8 MiB leaves room for that, and for gzip'd
+# bodies (the cap applies after decompression); memory stays a small multiple of it.
+DEFAULT_MAX_BODY = 8 << 20
+SLICE = 4096  # records parsed and written per step of a large body
+_SENDER_OK = re.compile(r"[\x21-\x7e]{1,200}")
+_RANGE = re.compile(r"\s*(\d{1,18})\s*-\s*(\d{1,18})\s*")
 
 
 @dataclass
@@ -170,30 +92,106 @@ class ReceiverConfig:
     auth: str  # required: "none" must be asked for
     secret: str | None = None
     auth_header: str | None = None
-    max_body: int = 1 << 20
-    wall_timeout: float = 2.0  # seconds an open event waits for records from later requests
-    event_timeout: float = 2.0  # audit-time horizon (Reassembler.timeout)
+    max_body: int = DEFAULT_MAX_BODY
+    reorder_window: float = 30.0  # seconds (wall clock) a held event waits for out-of-order records
+    event_wait: float = 2.0  # the same for an event of an in-order sender (see receiver/reorder.py)
+    event_timeout: float = 2.0  # audit-time horizon for in-order senders (as Reassembler.timeout)
+    wall_timeout: float | None = None  # older name of event_wait (kept for callers)
     tick_interval: float = 0.5
-    sender_idle: float = 600.0
+    sender_idle: float = 600.0  # a sender not heard from for this long is flushed and forgotten
+    max_senders: int = 10_000
+    max_held_records: int = 100_000  # per sender; beyond it the oldest held events leave incomplete
+    retry_after: int = 5  # seconds, in the 503 answered while the output cannot be written
+    limits: LimitsConfig | None = None
+    state: str | None = None  # file keeping named senders' held records across a restart
 
     def __post_init__(self) -> None:
         authmod.client_headers(self.auth, self.secret, b"", self.auth_header)  # validates
+        if self.wall_timeout is not None:
+            self.event_wait = self.wall_timeout
+        if min(self.reorder_window, self.event_wait, self.event_timeout) < 0:
+            raise ValueError("reorder_window, event_wait and event_timeout must be >= 0")
+        if self.limits is None:
+            self.limits = LimitsConfig()
+
+
+class _Reordering:
+    """Stands in for a pipeline's reassembler: ``feed`` holds records in the sender's
+    ``ReorderBuffer``; ``tick`` releases what is complete (or expired) as events."""
+
+    def __init__(self, buffer: ReorderBuffer) -> None:
+        self.buffer = buffer
+        self.chunk: Chunk | None = None
+        self.at: tuple[float | None, int] = (None, 0)
+
+    def feed(self, record: Any, now: float | None = None) -> list:
+        assert self.chunk is not None
+        self.chunk.records.append((record, self.at[0], self.at[1]))
+        return []
+
+    def tick(self, now: float) -> list:
+        out: list = []
+        chunk = self.chunk
+        if chunk is not None and chunk.records:
+            out = self.buffer.add(chunk, now)
+            chunk.records = []
+        return out + self.buffer.expire(now)
+
+    def flush(self) -> list:
+        now = time.monotonic()
+        return self.tick(now) + self.buffer.flush(now)
+
+    # what Pipeline.stats() and the metrics read
+    @property
+    def in_flight(self) -> int:
+        return self.buffer.held_events + (len(self.chunk.records) if self.chunk else 0)
+
+    def __getattr__(self, name: str) -> Any:  # events, partial, late, lost, serials …
+        return getattr(self.buffer.reassembler, name)
 
 
 class _Sender:
-    __slots__ = ("pipeline", "last_seen", "errors")
+    __slots__ = (
+        "by_connection",
+        "errors",
+        "key",
+        "last_seen",
+        "pipeline",
+        "range_ends",
+        "refused_at",
+        "reorder",
+        "requests",
+    )
 
-    def __init__(self, pipeline: Any) -> None:
+    def __init__(self, key: str, pipeline: Any, reorder: _Reordering, by_connection: bool) -> None:
+        self.key = key
         self.pipeline = pipeline
+        self.reorder = reorder
         self.last_seen = time.monotonic()
         self.errors: list[tuple[str, str]] = []
+        self.requests = 0
+        self.range_ends: deque[int] = deque(maxlen=4096)
+        self.refused_at = -1e18
+        self.by_connection = by_connection
+
+
+@dataclass(slots=True)
+class _Ident:
+    key: str
+    base: int | None = None
+    by_connection: bool = False
+
+
+class _Unavailable(Exception):
+    pass
 
 
 class Receiver:
     """The endpoint's state: per-sender pipelines, the sink, metrics.
 
-    ``pipeline_factory(on_reject)`` builds one ``auditpipe.pipeline.Pipeline`` per sender;
-    ``sink`` has ``write(items)`` (dicts or serialized lines) and ``flush()``.
+    ``pipeline_factory(on_reject)`` builds one ``auditpipe.pipeline.Pipeline`` per sender (its
+    parser and normalizer are used; its reassembler is replaced by the sender's reordering
+    buffer); ``sink`` has ``write(items)`` (dicts or serialized lines) and ``flush()``.
     """
 
     def __init__(self, cfg: ReceiverConfig, pipeline_factory: Callable[[Callable], Any], sink: Any,
@@ -202,8 +200,19 @@ class Receiver:
         self.pipeline_factory = pipeline_factory
         self.sink = sink
         self.senders: dict[str, _Sender] = {}
+        assert cfg.limits is not None
+        self.limits = ConnectionLimits(cfg.limits)
+        self.pending: list[bytes] = []  # documents the output refused; written before anything else
+        self.unavailable: str | None = None
         self.registry = registry or CollectorRegistry()
-        r = self.registry
+        self._metrics(self.registry)
+        self.inflated_bytes = 0
+        # Decoding, parsing and writing run on this one thread, in arrival order: the event loop
+        # stays free for other requests while a large body is parsed, and the per-sender
+        # reassembly state and the sink are only ever touched from one thread.
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="auditpipe-receiver")
+
+    def _metrics(self, r: CollectorRegistry) -> None:
         self.m_requests = Counter("auditpipe_receiver_requests", "POST requests by status", ["code"], registry=r)
         self.m_wire = Counter("auditpipe_receiver_wire_bytes", "request body bytes as received", registry=r)
         self.m_inflated = Counter("auditpipe_receiver_inflated_bytes", "bytes produced by decompression",
@@ -214,33 +223,51 @@ class Receiver:
         self.m_docs = Counter("auditpipe_receiver_documents", "documents written to the output", registry=r)
         self.m_rejects = Counter("auditpipe_receiver_rejected_lines", "lines that failed to decode or parse",
                                  registry=r)
-        self.m_senders = Gauge("auditpipe_receiver_senders", "senders with reassembly state", registry=r)
-        self.m_open = Gauge("auditpipe_receiver_open_events", "events waiting for more records", registry=r)
-        self.m_open.set_function(lambda: sum(s.pipeline.reassembler.in_flight for s in list(self.senders.values())))
-        self.m_senders.set_function(lambda: len(self.senders))
-        self.inflated_bytes = 0
-        # Decoding, parsing and writing run on this one thread, in arrival order: the event loop
-        # stays free for other requests while a large body is parsed, and the per-sender
-        # reassembly state and the sink are only ever touched from one thread.
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="auditpipe-receiver")
+        self.m_refused = Counter("auditpipe_receiver_refused_bodies", "bodies refused whole, by reason",
+                                 ["reason"], registry=r)
+        self.m_conn = Counter("auditpipe_receiver_connection_events", "connection limit and deadline actions",
+                              ["what"], registry=r)
+        senders = Gauge("auditpipe_receiver_senders", "senders with reassembly state", registry=r)
+        senders.set_function(lambda: len(self.senders))
+        held = Gauge("auditpipe_receiver_open_events", "events waiting for more records", registry=r)
+        held.set_function(lambda: sum(s.reorder.in_flight for s in list(self.senders.values())))
+        conns = Gauge("auditpipe_receiver_connections", "open connections", registry=r)
+        conns.set_function(lambda: self.limits.open)
+        pending = Gauge("auditpipe_receiver_pending_documents", "documents waiting for the output", registry=r)
+        pending.set_function(lambda: len(self.pending))
+        down = Gauge("auditpipe_receiver_output_unavailable", "1 while the output cannot be written", registry=r)
+        down.set_function(lambda: 1 if self.unavailable else 0)
 
     # ---- app -------------------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.cfg.max_body)
+        app = web.Application(client_max_size=self.cfg.max_body, middlewares=[self._track])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/{tail:.*}", self.ingest)
-        app.cleanup_ctx.append(self._ticker_ctx)
+        app.cleanup_ctx.append(self._background_ctx)
         return app
 
-    async def _ticker_ctx(self, app: web.Application):
-        task = asyncio.create_task(self._ticker())
-        yield
-        task.cancel()
+    @web.middleware
+    async def _track(self, request: web.Request, handler: Callable) -> web.StreamResponse:
+        conn = self.limits.connection_of(request.protocol)
+        if conn is None:
+            return await handler(request)
+        self.limits.request_started(conn)
         try:
-            await task
-        except asyncio.CancelledError:
-            pass
+            return await handler(request)
+        finally:
+            self.limits.request_done(conn)
+
+    async def _background_ctx(self, app: web.Application):
+        tasks = [asyncio.create_task(self._ticker()), asyncio.create_task(self.limits.run_sweeper())]
+        yield
+        self.limits.close_all()
+        for task in tasks:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
         await asyncio.get_running_loop().run_in_executor(self._worker, self.flush_all)
         self._worker.shutdown(wait=False)
 
@@ -253,50 +280,174 @@ class Receiver:
                 log.exception("receiver tick failed")
 
     def tick(self, now: float) -> int:
-        """Close events that waited too long; forget idle senders. Returns documents written."""
+        """Write what the output refused before; release events whose window passed; forget idle
+        senders. Returns documents written."""
+        if not self._drain_pending():
+            return 0
         written = 0
         for key, s in list(self.senders.items()):
-            docs = s.pipeline.tick(now)
-            if docs:
-                written += self._write(docs)
+            written += self._write(s.pipeline.tick(now))
             if now - s.last_seen > self.cfg.sender_idle:
                 written += self._write(s.pipeline.flush())
                 del self.senders[key]
         return written
 
     def flush_all(self) -> int:
+        """At shutdown: held records of named senders go to the state file (when one is set), so
+        the next start joins them with what those senders send after the restart; everything else
+        is written out as it is."""
         written = 0
-        for s in self.senders.values():
-            written += self._write(s.pipeline.flush())
-        self.sink.flush()
+        kept = self._save_state()
+        for key, s in self.senders.items():
+            if key not in kept:
+                written += self._write(s.pipeline.flush())
+        self._drain_pending()
+        if self.pending:
+            log.error("shutting down with %d documents the output never took (%s)", len(self.pending),
+                      self.unavailable)
+        try:
+            self.sink.flush()
+        except OSError as e:
+            log.error("output flush failed: %s", e)
         return written
 
+    def _save_state(self) -> set[str]:
+        path = self.cfg.state
+        if not path:
+            return set()
+        now, wall = time.monotonic(), time.time()
+        state = {key: {"held": s.reorder.buffer.dump(now, wall), "range_ends": list(s.range_ends)}
+                 for key, s in self.senders.items() if key.startswith("sender:")}
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps({"version": 1, "senders": state}))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        held = sum(len(g[3]) for v in state.values() for g in v["held"])
+        log.info("kept %d held records of %d senders in %s for the next start", held, len(state), path)
+        return set(state)
+
+    def load_state(self) -> int:
+        """At start: take back what the last process kept (then the file is removed: its records
+        are in memory now, and a crash must not bring them back twice). Returns records loaded."""
+        path = self.cfg.state
+        if not path or not os.path.exists(path):
+            return 0
+        with open(path, "rb") as f:
+            state = orjson.loads(f.read())
+        now, wall = time.monotonic(), time.time()
+        loaded = 0
+        for key, v in state.get("senders", {}).items():
+            s = self._sender(_Ident(key))
+            s.reorder.buffer.load(v["held"], now, wall, parse_line)
+            s.range_ends.extend(v["range_ends"])
+            loaded += s.reorder.buffer.held_records
+        os.unlink(path)
+        log.info("took back %d held records of %d senders from %s", loaded, len(state.get("senders", {})), path)
+        return loaded
+
+    # ---- output ------------------------------------------------------------------------------
     def _write(self, items: list) -> int:
+        """Write documents, or keep them pending if the output is unavailable."""
         if not items:
             return 0
-        n = self.sink.write(items)
+        if self.pending:
+            self.pending += [dumps_line(d) for d in items]
+            return 0
+        try:
+            n = self.sink.write(items)
+        except (OutputUnavailable, OSError) as e:
+            self.pending = [dumps_line(d) for d in items]
+            self._went_down(getattr(e, "cause", None) or str(e))
+            return 0
         self.m_docs.inc(n)
         return n
 
-    def _sender(self, key: str) -> _Sender:
-        s = self.senders.get(key)
+    def _drain_pending(self) -> bool:
+        """Write what is pending; True when nothing is pending any more."""
+        if not self.pending:
+            return True
+        try:
+            n = self.sink.write(self.pending)
+        except (OutputUnavailable, OSError) as e:
+            self._went_down(getattr(e, "cause", None) or str(e))
+            return False
+        self.m_docs.inc(n)
+        log.warning("output writable again: %d pending documents written", len(self.pending))
+        self.pending = []
+        self.unavailable = None
+        return True
+
+    def _went_down(self, cause: str) -> None:
+        if self.unavailable is None:
+            log.error("output unavailable (%s): POSTs are answered 503 until it can be written", cause)
+        self.unavailable = cause
+
+    # ---- senders -----------------------------------------------------------------------------
+    def _sender(self, ident: _Ident) -> _Sender:
+        s = self.senders.get(ident.key)
         if s is None:
+            if len(self.senders) >= self.cfg.max_senders:
+                self._forget_oldest_sender()
             holder: list[_Sender] = []
             pipeline = self.pipeline_factory(lambda where, line, reason: holder[0].errors.append((where, reason)))
-            s = self.senders[key] = _Sender(pipeline)
+            cfg = self.cfg
+            reorder = _Reordering(ReorderBuffer(cfg.reorder_window, cfg.max_held_records, cfg.event_wait,
+                                                cfg.event_timeout))
+            pipeline.reassembler = reorder
+            s = self.senders[ident.key] = _Sender(ident.key, pipeline, reorder, ident.by_connection)
             holder.append(s)
         return s
 
+    def _forget_oldest_sender(self) -> None:
+        key = min(self.senders, key=lambda k: self.senders[k].last_seen)
+        self._write(self.senders.pop(key).pipeline.flush())
+
+    def _ident(self, request: web.Request) -> _Ident:
+        """Who sent this: the sender header, else the connection, else the address."""
+        name = request.headers.get(SENDER_HEADER)
+        if name is not None:
+            name = name.strip()
+            if not _SENDER_OK.fullmatch(name):
+                raise BodyError(400, f"{SENDER_HEADER} must be 1-200 printable characters without spaces")
+            base = None
+            rng = request.headers.get(RANGE_HEADER)
+            if rng is not None:
+                m = _RANGE.fullmatch(rng)
+                if not m or int(m.group(2)) < int(m.group(1)):
+                    raise BodyError(400, f"{RANGE_HEADER} must be FIRST-END (record positions, END exclusive)")
+                base = int(m.group(1))
+            return _Ident(f"sender:{name}", base)
+        conn = self.limits.connection_of(request.protocol)
+        if conn is not None:
+            return _Ident(f"connection:{conn.cid}:{conn.peer}", by_connection=True)
+        return _Ident(f"address:{request.remote or '-'}")
+
+    def _in_order(self, s: _Sender, now: float) -> bool:
+        """One HTTP/1.1 connection carries its requests one after the other: in order, unless we
+        refused one lately (the sender may send it again after newer ones)."""
+        return s.by_connection and now - s.refused_at > self.cfg.reorder_window
+
+    @staticmethod
+    def _head_known(s: _Sender, ident: _Ident) -> bool:
+        """Whether the request before this one in the sender's stream has arrived (by range)."""
+        return ident.base is not None and (ident.base == 0 or ident.base in s.range_ends)
+
     # ---- handlers --------------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "senders": len(self.senders)})
+        return web.json_response({"status": "ok", "senders": len(self.senders), "connections": self.limits.open,
+                                  "output": "unavailable" if self.unavailable else "ok"})
 
     async def metrics(self, request: web.Request) -> web.Response:
+        for what, n in self.limits.counts.items():
+            c = self.m_conn.labels(what=what)
+            c.inc(n - c._value.get())
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    def _fail(self, status: int, reason: str) -> web.Response:
+    def _fail(self, status: int, reason: str, headers: dict | None = None) -> web.Response:
         self.m_requests.labels(code=str(status)).inc()
-        return web.json_response({"error": reason}, status=status)
+        return web.json_response({"error": reason}, status=status, headers=headers)
 
     async def ingest(self, request: web.Request) -> web.Response:
         cfg = self.cfg
@@ -305,120 +456,128 @@ class Receiver:
             return self._fail(401, "missing or bad credentials")
         if cfg.auth == "hmac" and authmod.header_for("hmac", cfg.auth_header) not in request.headers:
             return self._fail(401, "missing signature")
+        try:
+            ident = self._ident(request)
+        except BodyError as e:
+            return self._fail(e.status, e.reason)
+        loop = asyncio.get_running_loop()
+        if self.pending and not await loop.run_in_executor(self._worker, self._drain_pending):
+            return self._unavailable()
         if request.content_length is not None and request.content_length > cfg.max_body:
-            return self._fail(413, f"body larger than {cfg.max_body} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            chunk = await request.content.read(65536)
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > cfg.max_body:
-                return self._fail(413, f"body larger than {cfg.max_body} bytes")
-            chunks.append(chunk)
-        wire = b"".join(chunks)
+            return self._refuse(ident, 413, f"body larger than {cfg.max_body} bytes")
+        try:
+            wire = await self._read_body(request)
+        except TimeoutError:
+            self.limits.body_timed_out(request.remote or "-")
+            timeout = cfg.limits.body_timeout if cfg.limits else 0
+            response = self._fail(408, f"request body not complete within {timeout:g} s")
+            response.force_close()  # the rest of the body is not waited for
+            return response
+        if wire is None:
+            return self._refuse(ident, 413, f"body larger than {cfg.max_body} bytes")
         self.m_wire.inc(len(wire))
-        if cfg.auth == "hmac" and not authmod.check("hmac", cfg.secret, request.headers, wire, cfg.auth_header):
+        if cfg.auth == "hmac" and not authmod.check("hmac", cfg.secret, request.headers, bytes(wire),
+                                                    cfg.auth_header):
             return self._fail(401, "bad signature")
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("gzip", "x-gzip", "deflate", "identity", ""):
-            return self._fail(415, f"unsupported Content-Encoding {encoding!r}")
+            return self._refuse(ident, 415, f"unsupported Content-Encoding {encoding!r}")
         try:
-            result = await asyncio.get_running_loop().run_in_executor(
-                self._worker, self._process, wire, encoding, request.headers.get("Content-Type", ""),
-                request.remote or "-")
+            result = await loop.run_in_executor(self._worker, self._process, wire, encoding,
+                                                request.headers.get("Content-Type", ""), ident)
         except BodyError as e:
             if e.status == 413:
                 self.inflated_bytes += cfg.max_body + 1
                 self.m_inflated.inc(cfg.max_body + 1)
-            return self._fail(e.status, e.reason)
+            return self._refuse(ident, e.status, e.reason)
+        except _Unavailable:
+            return self._unavailable()
         return web.json_response(result)
 
-    def _process(self, wire: bytes, encoding: str, content_type: str, peer: str) -> dict:
-        """On the worker thread: inflate (capped), decode, parse, write. Raises BodyError."""
+    async def _read_body(self, request: web.Request) -> bytearray | None:
+        """The body as sent, or None past ``max_body``; TimeoutError past the body deadline."""
+        assert self.cfg.limits is not None
+        body = bytearray()
+        async with asyncio.timeout(self.cfg.limits.body_timeout):
+            while True:
+                chunk = await request.content.read(65536)
+                if not chunk:
+                    return body
+                if len(body) + len(chunk) > self.cfg.max_body:
+                    return None
+                body += chunk
+
+    def _unavailable(self) -> web.Response:
+        return self._fail(503, f"output unavailable: {self.unavailable}",
+                          headers={"Retry-After": str(self.cfg.retry_after)})
+
+    def _refuse(self, ident: _Ident, status: int, reason: str) -> web.Response:
+        """A body refused whole: the sender may send it again later, after newer ones."""
+        s = self.senders.get(ident.key)
+        if s is not None:
+            s.refused_at = time.monotonic()
+        self.m_refused.labels(reason=str(status)).inc()
+        return self._fail(status, reason)
+
+    # ---- on the worker thread --------------------------------------------------------------------
+    def _process(self, wire: bytearray, encoding: str, content_type: str, ident: _Ident) -> dict:
+        """Inflate (capped), decode, parse, write. Raises BodyError or _Unavailable."""
+        if not self._drain_pending():
+            raise _Unavailable
+        body: bytes | bytearray = wire
         if encoding in ("gzip", "x-gzip", "deflate"):
             body, inflated = inflate_capped(wire, encoding, self.cfg.max_body)
+            del wire
             self.inflated_bytes += inflated
             self.m_inflated.inc(inflated)
-        else:
-            body = wire
-        raw, events, errors = decode_body(body, content_type)
-        return self._accept(peer, raw, events, errors)
+        decoded = decode_stream(body, content_type)
+        return self._accept(ident, decoded.items())
 
-    def _accept(self, peer: str, raw: list[str], events: list[bytes], errors: list[tuple[int, str]]) -> dict:
-        docs: list = list(events)
-        rejected = len(errors)
-        report = [{"line": n, "reason": r} for n, r in errors[:MAX_ERRORS_REPORTED]]
-        if raw:
-            s = self._sender(peer)
-            s.last_seen = time.monotonic()
-            before = s.pipeline.counters.rejects
-            crashed = 0
-            feed, now = s.pipeline.feed_line, s.last_seen
-            for i, line in enumerate(raw, 1):
+    def _accept(self, ident: _Ident, items: Any) -> dict:
+        now = time.monotonic()
+        s = self._sender(ident)
+        s.last_seen = now
+        s.requests += 1
+        reorder = s.reorder
+        reorder.chunk = Chunk([], s.requests, ident.base, self._head_known(s, ident), self._in_order(s, now))
+        pipeline = s.pipeline
+        before = pipeline.counters.rejects
+        records = events = written = crashed = 0
+        errors: list[tuple[Any, str]] = []
+        docs: list = []
+        for item in items:
+            kind = item[0]
+            if kind == "raw":
+                records += 1
+                reorder.at = (item[2], item[3])
+                where = f"{ident.key}:{item[3] + 1}"
                 try:
-                    docs += feed(line, f"{peer}:{i}", now)
-                except Exception as e:  # a parser bug must cost one line, not the request
+                    pipeline.feed_line(item[1], where, now)
+                except Exception as e:  # noqa: BLE001 -- a parser bug must cost one line, not the request
                     crashed += 1
-                    s.errors.append((f"{peer}:{i}", f"internal error: {type(e).__name__}: {e}"))
-            bad = s.pipeline.counters.rejects - before + crashed
-            rejected += bad
-            for where, reason in s.errors[:max(0, MAX_ERRORS_REPORTED - len(report))]:
-                report.append({"line": where, "reason": reason})
-            s.errors.clear()
-        written = self._write(docs)
-        self.m_records.inc(len(raw))
-        self.m_events_in.inc(len(events))
+                    s.errors.append((where, f"internal error: {type(e).__name__}: {e}"))
+                if records % SLICE == 0:
+                    written += self._write(docs + pipeline.tick(now))
+                    docs = []
+            elif kind == "event":
+                events += 1
+                docs.append(item[1])
+            else:
+                errors.append((item[1], item[2]))
+        written += self._write(docs + pipeline.tick(now))
+        if ident.base is not None:
+            s.range_ends.append(ident.base + records)
+        return self._report(s, records, events, written, errors, pipeline.counters.rejects - before + crashed)
+
+    def _report(self, s: _Sender, records: int, events: int, written: int, errors: list, bad: int) -> dict:
+        rejected = len(errors) + bad
+        report = [{"line": n, "reason": r} for n, r in errors[:MAX_ERRORS_REPORTED]]
+        for where, reason in s.errors[:max(0, MAX_ERRORS_REPORTED - len(report))]:
+            report.append({"line": where, "reason": reason})
+        s.errors.clear()
+        self.m_records.inc(records)
+        self.m_events_in.inc(events)
         self.m_rejects.inc(rejected)
         self.m_requests.labels(code="200").inc()
-        return {"accepted": len(raw) + len(events) - (rejected - len(errors)), "records": len(raw),
-                "events": len(events), "documents": written, "rejected": rejected, "errors": report}
-
-
-def make_ssl_context(cert: str, key: str | None = None, client_ca: str | None = None) -> ssl.SSLContext:
-    """Server TLS context; with ``client_ca`` a client certificate is required (mutual TLS)."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
-    if client_ca:
-        ctx.load_verify_locations(client_ca)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
-
-
-async def start_site(receiver: Receiver, host: str, port: int, ssl_context: ssl.SSLContext | None = None
-                     ) -> tuple[web.AppRunner, int]:
-    """Start listening; returns the runner (``await runner.cleanup()`` to stop) and the bound port.
-
-    ``auto_decompress=False``: the handler must see the wire bytes (size cap, HMAC) and inflate
-    with its own cap.
-    """
-    runner = web.AppRunner(receiver.app(), auto_decompress=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
-    await site.start()
-    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-    bound = sockets[0].getsockname()[1] if sockets else port
-    return runner, bound
-
-
-def serve(receiver: Receiver, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
-          ready: Callable[[int], None] | None = None) -> None:
-    """Run until SIGINT/SIGTERM; open events are flushed to the sink on the way out."""
-    import signal
-
-    async def main() -> None:
-        runner, bound = await start_site(receiver, host, port, ssl_context)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        if ready:
-            ready(bound)
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
-
-    asyncio.run(main())
+        return {"accepted": records + events - bad, "records": records, "events": events, "documents": written,
+                "rejected": rejected, "pending": len(self.pending), "errors": report}
