@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from auditpipe.detect.config import DetectConfig
+
 __all__ = [
     "DEFAULT_CONFIG_PATHS",
     "DEFAULT_OUTPUT",
@@ -155,6 +157,7 @@ class Config(_S):
         default_factory=lambda: [FileOutput()])
     source: SourceConfig = msgspec.field(default_factory=SourceConfig)
     status: StatusConfig = msgspec.field(default_factory=StatusConfig)
+    detect: DetectConfig = msgspec.field(default_factory=DetectConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: where this configuration came from (None: built-in defaults)
     path: str | None = None

@@ -26,6 +26,7 @@ def _register() -> None:
     from auditpipe.cli import rules_cmd; main.add_command(rules_cmd.rules)  # noqa: E702
     from auditpipe.cli import run_cmd; main.add_command(run_cmd.run)  # noqa: E702
     from auditpipe.cli import status_cmd; main.add_command(status_cmd.status)  # noqa: E702
+    from auditpipe.cli import detect_cmd; main.add_command(detect_cmd.detect)  # noqa: E702
 
 
 _register()

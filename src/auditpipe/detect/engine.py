@@ -1,0 +1,250 @@
+"""The detection engine: compiled rules, an event in, alerts out; and the pipeline stage.
+
+Cost is bounded by dispatch: auditd rules are indexed by the record types they can match (a
+record is tested only against rules naming its type, plus the few bound to no type, after a
+field-presence check); category rules run only on events that carry what they need (an EXECVE
+for process_creation, a created PATH for file_event, a SOCKADDR for network_connection), and the
+ECS document they read is built only then when the pipeline's format is not ECS.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from auditpipe.detect.alerts import Deduper, build_alert
+from auditpipe.detect.config import DetectConfig
+from auditpipe.detect.pyrules import PythonRule, RuleEvent, load_python_rules
+from auditpipe.detect.sigma_rules import Problem, SigmaDetection, load_sigma
+from auditpipe.detect.views import EcsView, Interpreter, RecordView, deep_get
+from auditpipe.parsing import execve_argv
+
+__all__ = ["Engine", "DetectStage", "Hit", "load_rules", "RuleSet", "category_applies"]
+
+log = logging.getLogger("auditpipe.detect")
+
+#: the record type an event must hold before a category's rules are worth an ECS document
+_GATES = {"process_creation": "EXECVE", "file_event": "PATH", "network_connection": "SOCKADDR"}
+
+
+def category_applies(category: str, doc: dict) -> bool:
+    """Whether an ECS document is an event of this Sigma log source category (the hunt's SQL
+    states the same in :mod:`auditpipe.detect.hunt`)."""
+    if category == "process_creation":
+        return deep_get(doc, "process", "args") is not None
+    if category == "file_event":
+        return any(isinstance(p, dict) and p.get("nametype") == "CREATE"
+                   for p in deep_get(doc, "auditd", "paths", default=[]))
+    if category == "network_connection":
+        return deep_get(doc, "destination", "ip") is not None
+    return False
+
+
+@dataclass
+class RuleSet:
+    sigma: list[SigmaDetection]
+    python: list[PythonRule]
+    problems: list[Problem]
+
+
+def load_rules(paths: list[str], context: frozenset[str] = frozenset()) -> RuleSet:
+    """Sigma (.yml/.yaml) and Python (.py) rules from files and folders."""
+    sigma_paths = [p for p in paths if Path(p).is_dir() or Path(p).suffix in (".yml", ".yaml")]
+    py_paths = [p for p in paths if Path(p).is_dir() or Path(p).suffix == ".py"]
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: no such rule file or folder")
+    sigma_files = [p for p in sigma_paths if not _python_only(p)]
+    s = load_sigma(sigma_files, context)
+    py, py_problems = load_python_rules(py_paths)
+    return RuleSet(s.rules, py, s.problems + py_problems)
+
+
+def _python_only(p: str) -> bool:
+    """A folder of Python rules: its YAML files are their metadata, not Sigma rules."""
+    d = Path(p)
+    return d.is_dir() and any(d.rglob("*.py"))
+
+
+@dataclass(slots=True)
+class Hit:
+    rule: Any  # SigmaDetection | PythonRule
+    title: str | None = None
+    level: str | None = None
+    context: dict | None = None
+    dedup: str | None = None
+
+
+class Engine:
+    """Evaluates one event against every rule. ``ecs_normalize`` builds the ECS document for
+    events whose documents are in another format (None: ``docs`` are ECS)."""
+
+    def __init__(self, rules: RuleSet, interp: Interpreter, ecs_normalize: Callable[[Any], list[dict]] | None = None):
+        self.interp = interp
+        self.ecs_normalize = ecs_normalize
+        self.python = rules.python
+        self._record_rules = [r for r in rules.sigma if r.kind == "record"]
+        self._untyped = [r for r in self._record_rules if r.types is None]
+        self._by_type: dict[str, list[SigmaDetection]] = {}
+        self._by_category: dict[str, list[SigmaDetection]] = {}
+        for r in rules.sigma:
+            if r.kind == "ecs":
+                self._by_category.setdefault(r.category, []).append(r)
+        self.rule_errors = 0
+        self.evaluated = 0
+
+    def _typed(self, rtype: str) -> list[SigmaDetection]:
+        rules = self._by_type.get(rtype)
+        if rules is None:
+            rules = self._by_type[rtype] = [r for r in self._record_rules if r.types is not None and rtype in r.types]
+        return rules
+
+    def evaluate(self, event: Any, docs: list[dict]) -> list[Hit]:
+        self.evaluated += 1
+        hits: list[Hit] = []
+        fired: set[int] = set()
+        syscall = next((r for r in event.records if r.type == "SYSCALL"), None)
+        interp = self.interp
+        untyped = self._untyped
+        for rec in event.records:
+            typed = self._typed(rec.type)
+            if not typed and not untyped:
+                continue
+            view = RecordView(rec, syscall, interp)
+            for rule in typed:
+                if id(rule) not in fired and rule.predicate(view):
+                    fired.add(id(rule))
+                    hits.append(Hit(rule))
+            for rule in untyped:
+                req = rule.required
+                if id(rule) in fired or (req is not None and not any(f in rec.fields for f in req)):
+                    continue
+                if rule.predicate(view):
+                    fired.add(id(rule))
+                    hits.append(Hit(rule))
+        if self._by_category or self.python:
+            self._evaluate_ecs(event, docs, hits)
+        return hits
+
+    def _evaluate_ecs(self, event: Any, docs: list[dict], hits: list[Hit]) -> None:
+        types = {r.type for r in event.records}
+        cats = [c for c, gate in _GATES.items() if gate in types and c in self._by_category]
+        if not cats and not self.python:
+            return
+        doc = self.ecs_doc(event, docs)
+        if doc is None:
+            return
+        view = EcsView(doc)
+        for c in cats:
+            if category_applies(c, doc):
+                hits.extend(Hit(r) for r in self._by_category[c] if r.predicate(view))
+        if self.python:
+            self._evaluate_python(event, doc, hits)
+
+    def ecs_doc(self, event: Any, docs: list[dict]) -> dict | None:
+        if self.ecs_normalize is None:
+            return docs[0] if docs else None
+        out = self.ecs_normalize(event)
+        return out[0] if out else None
+
+    def _evaluate_python(self, event: Any, doc: dict, hits: list[Hit]) -> None:
+        ev = RuleEvent(doc)
+        for r in self.python:
+            try:
+                if not r.matches(ev):
+                    continue
+                level = r.hook("severity", ev)
+                hits.append(Hit(r, title=r.hook("title", ev), level=str(level).lower() if level else None,
+                                context=r.hook("alert_context", ev), dedup=r.hook("dedup", ev)))
+            except Exception as e:  # user code: counted and logged with the event, the stream goes on
+                r.errors += 1
+                self.rule_errors += 1
+                log.warning("rule %s raised %s: %s (event %s:%s)", r.id, type(e).__name__, e, event.time,
+                            event.serial)
+
+
+def default_dedup(event: Any, host: str | None) -> str:
+    """Same host, same program, same command line (or same paths): one activity."""
+    exe = ""
+    names = []
+    execs = []
+    for r in event.records:
+        t = r.type
+        if t == "SYSCALL":
+            exe = r.fields.get("exe", "")
+        elif t == "EXECVE":
+            execs.append(r)
+        elif t == "PATH":
+            names.append(r.fields.get("name", ""))
+    argv = execve_argv(execs)[1] if execs else names
+    return "\x1f".join([host or "", exe, *argv])
+
+
+class DetectStage:
+    """The detection stage (INTERFACES.md §2): passes documents on and appends alerts."""
+
+    name = "detect"
+
+    def __init__(self, cfg: DetectConfig, fmt: str, resolver: Any = None, context: frozenset[str] = frozenset(),
+                 rules: RuleSet | None = None) -> None:
+        self.cfg = cfg
+        self.rules = rules if rules is not None else load_rules(cfg.rules, context)
+        if cfg.strict and self.rules.problems:
+            p = self.rules.problems[0]
+            raise ValueError(f"{p.path}: {p.title}: {p.reason} ({len(self.rules.problems)} rules cannot run)")
+        for p in self.rules.problems:
+            log.info("detect: rule not run: %s (%s): %s", p.title, p.path, p.reason)
+        ecs_normalize = None
+        if fmt != "ecs":
+            from auditpipe.normalize.ecs import make_ecs_normalizer
+
+            ecs_normalize = make_ecs_normalizer(resolver=resolver)
+        self.engine = Engine(self.rules, Interpreter(resolver), ecs_normalize)
+        self.host = cfg.host or socket.gethostname()
+        self.dedup = Deduper(window=cfg.dedup_minutes * 60.0)
+        self.alerts = 0
+        self._latest = 0.0
+
+    def process(self, event: Any, docs: list[dict], now: float) -> list[dict]:
+        hits = self.engine.evaluate(event, docs)
+        if not hits:
+            return docs
+        host = event.node or self.host
+        t = event.ts
+        self._latest = max(self._latest, t)
+        out = list(docs)
+        embedded = docs[0] if docs else None
+        for h in hits:
+            key = h.dedup if h.dedup is not None else default_dedup(event, host)
+            minutes = getattr(h.rule, "dedup_minutes", None)
+            if not self.dedup.admit(h.rule.id, str(key), t, None if minutes is None else float(minutes) * 60.0):
+                continue
+            out.append(build_alert(h.rule, event.id, embedded, host, now, title=h.title, level=h.level,
+                                   context=h.context, dedup_key=str(key)))
+            self.alerts += 1
+        return out
+
+    def tick(self, now: float) -> list[dict]:
+        self.dedup.expire(self._latest)
+        return []
+
+    def close(self, now: float) -> list[dict]:
+        return []
+
+    def metrics(self) -> dict[str, int | float]:
+        m: dict[str, int | float] = {
+            "detect.rules_sigma": len(self.rules.sigma), "detect.rules_python": len(self.rules.python),
+            "detect.rules_not_run": len(self.rules.problems), "detect.alerts": self.alerts,
+            "detect.suppressed": sum(self.dedup.suppressed.values()), "detect.rule_errors": self.engine.rule_errors,
+            "detect.events": self.engine.evaluated,
+        }
+        for rid, n in self.dedup.suppressed.items():
+            m[f"detect.suppressed.{rid}"] = n
+        for r in self.rules.python:
+            if r.errors:
+                m[f"detect.rule_errors.{r.id}"] = r.errors
+        return m

@@ -1,0 +1,293 @@
+"""A parsed Sigma condition (pySigma's tree) → one Python predicate over a *view*.
+
+A view is what a rule is evaluated on: one audit record (auditd rules) or one event's ECS fields
+(process_creation, file_event, network_connection rules). It offers ``get(field)`` (a string, a
+list of strings, or None when absent) and ``text()`` (the lower-cased values, for keywords).
+
+Sigma's string semantics: case-insensitive, ``*``/``?`` wildcards; numbers compare as their text
+(audit writes hex where the kernel does, and the rules are written against that text) or by
+value; ``|re`` is case-sensitive unless ``|i``. Keywords (values without a field) match anywhere
+in the view's text. Anything this module cannot evaluate raises :class:`Unsupported` at compile
+time, with the reason that ``auditpipe detect check`` prints.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import operator
+import re
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from sigma.conditions import (
+    ConditionAND,
+    ConditionFieldEqualsValueExpression,
+    ConditionNOT,
+    ConditionOR,
+    ConditionValueExpression,
+)
+from sigma.types import (
+    CompareOperators,
+    Placeholder,
+    SigmaBool,
+    SigmaCIDRExpression,
+    SigmaCompareExpression,
+    SigmaExists,
+    SigmaFieldReference,
+    SigmaNull,
+    SigmaNumber,
+    SigmaRegularExpression,
+    SigmaRegularExpressionFlag,
+    SigmaString,
+    SpecialChars,
+)
+
+__all__ = ["Unsupported", "View", "Predicate", "compile_condition", "type_constraint", "required_fields",
+           "fields_of", "string_pattern"]
+
+
+class Unsupported(Exception):
+    """A rule (part) this engine cannot evaluate; the message is the exact reason."""
+
+
+class View(Protocol):
+    def get(self, field: str) -> Any: ...
+
+    def text(self) -> str: ...
+
+
+Predicate = Callable[[View], bool]
+StrTest = Callable[[str], bool]
+
+_COMPARE = {CompareOperators.LT: operator.lt, CompareOperators.LTE: operator.le, CompareOperators.GT: operator.gt,
+            CompareOperators.GTE: operator.ge, CompareOperators.NEQ: operator.ne}
+_RE_FLAGS = {SigmaRegularExpressionFlag.IGNORECASE: re.IGNORECASE,
+             SigmaRegularExpressionFlag.MULTILINE: re.MULTILINE,
+             SigmaRegularExpressionFlag.DOTALL: re.DOTALL}
+
+
+def string_pattern(s: SigmaString) -> tuple[str, str]:
+    """(kind, lower-cased operand) for a Sigma string: kind is eq, contains, startswith,
+    endswith, or regex (then the operand is a Python regex for fullmatch)."""
+    parts = list(s.s)
+    for p in parts:
+        if isinstance(p, Placeholder):
+            raise Unsupported(f"placeholder %{p.name}% is not defined (no placeholder values configured)")
+    plain = [p for p in parts if isinstance(p, str)]
+    specials = [i for i, p in enumerate(parts) if isinstance(p, SpecialChars)]
+    star = SpecialChars.WILDCARD_MULTI
+    if not specials:
+        return "eq", "".join(plain).lower()
+    if len(parts) == 3 and specials == [0, 2] and parts[0] is star and parts[2] is star:
+        return "contains", parts[1].lower()
+    if len(parts) == 2 and specials == [1] and parts[1] is star:
+        return "startswith", parts[0].lower()
+    if len(parts) == 2 and specials == [0] and parts[0] is star:
+        return "endswith", parts[1].lower()
+    rx = "".join(re.escape(p) if isinstance(p, str) else (".*" if p is star else ".") for p in parts)
+    return "regex", rx
+
+
+def _string_test(s: SigmaString) -> StrTest:
+    kind, v = string_pattern(s)
+    if kind == "eq":
+        return lambda x: x.lower() == v
+    if kind == "contains":
+        return lambda x: v in x.lower()
+    if kind == "startswith":
+        return lambda x: x.lower().startswith(v)
+    if kind == "endswith":
+        return lambda x: x.lower().endswith(v)
+    rx = re.compile(v, re.IGNORECASE | re.DOTALL)
+    return lambda x: rx.fullmatch(x) is not None
+
+
+def _number_test(n: SigmaNumber) -> StrTest:
+    text = str(n.number)
+
+    def test(x: str) -> bool:
+        if x == text:
+            return True
+        try:
+            return float(x) == n.number
+        except ValueError:
+            return False
+
+    return test
+
+
+def _compare_test(c: SigmaCompareExpression) -> StrTest:
+    op = _COMPARE[c.op]
+    bound = c.number.number
+
+    def test(x: str) -> bool:
+        try:
+            return bool(op(float(x), bound))
+        except ValueError:
+            return False
+
+    return test
+
+
+def _cidr_test(c: SigmaCIDRExpression) -> StrTest:
+    net = c.network
+
+    def test(x: str) -> bool:
+        try:
+            return ipaddress.ip_address(x) in net
+        except ValueError:
+            return False
+
+    return test
+
+
+def _regex_test(r: SigmaRegularExpression) -> StrTest:
+    flags = 0
+    for f in r.flags:
+        flags |= _RE_FLAGS[f]
+    rx = re.compile(str(r.regexp.to_plain_regex() if isinstance(r.regexp, SigmaString) else r.regexp), flags)
+    return lambda x: rx.search(x) is not None
+
+
+def _value_test(value: Any, field: str) -> StrTest:
+    if isinstance(value, SigmaString):
+        return _string_test(value)
+    if isinstance(value, SigmaBool):
+        want = "true" if value.boolean else "false"
+        return lambda x: x.lower() == want
+    if isinstance(value, SigmaNumber):
+        return _number_test(value)
+    if isinstance(value, SigmaCompareExpression):
+        return _compare_test(value)
+    if isinstance(value, SigmaRegularExpression):
+        return _regex_test(value)
+    if isinstance(value, SigmaCIDRExpression):
+        return _cidr_test(value)
+    raise Unsupported(f"field {field}: value type {type(value).__name__} is not supported")
+
+
+def _any_value(field: str, test: StrTest) -> Predicate:
+    def pred(view: View) -> bool:
+        v = view.get(field)
+        if v is None:
+            return False
+        if isinstance(v, list):
+            return any(test(str(x)) for x in v)
+        return test(v if isinstance(v, str) else str(v))
+
+    return pred
+
+
+def _field_predicate(node: ConditionFieldEqualsValueExpression) -> Predicate:
+    field, value = node.field, node.value
+    if isinstance(value, SigmaNull):
+        return lambda view: view.get(field) in (None, "")
+    if isinstance(value, SigmaExists):
+        want = value.exists
+        return lambda view: (view.get(field) is not None) is want
+    if isinstance(value, SigmaFieldReference):
+        other = value.field
+        if value.starts_with or value.ends_with:
+            raise Unsupported(f"field {field}: |fieldref with startswith/endswith is not supported")
+
+        def same(view: View) -> bool:
+            a, b = view.get(field), view.get(other)
+            return a is not None and b is not None and str(a).lower() == str(b).lower()
+
+        return same
+    return _any_value(field, _value_test(value, field))
+
+
+def _keyword_predicate(node: ConditionValueExpression) -> Predicate:
+    value = node.value
+    if isinstance(value, SigmaNumber):
+        value = SigmaString(str(value.number))
+    if not isinstance(value, SigmaString):
+        raise Unsupported(f"keyword of type {type(value).__name__} is not supported")
+    kind, v = string_pattern(value)
+    if kind != "regex":
+        needle = v
+        return lambda view: needle in view.text()
+    rx = re.compile(".*" + v + ".*", re.IGNORECASE | re.DOTALL)
+    return lambda view: rx.fullmatch(view.text()) is not None
+
+
+def compile_condition(node: Any) -> Predicate:
+    """The predicate of one parsed condition (``rule.detection.parsed_condition[i].parsed``)."""
+    if isinstance(node, ConditionAND):
+        parts = [compile_condition(a) for a in node.args]
+        return lambda view: all(p(view) for p in parts)
+    if isinstance(node, ConditionOR):
+        parts = [compile_condition(a) for a in node.args]
+        return lambda view: any(p(view) for p in parts)
+    if isinstance(node, ConditionNOT):
+        inner = compile_condition(node.args[0])
+        return lambda view: not inner(view)
+    if isinstance(node, ConditionFieldEqualsValueExpression):
+        return _field_predicate(node)
+    if isinstance(node, ConditionValueExpression):
+        return _keyword_predicate(node)
+    raise Unsupported(f"condition element {type(node).__name__} is not supported")
+
+
+# ------------------------------------------------------------------------- prefilter analysis
+def type_constraint(node: Any, field: str = "type") -> frozenset[str] | None:
+    """The record types (upper case) a record must have for the condition to hold, or None
+    when the condition can hold for any type."""
+    if isinstance(node, ConditionFieldEqualsValueExpression):
+        if node.field == field and isinstance(node.value, SigmaString) and not node.value.contains_special():
+            return frozenset({node.value.to_plain().upper()})
+        return None
+    if isinstance(node, ConditionAND):
+        found = [c for c in (type_constraint(a, field) for a in node.args) if c is not None]
+        if not found:
+            return None
+        out = found[0]
+        for c in found[1:]:
+            out &= c
+        return out
+    if isinstance(node, ConditionOR):
+        union: frozenset[str] = frozenset()
+        for a in node.args:
+            c = type_constraint(a, field)
+            if c is None:
+                return None
+            union |= c
+        return union
+    return None
+
+
+def required_fields(node: Any) -> frozenset[str] | None:
+    """Fields of which at least one must be present for the condition to hold (None: no such
+    set, e.g. keywords or negations)."""
+    if isinstance(node, ConditionFieldEqualsValueExpression):
+        if isinstance(node.value, (SigmaNull, SigmaExists)):
+            return None
+        return frozenset({node.field})
+    if isinstance(node, ConditionAND):
+        found = [c for c in (required_fields(a) for a in node.args) if c is not None]
+        return min(found, key=len) if found else None
+    if isinstance(node, ConditionOR):
+        union: frozenset[str] = frozenset()
+        for a in node.args:
+            c = required_fields(a)
+            if c is None:
+                return None
+            union |= c
+        return union
+    return None
+
+
+def fields_of(node: Any) -> set[str]:
+    """Every field the condition names."""
+    if isinstance(node, ConditionFieldEqualsValueExpression):
+        out = {node.field}
+        if isinstance(node.value, SigmaFieldReference):
+            out.add(node.value.field)
+        return out
+    if isinstance(node, (ConditionAND, ConditionOR, ConditionNOT)):
+        acc: set[str] = set()
+        for a in node.args:
+            acc |= fields_of(a)
+        return acc
+    return set()
