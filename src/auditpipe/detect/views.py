@@ -155,8 +155,8 @@ ECS_SOURCES["process.command_line"] = (
     "array_to_string(CAST(json_extract(document, '$.process.args') AS VARCHAR[]), ' '))")
 ECS_SOURCES["network.initiated"] = (
     _initiated,
-    "CASE json_extract_string(document, '$.network.direction') WHEN 'egress' THEN 'true' "
-    "WHEN NULL THEN NULL ELSE 'false' END")
+    "CASE WHEN json_extract_string(document, '$.network.direction') IS NULL THEN NULL "
+    "WHEN json_extract_string(document, '$.network.direction') = 'egress' THEN 'true' ELSE 'false' END")
 
 
 class EcsView:
