@@ -9,6 +9,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   command -v auditctl >/dev/null 2>&1 || need+=(auditd)        # auditctl/ausearch/ausyscall: tests compare against them
   command -v laurel   >/dev/null 2>&1 || need+=(laurel)        # peer for tests and benchmarks
   dpkg -s python3-audit >/dev/null 2>&1 || need+=(python3-audit)  # table generator (scripts/gen_tables.py)
+  # tools the detection kernel tests run as the activities Sigma's auditd rules describe
+  command -v nft      >/dev/null 2>&1 || need+=(nftables)
+  command -v insmod   >/dev/null 2>&1 || need+=(kmod)
+  command -v nc       >/dev/null 2>&1 || need+=(netcat-openbsd)
   if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}" >&2
     # never let a package start a service here (auditd would register as the audit daemon)

@@ -21,7 +21,6 @@ from auditpipe.detect.config import DetectConfig
 from auditpipe.detect.pyrules import PythonRule, RuleEvent, load_python_rules
 from auditpipe.detect.sigma_rules import Problem, SigmaDetection, load_sigma
 from auditpipe.detect.views import EcsView, Interpreter, RecordView, deep_get
-from auditpipe.parsing import execve_argv
 
 __all__ = ["Engine", "DetectStage", "Hit", "load_rules", "RuleSet", "category_applies"]
 
@@ -168,20 +167,19 @@ class Engine:
 
 
 def default_dedup(event: Any, host: str | None) -> str:
-    """Same host, same program, same command line (or same paths): one activity."""
-    exe = ""
-    names = []
-    execs = []
+    """One process doing one thing: same host, same pid, same program. (A user-space record
+    such as ADD_USER carries the pid and exe of the tool that wrote it, so it joins the
+    syscall event of that tool.)"""
+    pid = exe = ""
     for r in event.records:
-        t = r.type
-        if t == "SYSCALL":
-            exe = r.fields.get("exe", "")
-        elif t == "EXECVE":
-            execs.append(r)
-        elif t == "PATH":
-            names.append(r.fields.get("name", ""))
-    argv = execve_argv(execs)[1] if execs else names
-    return "\x1f".join([host or "", exe, *argv])
+        f = r.fields
+        if not pid:
+            pid = f.get("pid") or ""
+        if not exe:
+            exe = f.get("exe") or ""
+        if pid and exe:
+            break
+    return f"{host or ''}|{pid}|{exe}"
 
 
 class DetectStage:
