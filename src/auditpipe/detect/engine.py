@@ -167,19 +167,19 @@ class Engine:
 
 
 def default_dedup(event: Any, host: str | None) -> str:
-    """One process doing one thing: same host, same pid, same program. (A user-space record
-    such as ADD_USER carries the pid and exe of the tool that wrote it, so it joins the
-    syscall event of that tool.)"""
-    pid = exe = ""
+    """One activity: the same program in the same login session (host, auid, ses, exe). A tool
+    that forks helpers (useradd → nscd, sss_cache) or writes many files is one alert per rule,
+    and so is a user-space record (ADD_USER) that names the tool."""
+    auid = ses = exe = ""
     for r in event.records:
         f = r.fields
-        if not pid:
-            pid = f.get("pid") or ""
-        if not exe:
-            exe = f.get("exe") or ""
-        if pid and exe:
+        auid = auid or f.get("auid") or ""
+        ses = ses or f.get("ses") or ""
+        msg = f.get("msg")
+        exe = exe or f.get("exe") or (msg.get("exe") if isinstance(msg, dict) else None) or ""
+        if auid and ses and exe:
             break
-    return f"{host or ''}|{pid}|{exe}"
+    return f"{host or ''}|{auid}|{ses}|{exe}"
 
 
 class DetectStage:

@@ -83,7 +83,12 @@ class RecordView:
             return rec.type
         v = rec.fields.get(field)
         if v is not None:
-            return v
+            return v if isinstance(v, str) else None
+        msg = rec.fields.get("msg")
+        if isinstance(msg, dict):  # user-space records: the fields inside msg='…' (unit=, exe=)
+            v = msg.get(field)
+            if isinstance(v, str):
+                return v
         if field[:1].isupper():
             enriched = rec.enriched
             if enriched is not None:
@@ -103,8 +108,18 @@ class RecordView:
     def text(self) -> str:
         t = self._text
         if t is None:
-            t = self._text = "\n".join(v for v in self.record.fields.values() if isinstance(v, str)).lower()
+            t = self._text = "\n".join(_values(self.record.fields)).lower()
         return t
+
+
+def _values(fields: dict) -> list[str]:
+    out = []
+    for v in fields.values():
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, dict):
+            out.extend(_values(v))
+    return out
 
 
 def _joined_arg(fields: dict, name: str) -> str | None:
