@@ -19,7 +19,8 @@ from typing import Any
 from auditpipe.detect.alerts import Deduper, build_alert
 from auditpipe.detect.config import DetectConfig
 from auditpipe.detect.pyrules import PythonRule, RuleEvent, load_python_rules
-from auditpipe.detect.sigma_rules import Problem, SigmaDetection, load_sigma
+from auditpipe.detect.sigma_match import assume, basename, compile_condition
+from auditpipe.detect.sigma_rules import INDEX_FIELDS, Problem, SigmaDetection, index_of, load_sigma
 from auditpipe.detect.views import EcsView, Interpreter, RecordView, deep_get
 
 __all__ = ["Engine", "DetectStage", "Hit", "load_rules", "RuleSet", "category_applies"]
@@ -69,6 +70,58 @@ def _python_only(p: str) -> bool:
     return d.is_dir() and any(d.rglob("*.py"))
 
 
+class _Dispatch:
+    """Rules with their predicates, indexed by the basename of one of their fields;
+    ``candidates`` returns the (rule, predicate) pairs that can match a view: the unindexed ones
+    plus those filed under the basename of the view's value of each indexed field."""
+
+    __slots__ = ("rest", "by_field")
+
+    def __init__(self, entries: list[tuple[SigmaDetection, Any, tuple[str, frozenset[str]] | None]]) -> None:
+        self.rest = [(r, p) for r, p, keys in entries if keys is None]
+        self.by_field: dict[str, dict[str, list[tuple[SigmaDetection, Any]]]] = {}
+        for r, p, keys in entries:
+            if keys is not None:
+                field, names = keys
+                index = self.by_field.setdefault(field, {})
+                for k in names:
+                    index.setdefault(k, []).append((r, p))
+
+    def __bool__(self) -> bool:
+        return bool(self.rest or self.by_field)
+
+    def candidates(self, view: Any) -> list[tuple[SigmaDetection, Any]]:
+        out = self.rest
+        for field, index in self.by_field.items():
+            v = view.lower(field)
+            if v is not None and v.__class__ is str:
+                keyed = index.get(basename(v))
+                if keyed:
+                    out = out + keyed
+        return out
+
+
+def _specialized(rules: list[SigmaDetection], rtype: str) -> _Dispatch:
+    """The auditd rules that can match records of ``rtype``, each simplified for that type."""
+    entries = []
+    for r in rules:
+        trees = [assume(t, "type", rtype) for t in r.condition_sql]
+        if all(t is False for t in trees):
+            continue
+        if any(t is True for t in trees):
+            entries.append((r, _always, None))
+            continue
+        live = [t for t in trees if t is not False]
+        preds = [compile_condition(t) for t in live]
+        pred = preds[0] if len(preds) == 1 else (lambda v, ps=preds: any(p(v) for p in ps))
+        entries.append((r, pred, index_of(live, INDEX_FIELDS["record"])))
+    return _Dispatch(entries)
+
+
+def _always(view: Any) -> bool:
+    return True
+
+
 @dataclass(slots=True)
 class Hit:
     rule: Any  # SigmaDetection | PythonRule
@@ -87,20 +140,20 @@ class Engine:
         self.ecs_normalize = ecs_normalize
         self.python = rules.python
         self._record_rules = [r for r in rules.sigma if r.kind == "record"]
-        self._untyped = [r for r in self._record_rules if r.types is None]
-        self._by_type: dict[str, list[SigmaDetection]] = {}
-        self._by_category: dict[str, list[SigmaDetection]] = {}
+        self._by_type: dict[str, _Dispatch] = {}
+        by_category: dict[str, list[SigmaDetection]] = {}
         for r in rules.sigma:
             if r.kind == "ecs":
-                self._by_category.setdefault(r.category, []).append(r)
+                by_category.setdefault(r.category, []).append(r)
+        self._by_category = {c: _Dispatch([(r, r.predicate, r.keys) for r in rs]) for c, rs in by_category.items()}
         self.rule_errors = 0
         self.evaluated = 0
 
-    def _typed(self, rtype: str) -> list[SigmaDetection]:
-        rules = self._by_type.get(rtype)
-        if rules is None:
-            rules = self._by_type[rtype] = [r for r in self._record_rules if r.types is not None and rtype in r.types]
-        return rules
+    def _typed(self, rtype: str) -> _Dispatch:
+        d = self._by_type.get(rtype)
+        if d is None:
+            d = self._by_type[rtype] = _specialized(self._record_rules, rtype)
+        return d
 
     def evaluate(self, event: Any, docs: list[dict]) -> list[Hit]:
         self.evaluated += 1
@@ -108,21 +161,19 @@ class Engine:
         fired: set[int] = set()
         syscall = next((r for r in event.records if r.type == "SYSCALL"), None)
         interp = self.interp
-        untyped = self._untyped
         for rec in event.records:
             typed = self._typed(rec.type)
-            if not typed and not untyped:
+            if not typed:
                 continue
             view = RecordView(rec, syscall, interp)
-            for rule in typed:
-                if id(rule) not in fired and rule.predicate(view):
-                    fired.add(id(rule))
-                    hits.append(Hit(rule))
-            for rule in untyped:
-                req = rule.required
-                if id(rule) in fired or (req is not None and not any(f in rec.fields for f in req)):
+            fields = rec.fields
+            for rule, pred in typed.candidates(view):
+                if id(rule) in fired:
                     continue
-                if rule.predicate(view):
+                req = rule.required  # rules bound to no type: a field they need must be there
+                if req is not None and rule.types is None and not any(f in fields for f in req):
+                    continue
+                if pred(view):
                     fired.add(id(rule))
                     hits.append(Hit(rule))
         if self._by_category or self.python:
@@ -140,7 +191,7 @@ class Engine:
         view = EcsView(doc)
         for c in cats:
             if category_applies(c, doc):
-                hits.extend(Hit(r) for r in self._by_category[c] if r.predicate(view))
+                hits.extend(Hit(r) for r, pred in self._by_category[c].candidates(view) if pred(view))
         if self.python:
             self._evaluate_python(event, doc, hits)
 

@@ -43,7 +43,7 @@ from sigma.types import (
 )
 
 __all__ = ["Unsupported", "View", "Predicate", "compile_condition", "type_constraint", "required_fields",
-           "fields_of", "string_pattern"]
+           "fields_of", "string_pattern", "index_keys", "basename", "assume"]
 
 
 class Unsupported(Exception):
@@ -52,6 +52,8 @@ class Unsupported(Exception):
 
 class View(Protocol):
     def get(self, field: str) -> Any: ...
+
+    def lower(self, field: str) -> Any: ...
 
     def text(self) -> str: ...
 
@@ -86,20 +88,6 @@ def string_pattern(s: SigmaString) -> tuple[str, str]:
         return "endswith", parts[1].lower()
     rx = "".join(re.escape(p) if isinstance(p, str) else (".*" if p is star else ".") for p in parts)
     return "regex", rx
-
-
-def _string_test(s: SigmaString) -> StrTest:
-    kind, v = string_pattern(s)
-    if kind == "eq":
-        return lambda x: x.lower() == v
-    if kind == "contains":
-        return lambda x: v in x.lower()
-    if kind == "startswith":
-        return lambda x: x.lower().startswith(v)
-    if kind == "endswith":
-        return lambda x: x.lower().endswith(v)
-    rx = re.compile(v, re.IGNORECASE | re.DOTALL)
-    return lambda x: rx.fullmatch(x) is not None
 
 
 def _number_test(n: SigmaNumber) -> StrTest:
@@ -150,8 +138,10 @@ def _regex_test(r: SigmaRegularExpression) -> StrTest:
 
 
 def _value_test(value: Any, field: str) -> StrTest:
-    if isinstance(value, SigmaString):
-        return _string_test(value)
+    if isinstance(value, SigmaString):  # a subclass (cased strings): tested as given
+        strings = _Strings()
+        strings.add(value)
+        return lambda x: strings.test(x.lower())
     if isinstance(value, SigmaBool):
         want = "true" if value.boolean else "false"
         return lambda x: x.lower() == want
@@ -212,17 +202,123 @@ def _keyword_predicate(node: ConditionValueExpression) -> Predicate:
     return lambda view: rx.fullmatch(view.text()) is not None
 
 
+class _Strings:
+    """Sigma string values of one field, tested together on the lower-cased value: equality as
+    a set lookup, prefixes/suffixes as one str.startswith/endswith over a tuple."""
+
+    __slots__ = ("eq", "sw", "ew", "cont", "rx")
+
+    def __init__(self) -> None:
+        self.eq: set[str] = set()
+        self.sw: tuple[str, ...] = ()
+        self.ew: tuple[str, ...] = ()
+        self.cont: tuple[str, ...] = ()
+        self.rx: tuple[re.Pattern[str], ...] = ()
+
+    def add(self, s: SigmaString) -> None:
+        kind, v = string_pattern(s)
+        if kind == "eq":
+            self.eq.add(v)
+        elif kind == "startswith":
+            self.sw += (v,)
+        elif kind == "endswith":
+            self.ew += (v,)
+        elif kind == "contains":
+            self.cont += (v,)
+        else:
+            self.rx += (re.compile(v, re.IGNORECASE | re.DOTALL),)
+
+    def test(self, low: str) -> bool:
+        if low in self.eq:
+            return True
+        if self.sw and low.startswith(self.sw):
+            return True
+        if self.ew and low.endswith(self.ew):
+            return True
+        for c in self.cont:
+            if c in low:
+                return True
+        for r in self.rx:
+            if r.fullmatch(low) is not None:
+                return True
+        return False
+
+
+def _strings_predicate(field: str, strings: _Strings) -> Predicate:
+    test = strings.test
+
+    def pred(view: View) -> bool:
+        v = view.lower(field)
+        if v is None:
+            return False
+        if v.__class__ is str:
+            return test(v)
+        return any(test(x) for x in v)
+
+    return pred
+
+
+def _is_string_item(node: Any) -> bool:
+    return isinstance(node, ConditionFieldEqualsValueExpression) and type(node.value) is SigmaString
+
+
+def _or(parts: list[Predicate]) -> Predicate:
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        a, b = parts
+        return lambda view: a(view) or b(view)
+
+    def any_of(view: View) -> bool:
+        for p in parts:
+            if p(view):
+                return True
+        return False
+
+    return any_of
+
+
+def _and(parts: list[Predicate]) -> Predicate:
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        a, b = parts
+        return lambda view: a(view) and b(view)
+
+    def all_of(view: View) -> bool:
+        for p in parts:
+            if not p(view):
+                return False
+        return True
+
+    return all_of
+
+
 def compile_condition(node: Any) -> Predicate:
-    """The predicate of one parsed condition (``rule.detection.parsed_condition[i].parsed``)."""
+    """The predicate of one parsed condition (``rule.detection.parsed_condition[i].parsed``).
+    String values of one field under an OR (Sigma's value lists) become one test."""
     if isinstance(node, ConditionAND):
-        parts = [compile_condition(a) for a in node.args]
-        return lambda view: all(p(view) for p in parts)
+        return _and([compile_condition(a) for a in node.args])
     if isinstance(node, ConditionOR):
-        parts = [compile_condition(a) for a in node.args]
-        return lambda view: any(p(view) for p in parts)
+        groups: dict[str, _Strings] = {}
+        parts: list[Predicate] = []
+        for a in node.args:
+            if _is_string_item(a):
+                g = groups.get(a.field)
+                if g is None:
+                    g = groups[a.field] = _Strings()
+                    parts.append(_strings_predicate(a.field, g))
+                g.add(a.value)
+            else:
+                parts.append(compile_condition(a))
+        return _or(parts)
     if isinstance(node, ConditionNOT):
         inner = compile_condition(node.args[0])
         return lambda view: not inner(view)
+    if _is_string_item(node):
+        g = _Strings()
+        g.add(node.value)
+        return _strings_predicate(node.field, g)
     if isinstance(node, ConditionFieldEqualsValueExpression):
         return _field_predicate(node)
     if isinstance(node, ConditionValueExpression):
@@ -275,6 +371,61 @@ def required_fields(node: Any) -> frozenset[str] | None:
                 return None
             union |= c
         return union
+    return None
+
+
+def assume(node: Any, field: str, value: str) -> Any:
+    """The condition simplified for views whose ``field`` is ``value`` (upper case): tests of
+    that field become True/False and the tree is pruned. The engine specializes each auditd rule
+    per record type this way, so a PATH record never evaluates a rule's EXECVE branch or the
+    type test itself. Returns True, False or a (smaller) tree."""
+    if isinstance(node, ConditionFieldEqualsValueExpression):
+        if node.field == field and type(node.value) is SigmaString and not node.value.contains_special():
+            return node.value.to_plain().upper() == value
+        return node
+    if isinstance(node, ConditionNOT):
+        inner = assume(node.args[0], field, value)
+        return (not inner) if isinstance(inner, bool) else ConditionNOT(args=[inner])
+    if isinstance(node, (ConditionAND, ConditionOR)):
+        is_and = isinstance(node, ConditionAND)
+        kept = []
+        for a in node.args:
+            r = assume(a, field, value)
+            if r is (not is_and):  # False in an AND, True in an OR decides it
+                return r
+            if r is not is_and:  # drop the neutral constants
+                kept.append(r)
+        if not kept:
+            return is_and
+        return kept[0] if len(kept) == 1 else type(node)(args=kept)
+    return node
+
+
+def basename(value: str) -> str:
+    """The index key of a program value: what follows its last slash."""
+    return value[value.rfind("/") + 1:]
+
+
+def index_keys(node: Any, field: str) -> frozenset[str] | None:
+    """Basenames (lower case) one of which ``field`` must have for the condition to hold —
+    from equality and ``/``-anchored endswith tests — or None when there is no such set. The
+    engine indexes rules by it (``Image|endswith: '/base64'`` runs only for programs named base64)."""
+    if _is_string_item(node) and node.field == field:
+        kind, v = string_pattern(node.value)
+        if kind == "eq" or (kind == "endswith" and "/" in v):
+            return frozenset({basename(v)})
+        return None
+    if isinstance(node, ConditionAND):
+        found = [k for k in (index_keys(a, field) for a in node.args) if k is not None]
+        return min(found, key=len) if found else None
+    if isinstance(node, ConditionOR):
+        acc: frozenset[str] = frozenset()
+        for a in node.args:
+            k = index_keys(a, field)
+            if k is None:
+                return None
+            acc |= k
+        return acc
     return None
 
 

@@ -29,11 +29,19 @@ from sigma.processing.pipeline import ProcessingItem, ProcessingPipeline
 from sigma.processing.transformations import FieldMappingTransformation
 from sigma.rule import SigmaRule
 
-from auditpipe.detect.sigma_match import Predicate, Unsupported, compile_condition, fields_of, required_fields, type_constraint
+from auditpipe.detect.sigma_match import (
+    Predicate,
+    Unsupported,
+    compile_condition,
+    fields_of,
+    index_keys,
+    required_fields,
+    type_constraint,
+)
 from auditpipe.detect.views import ECS_SOURCES
 
 __all__ = ["SigmaDetection", "Problem", "SigmaSet", "load_sigma", "field_mapping_pipeline", "CATEGORY_FIELDS",
-           "CONTEXT_FIELDS"]
+           "CONTEXT_FIELDS", "INDEX_FIELDS", "index_of"]
 
 #: Sigma field → our field, per log source category (Linux)
 CATEGORY_FIELDS: dict[str, dict[str, str]] = {
@@ -57,6 +65,8 @@ CONTEXT_FIELDS = {
 }
 
 _KINDS = {"auditd": "record", **{c: "ecs" for c in CATEGORY_FIELDS}}
+#: per kind, the fields whose basename can index a rule, in order of preference (sigma_match.index_keys)
+INDEX_FIELDS = {"record": ("a0", "exe", "comm", "name"), "ecs": ("process.executable",)}
 
 
 @dataclass(slots=True)
@@ -88,6 +98,7 @@ class SigmaDetection:
     required: frozenset[str] | None  # at least one must be present (rules not bound to a type)
     condition_sql: Any = None  # the parsed condition, kept for the hunt's SQL conversion
     fields: dict[str, str] = field(default_factory=dict)  # Sigma field → our field (ecs rules)
+    keys: tuple[str, frozenset[str]] | None = None  # (field, basenames it can match); None: any
     ruleset: str = "sigma"
 
 
@@ -185,7 +196,18 @@ def _compile_one(rule: Any, path: str, context: frozenset[str], out: SigmaSet) -
         tags=[f"{t.namespace}.{t.name}" for t in rule.tags], author=rule.author, path=path, kind=kind,
         category=category, predicate=pred,
         types=_union(type_constraint(t) for t in trees) if kind == "record" else None,
-        required=_union(required_fields(t) for t in trees), condition_sql=trees, fields=mapping))
+        required=_union(required_fields(t) for t in trees), condition_sql=trees, fields=mapping,
+        keys=index_of(trees, INDEX_FIELDS[kind])))
+
+
+def index_of(trees: list[Any], fields: tuple[str, ...]) -> tuple[str, frozenset[str]] | None:
+    """(field, basenames) indexing a rule: the first of ``fields`` for which the condition
+    names basenames one of which the field must have; None: the rule is not indexable."""
+    for f in fields:
+        keys = _union(index_keys(t, f) for t in trees)
+        if keys is not None:
+            return f, keys
+    return None
 
 
 def _union(sets: Iterable[frozenset[str] | None]) -> frozenset[str] | None:

@@ -69,13 +69,25 @@ class RecordView:
     (decoded), ENRICHED names (given or interpreted), and — the event as context — a field the
     record lacks taken from the event's SYSCALL record (``key``, ``exe``, ``comm`` of a PATH)."""
 
-    __slots__ = ("record", "syscall", "interp", "_text")
+    __slots__ = ("record", "syscall", "interp", "_text", "_low")
 
     def __init__(self, record: Any, syscall: Any, interp: Interpreter) -> None:
         self.record = record
         self.syscall = syscall
         self.interp = interp
         self._text: str | None = None
+        self._low: dict[str, str | None] | None = None
+
+    def lower(self, field: str) -> str | None:
+        """``get(field)`` lower-cased, memoized: many rules test the same few fields."""
+        c = self._low
+        if c is None:
+            c = self._low = {}
+        elif field in c:
+            return c[field]
+        v = self.get(field)
+        lv = c[field] = v.lower() if v is not None else None
+        return lv
 
     def get(self, field: str) -> str | None:
         rec = self.record
@@ -177,12 +189,23 @@ ECS_SOURCES["network.initiated"] = (
 class EcsView:
     """One event's ECS document, read through :data:`ECS_SOURCES` (values memoized)."""
 
-    __slots__ = ("doc", "_cache", "_text")
+    __slots__ = ("doc", "_cache", "_low", "_text")
 
     def __init__(self, doc: dict) -> None:
         self.doc = doc
         self._cache: dict[str, Any] = {}
+        self._low: dict[str, Any] = {}
         self._text: str | None = None
+
+    def lower(self, field: str) -> Any:
+        c = self._low
+        if field in c:
+            return c[field]
+        v = self.get(field)
+        if v is not None:
+            v = v.lower() if isinstance(v, str) else [str(x).lower() for x in v]
+        c[field] = v
+        return v
 
     def get(self, field: str) -> Any:
         cache = self._cache
