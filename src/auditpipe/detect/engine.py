@@ -19,7 +19,15 @@ from typing import Any
 from auditpipe.detect.alerts import Deduper, build_alert
 from auditpipe.detect.config import DetectConfig
 from auditpipe.detect.pyrules import PythonRule, RuleEvent, load_python_rules
-from auditpipe.detect.sigma_match import assume, basename, compile_condition
+from auditpipe.detect.sigma_match import (
+    TEXT,
+    assume,
+    basename,
+    compile_condition,
+    fields_of,
+    has_keywords,
+    required_literals,
+)
 from auditpipe.detect.sigma_rules import INDEX_FIELDS, Problem, SigmaDetection, index_of, load_sigma
 from auditpipe.detect.views import EcsView, Interpreter, RecordView, deep_get
 
@@ -70,28 +78,73 @@ def _python_only(p: str) -> bool:
     return d.is_dir() and any(d.rglob("*.py"))
 
 
+_MEMO_SIZE = 8192
+
+
 class _Dispatch:
-    """Rules with their predicates, indexed by the basename of one of their fields;
-    ``candidates`` returns the (rule, predicate) pairs that can match a view: the unindexed ones
-    plus those filed under the basename of the view's value of each indexed field."""
+    """Rules with their predicates, indexed and memoized.
 
-    __slots__ = ("rest", "by_field")
+    Index: a rule filed under basenames of one of its fields is tried only on views whose value
+    of that field has one of those basenames; an unindexed rule with required literals
+    (:func:`required_literals`) only on views holding one of them. Memo (``matches``, used for
+    the category rules): the verdicts depend only on the values of the fields the rules name
+    (and the view's text when a rule has keywords), so they are kept per tuple of those values
+    (bounded); busy hosts repeat the same commands. Per-record verdicts are not memoized: records
+    carry pids, pointers and counters, and building the key cost more than it saved (measured)."""
 
-    def __init__(self, entries: list[tuple[SigmaDetection, Any, tuple[str, frozenset[str]] | None]]) -> None:
-        self.rest = [(r, p) for r, p, keys in entries if keys is None]
+    __slots__ = ("rest", "by_field", "key_fields", "uses_text", "memo", "hits", "misses", "always", "literals")
+
+    def __init__(self, entries: list[tuple[SigmaDetection, Any, tuple[str, frozenset[str]] | None, Any]]) -> None:
+        self.rest = [(r, p) for r, p, keys, _ in entries if keys is None]
+        self._split_rest([t for r, p, keys, t in entries if keys is None])
         self.by_field: dict[str, dict[str, list[tuple[SigmaDetection, Any]]]] = {}
-        for r, p, keys in entries:
+        fields: set[str] = set()
+        self.uses_text = False
+        for r, p, keys, trees in entries:
+            for t in trees:
+                fields |= fields_of(t)
+                self.uses_text = self.uses_text or has_keywords(t)
             if keys is not None:
                 field, names = keys
                 index = self.by_field.setdefault(field, {})
                 for k in names:
                     index.setdefault(k, []).append((r, p))
+        self.key_fields = tuple(sorted(fields))
+        self.memo: dict[tuple, list[SigmaDetection]] = {}
+        self.hits = self.misses = 0
+
+    def _split_rest(self, trees: list[list[Any]]) -> None:
+        """Unindexed rules: those with required literals are filed under each (field, literal);
+        the others always run."""
+        self.always: list[tuple[SigmaDetection, Any]] = []
+        self.literals: dict[str, dict[str, list[tuple[SigmaDetection, Any]]]] = {}
+        for entry, ts in zip(self.rest, trees):
+            req = _union_literals(ts)
+            if req is None:
+                self.always.append(entry)
+                continue
+            for field, lit in req:
+                self.literals.setdefault(field, {}).setdefault(lit, []).append(entry)
 
     def __bool__(self) -> bool:
         return bool(self.rest or self.by_field)
 
     def candidates(self, view: Any) -> list[tuple[SigmaDetection, Any]]:
-        out = self.rest
+        out = self.always
+        if self.literals:
+            seen: dict[int, tuple[SigmaDetection, Any]] = {}
+            for field, lits in self.literals.items():
+                v = view.text() if field == TEXT else view.lower(field)
+                if v is None:
+                    continue
+                if v.__class__ is not str:
+                    v = "\n".join(v)
+                for lit, entries in lits.items():
+                    if lit in v:
+                        for e in entries:
+                            seen[id(e[0])] = e
+            if seen:
+                out = out + list(seen.values())
         for field, index in self.by_field.items():
             v = view.lower(field)
             if v is not None and v.__class__ is str:
@@ -100,22 +153,59 @@ class _Dispatch:
                     out = out + keyed
         return out
 
+    def matches(self, view: Any) -> list[SigmaDetection]:
+        get = view.get
+        key: tuple = tuple([_hashable(get(f)) for f in self.key_fields])
+        if self.uses_text:
+            key += (view.text(),)
+        memo = self.memo
+        found = memo.get(key)
+        if found is not None:
+            self.hits += 1
+            return found
+        self.misses += 1
+        found = [r for r, pred in self.candidates(view) if pred(view)]
+        if len(memo) >= _MEMO_SIZE:
+            memo.clear()
+        memo[key] = found
+        return found
 
-def _specialized(rules: list[SigmaDetection], rtype: str) -> _Dispatch:
-    """The auditd rules that can match records of ``rtype``, each simplified for that type."""
+
+def _union_literals(trees: list[Any]) -> frozenset[tuple[str, str]] | None:
+    acc: frozenset[tuple[str, str]] = frozenset()
+    for t in trees:
+        k = required_literals(t)
+        if k is None:
+            return None
+        acc |= k
+    return acc
+
+
+def _hashable(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _specialized(rules: list[SigmaDetection], rtype: str) -> tuple[_Dispatch, list[tuple[SigmaDetection, Any]]]:
+    """The auditd rules that can match records of ``rtype``, each simplified for that type:
+    those bound to a type (memoized dispatch) and those bound to none (tried on records that
+    hold a field they need)."""
     entries = []
+    untyped = []
     for r in rules:
         trees = [assume(t, "type", rtype) for t in r.condition_sql]
         if all(t is False for t in trees):
             continue
+        live = [t for t in trees if not isinstance(t, bool)]
         if any(t is True for t in trees):
-            entries.append((r, _always, None))
-            continue
-        live = [t for t in trees if t is not False]
-        preds = [compile_condition(t) for t in live]
-        pred = preds[0] if len(preds) == 1 else (lambda v, ps=preds: any(p(v) for p in ps))
-        entries.append((r, pred, index_of(live, INDEX_FIELDS["record"])))
-    return _Dispatch(entries)
+            pred: Any = _always
+        else:
+            preds = [compile_condition(t) for t in live]
+            pred = preds[0] if len(preds) == 1 else (lambda v, ps=preds: any(p(v) for p in ps))
+        if r.types is None:
+            untyped.append((r, pred))
+        else:
+            entries.append((r, pred, index_of(live, INDEX_FIELDS["record"]) if pred is not _always else None, live))
+    return _Dispatch(entries), untyped
 
 
 def _always(view: Any) -> bool:
@@ -140,16 +230,17 @@ class Engine:
         self.ecs_normalize = ecs_normalize
         self.python = rules.python
         self._record_rules = [r for r in rules.sigma if r.kind == "record"]
-        self._by_type: dict[str, _Dispatch] = {}
+        self._by_type: dict[str, tuple[_Dispatch, list[tuple[SigmaDetection, Any]]]] = {}
         by_category: dict[str, list[SigmaDetection]] = {}
         for r in rules.sigma:
             if r.kind == "ecs":
                 by_category.setdefault(r.category, []).append(r)
-        self._by_category = {c: _Dispatch([(r, r.predicate, r.keys) for r in rs]) for c, rs in by_category.items()}
+        self._by_category = {c: _Dispatch([(r, r.predicate, r.keys, r.condition_sql) for r in rs])
+                             for c, rs in by_category.items()}
         self.rule_errors = 0
         self.evaluated = 0
 
-    def _typed(self, rtype: str) -> _Dispatch:
+    def _typed(self, rtype: str) -> tuple[_Dispatch, list[tuple[SigmaDetection, Any]]]:
         d = self._by_type.get(rtype)
         if d is None:
             d = self._by_type[rtype] = _specialized(self._record_rules, rtype)
@@ -162,18 +253,18 @@ class Engine:
         syscall = next((r for r in event.records if r.type == "SYSCALL"), None)
         interp = self.interp
         for rec in event.records:
-            typed = self._typed(rec.type)
-            if not typed:
+            typed, untyped = self._typed(rec.type)
+            if not typed and not untyped:
                 continue
             view = RecordView(rec, syscall, interp)
+            found = [r for r, pred in typed.candidates(view) if pred(view)] if typed else []
             fields = rec.fields
-            for rule, pred in typed.candidates(view):
-                if id(rule) in fired:
-                    continue
-                req = rule.required  # rules bound to no type: a field they need must be there
-                if req is not None and rule.types is None and not any(f in fields for f in req):
-                    continue
-                if pred(view):
+            for rule, pred in untyped:
+                req = rule.required  # bound to no type: only records holding a field it needs
+                if (req is None or any(f in fields for f in req)) and pred(view):
+                    found = found + [rule]
+            for rule in found:
+                if id(rule) not in fired:
                     fired.add(id(rule))
                     hits.append(Hit(rule))
         if self._by_category or self.python:
@@ -191,7 +282,7 @@ class Engine:
         view = EcsView(doc)
         for c in cats:
             if category_applies(c, doc):
-                hits.extend(Hit(r) for r, pred in self._by_category[c].candidates(view) if pred(view))
+                hits.extend(Hit(r) for r in self._by_category[c].matches(view))
         if self.python:
             self._evaluate_python(event, doc, hits)
 

@@ -43,7 +43,8 @@ from sigma.types import (
 )
 
 __all__ = ["Unsupported", "View", "Predicate", "compile_condition", "type_constraint", "required_fields",
-           "fields_of", "string_pattern", "index_keys", "basename", "assume"]
+           "fields_of", "string_pattern", "index_keys", "basename", "assume", "has_keywords", "required_literals",
+           "TEXT"]
 
 
 class Unsupported(Exception):
@@ -427,6 +428,47 @@ def index_keys(node: Any, field: str) -> frozenset[str] | None:
             acc |= k
         return acc
     return None
+
+
+#: the pseudo-field of keywords (the view's whole text) in required_literals
+TEXT = "\x00text"
+
+
+def required_literals(node: Any) -> frozenset[tuple[str, str]] | None:
+    """(field, lower-case literal) pairs at least one of which must hold — the literal is a
+    substring of the field's lower-cased value (TEXT: of the view's text) — for the condition
+    to hold; None when no such set is known (negations, regexes, numbers). The engine scans a
+    view for all literals at once and tries only the rules one of whose literals is there."""
+    if _is_string_item(node):
+        kind, v = string_pattern(node.value)
+        return frozenset({(node.field, v)}) if kind != "regex" and v else None
+    if isinstance(node, ConditionValueExpression):
+        if type(node.value) is SigmaString:
+            kind, v = string_pattern(node.value)
+            return frozenset({(TEXT, v)}) if kind != "regex" and v else None
+        return None
+    if isinstance(node, ConditionAND):
+        found = [k for k in (required_literals(a) for a in node.args) if k is not None]
+        # the most selective requirement: its shortest literal is the longest
+        return max(found, key=lambda k: (min(len(lit) for _, lit in k), -len(k))) if found else None
+    if isinstance(node, ConditionOR):
+        acc: frozenset[tuple[str, str]] = frozenset()
+        for a in node.args:
+            k = required_literals(a)
+            if k is None:
+                return None
+            acc |= k
+        return acc
+    return None
+
+
+def has_keywords(node: Any) -> bool:
+    """Whether the condition searches the view's whole text (keywords)."""
+    if isinstance(node, ConditionValueExpression):
+        return True
+    if isinstance(node, (ConditionAND, ConditionOR, ConditionNOT)):
+        return any(has_keywords(a) for a in node.args)
+    return False
 
 
 def fields_of(node: Any) -> set[str]:
