@@ -24,12 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("AUDITPIPE_SHARED", ROOT.parent / "shared"))
 sys.path.insert(0, str(ROOT / "src"))
 
-from auditpipe.detect.config import DetectConfig  # noqa: E402
-from auditpipe.detect.engine import DetectStage, load_rules  # noqa: E402
-from auditpipe.normalize.ecs import make_ecs_normalizer  # noqa: E402
-from auditpipe.normalize.idresolve import IdResolver  # noqa: E402
-from auditpipe.pipeline import Pipeline  # noqa: E402
-from auditpipe.reassembly import Reassembler  # noqa: E402
+from auditpipe.detect.config import DetectConfig
+from auditpipe.detect.engine import DetectStage, load_rules
+from auditpipe.normalize.ecs import make_ecs_normalizer
+from auditpipe.normalize.idresolve import IdResolver
+from auditpipe.pipeline import Pipeline
+from auditpipe.reassembly import Reassembler
 
 
 def run(lines: list[str], stage: DetectStage | None) -> tuple[float, int, int]:

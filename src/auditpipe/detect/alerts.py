@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["RuleInfo", "build_alert", "Deduper", "webhook_payload", "SEVERITY_SCORES", "threat_of"]
+__all__ = ["SEVERITY_SCORES", "Deduper", "RuleInfo", "build_alert", "threat_of", "webhook_payload"]
 
 #: Sigma level → risk score (the scale Elastic's detection rules use)
 SEVERITY_SCORES = {"informational": 1, "low": 21, "medium": 47, "high": 73, "critical": 99}

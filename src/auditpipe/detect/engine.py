@@ -28,10 +28,16 @@ from auditpipe.detect.sigma_match import (
     has_keywords,
     required_literals,
 )
-from auditpipe.detect.sigma_rules import INDEX_FIELDS, Problem, SigmaDetection, index_of, load_sigma
+from auditpipe.detect.sigma_rules import (
+    INDEX_FIELDS,
+    Problem,
+    SigmaDetection,
+    index_of,
+    load_sigma,
+)
 from auditpipe.detect.views import EcsView, Interpreter, RecordView, deep_get
 
-__all__ = ["Engine", "DetectStage", "Hit", "load_rules", "RuleSet", "category_applies"]
+__all__ = ["DetectStage", "Engine", "Hit", "RuleSet", "category_applies", "load_rules"]
 
 log = logging.getLogger("auditpipe.detect")
 
@@ -92,7 +98,7 @@ class _Dispatch:
     (bounded); busy hosts repeat the same commands. Per-record verdicts are not memoized: records
     carry pids, pointers and counters, and building the key cost more than it saved (measured)."""
 
-    __slots__ = ("rest", "by_field", "key_fields", "uses_text", "memo", "hits", "misses", "always", "literals")
+    __slots__ = ("always", "by_field", "hits", "key_fields", "literals", "memo", "misses", "rest", "uses_text")
 
     def __init__(self, entries: list[tuple[SigmaDetection, Any, tuple[str, frozenset[str]] | None, Any]]) -> None:
         self.rest = [(r, p) for r, p, keys, _ in entries if keys is None]
@@ -301,7 +307,7 @@ class Engine:
                 level = r.hook("severity", ev)
                 hits.append(Hit(r, title=r.hook("title", ev), level=str(level).lower() if level else None,
                                 context=r.hook("alert_context", ev), dedup=r.hook("dedup", ev)))
-            except Exception as e:  # user code: counted and logged with the event, the stream goes on
+            except Exception as e:  # noqa: BLE001 - user code: counted and logged with the event, the stream goes on
                 r.errors += 1
                 self.rule_errors += 1
                 log.warning("rule %s raised %s: %s (event %s:%s)", r.id, type(e).__name__, e, event.time,

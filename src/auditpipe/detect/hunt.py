@@ -45,7 +45,7 @@ from auditpipe.detect.views import ECS_SOURCES, Interpreter
 from auditpipe.parsing import ParseError, parse_line
 from auditpipe.reassembly import Reassembler
 
-__all__ = ["hunt", "rule_sql", "parse_since", "CATEGORY_SQL"]
+__all__ = ["CATEGORY_SQL", "hunt", "parse_since", "rule_sql"]
 
 #: the SQL twin of :func:`auditpipe.detect.engine.category_applies`
 CATEGORY_SQL = {

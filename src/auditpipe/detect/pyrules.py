@@ -13,7 +13,7 @@ sibling ``<name>.yml`` in Panther's spec (``RuleID``, ``DisplayName``, ``Severit
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -24,7 +24,7 @@ import yaml
 from auditpipe.detect.sigma_rules import Problem
 from auditpipe.detect.views import deep_get
 
-__all__ = ["RuleEvent", "PythonRule", "load_python_rules", "run_tests", "TestResult"]
+__all__ = ["PythonRule", "RuleEvent", "TestResult", "load_python_rules", "run_tests"]
 
 _LEVELS = {"info": "informational", "informational": "informational", "low": "low", "medium": "medium",
            "high": "high", "critical": "critical"}
@@ -76,13 +76,13 @@ class PythonRule:
         return fn(event) if callable(fn) else None
 
 
-def load_python_rules(paths: list[str | Path]) -> tuple[list[PythonRule], list[Problem]]:
+def load_python_rules(paths: Sequence[str | Path]) -> tuple[list[PythonRule], list[Problem]]:
     rules: list[PythonRule] = []
     problems: list[Problem] = []
     for f in _files(paths):
         try:
             rule = _load(f)
-        except Exception as e:  # a rule file is user code: any error is its problem, reported
+        except Exception as e:  # noqa: BLE001 - a rule file is user code: any error is its problem, reported
             problems.append(Problem(str(f), f.stem, None, f"{type(e).__name__}: {e}"))
             continue
         if rule is not None:
@@ -90,7 +90,7 @@ def load_python_rules(paths: list[str | Path]) -> tuple[list[PythonRule], list[P
     return rules, problems
 
 
-def _files(paths: list[str | Path]) -> list[Path]:
+def _files(paths: Sequence[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -168,7 +168,7 @@ def run_tests(rules: list[PythonRule]) -> list[TestResult]:
             want = bool(t.get("ExpectedResult", True))
             try:
                 got = r.matches(RuleEvent(t.get("Log") or {}))
-            except Exception as e:  # the test reports the rule's own error
+            except Exception as e:  # noqa: BLE001 - the test reports the rule's own error
                 out.append(TestResult(r.id, name, False, f"raised {type(e).__name__}: {e}"))
                 continue
             out.append(TestResult(r.id, name, got == want, "" if got == want else f"expected {want}, got {got}"))

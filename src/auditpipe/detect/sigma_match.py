@@ -42,9 +42,22 @@ from sigma.types import (
     SpecialChars,
 )
 
-__all__ = ["Unsupported", "View", "Predicate", "compile_condition", "type_constraint", "required_fields",
-           "fields_of", "string_pattern", "index_keys", "basename", "assume", "has_keywords", "required_literals",
-           "TEXT"]
+__all__ = [
+    "TEXT",
+    "Predicate",
+    "Unsupported",
+    "View",
+    "assume",
+    "basename",
+    "compile_condition",
+    "fields_of",
+    "has_keywords",
+    "index_keys",
+    "required_fields",
+    "required_literals",
+    "string_pattern",
+    "type_constraint",
+]
 
 
 class Unsupported(Exception):
@@ -72,7 +85,7 @@ _RE_FLAGS = {SigmaRegularExpressionFlag.IGNORECASE: re.IGNORECASE,
 def string_pattern(s: SigmaString) -> tuple[str, str]:
     """(kind, lower-cased operand) for a Sigma string: kind is eq, contains, startswith,
     endswith, or regex (then the operand is a Python regex for fullmatch)."""
-    parts = list(s.s)
+    parts: list[Any] = list(s.s)
     for p in parts:
         if isinstance(p, Placeholder):
             raise Unsupported(f"placeholder %{p.name}% is not defined (no placeholder values configured)")
@@ -207,7 +220,7 @@ class _Strings:
     """Sigma string values of one field, tested together on the lower-cased value: equality as
     a set lookup, prefixes/suffixes as one str.startswith/endswith over a tuple."""
 
-    __slots__ = ("eq", "sw", "ew", "cont", "rx")
+    __slots__ = ("cont", "eq", "ew", "rx", "sw")
 
     def __init__(self) -> None:
         self.eq: set[str] = set()
@@ -303,6 +316,7 @@ def compile_condition(node: Any) -> Predicate:
     if isinstance(node, ConditionOR):
         groups: dict[str, _Strings] = {}
         parts: list[Predicate] = []
+        a: Any
         for a in node.args:
             if _is_string_item(a):
                 g = groups.get(a.field)
@@ -336,7 +350,7 @@ def type_constraint(node: Any, field: str = "type") -> frozenset[str] | None:
             return frozenset({node.value.to_plain().upper()})
         return None
     if isinstance(node, ConditionAND):
-        found = [c for c in (type_constraint(a, field) for a in node.args) if c is not None]
+        found: list[frozenset[str]] = [c for c in (type_constraint(a, field) for a in node.args) if c is not None]
         if not found:
             return None
         out = found[0]
@@ -346,10 +360,10 @@ def type_constraint(node: Any, field: str = "type") -> frozenset[str] | None:
     if isinstance(node, ConditionOR):
         union: frozenset[str] = frozenset()
         for a in node.args:
-            c = type_constraint(a, field)
-            if c is None:
+            k = type_constraint(a, field)
+            if k is None:
                 return None
-            union |= c
+            union |= k
         return union
     return None
 

@@ -40,8 +40,17 @@ from auditpipe.detect.sigma_match import (
 )
 from auditpipe.detect.views import ECS_SOURCES
 
-__all__ = ["SigmaDetection", "Problem", "SigmaSet", "load_sigma", "field_mapping_pipeline", "CATEGORY_FIELDS",
-           "CONTEXT_FIELDS", "INDEX_FIELDS", "index_of"]
+__all__ = [
+    "CATEGORY_FIELDS",
+    "CONTEXT_FIELDS",
+    "INDEX_FIELDS",
+    "Problem",
+    "SigmaDetection",
+    "SigmaSet",
+    "field_mapping_pipeline",
+    "index_of",
+    "load_sigma",
+]
 
 #: Sigma field → our field, per log source category (Linux)
 CATEGORY_FIELDS: dict[str, dict[str, str]] = {
@@ -110,11 +119,11 @@ class SigmaSet:
 
 def field_mapping_pipeline() -> ProcessingPipeline:
     """Our pySigma processing pipeline: Linux category rules' fields onto our ECS fields."""
-    items = [
-        ProcessingItem(identifier=f"auditpipe_{cat}", transformation=FieldMappingTransformation(dict(mapping)),
-                       rule_conditions=[LogsourceCondition(category=cat, product="linux")])
-        for cat, mapping in CATEGORY_FIELDS.items()
-    ]
+    items = []
+    for cat, mapping in CATEGORY_FIELDS.items():
+        fields: dict[str | None, str | list[str]] = {k: v for k, v in mapping.items()}
+        items.append(ProcessingItem(identifier=f"auditpipe_{cat}", transformation=FieldMappingTransformation(fields),
+                                    rule_conditions=[LogsourceCondition(category=cat, product="linux")]))
     return ProcessingPipeline(name="auditpipe ECS", priority=20, items=items)
 
 
@@ -188,7 +197,6 @@ def _compile_one(rule: Any, path: str, context: frozenset[str], out: SigmaSet) -
     except SigmaError as e:
         problem(f"condition: {e}")
         return
-    tree = trees[0] if len(trees) == 1 else None
     pred = predicates[0] if len(predicates) == 1 else (lambda v, ps=predicates: any(p(v) for p in ps))
     out.rules.append(SigmaDetection(
         id=rid or title, title=title, description=rule.description or "", references=list(rule.references or []),

@@ -17,7 +17,7 @@ from typing import Any
 
 from auditpipe import tables
 
-__all__ = ["Interpreter", "RecordView", "EcsView", "ECS_SOURCES", "deep_get"]
+__all__ = ["ECS_SOURCES", "EcsView", "Interpreter", "RecordView", "deep_get"]
 
 _UNSET = ("4294967295", "-1")
 
@@ -69,7 +69,7 @@ class RecordView:
     (decoded), ENRICHED names (given or interpreted), and — the event as context — a field the
     record lacks taken from the event's SYSCALL record (``key``, ``exe``, ``comm`` of a PATH)."""
 
-    __slots__ = ("record", "syscall", "interp", "_text", "_low")
+    __slots__ = ("_low", "_text", "interp", "record", "syscall")
 
     def __init__(self, record: Any, syscall: Any, interp: Interpreter) -> None:
         self.record = record
@@ -178,18 +178,18 @@ ECS_SOURCES: dict[str, tuple[Callable[[dict], Any], str]] = {
 }
 ECS_SOURCES["process.command_line"] = (
     _command_line,
-    "coalesce(json_extract_string(document, '$.process.command_line'), "
-    "array_to_string(CAST(json_extract(document, '$.process.args') AS VARCHAR[]), ' '))")
+    ("coalesce(json_extract_string(document, '$.process.command_line'), "
+    "array_to_string(CAST(json_extract(document, '$.process.args') AS VARCHAR[]), ' '))"))
 ECS_SOURCES["network.initiated"] = (
     _initiated,
-    "CASE WHEN json_extract_string(document, '$.network.direction') IS NULL THEN NULL "
-    "WHEN json_extract_string(document, '$.network.direction') = 'egress' THEN 'true' ELSE 'false' END")
+    ("CASE WHEN json_extract_string(document, '$.network.direction') IS NULL THEN NULL "
+    "WHEN json_extract_string(document, '$.network.direction') = 'egress' THEN 'true' ELSE 'false' END"))
 
 
 class EcsView:
     """One event's ECS document, read through :data:`ECS_SOURCES` (values memoized)."""
 
-    __slots__ = ("doc", "_cache", "_low", "_text")
+    __slots__ = ("_cache", "_low", "_text", "doc")
 
     def __init__(self, doc: dict) -> None:
         self.doc = doc
