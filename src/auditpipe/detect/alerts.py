@@ -12,7 +12,7 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar
 
 __all__ = ["SEVERITY_SCORES", "Deduper", "RuleInfo", "build_alert", "threat_of", "webhook_payload"]
 
@@ -22,17 +22,19 @@ _TECHNIQUE = re.compile(r"t\d{4}(\.\d{3})?", re.IGNORECASE)
 _OTHER_ATTACK_IDS = re.compile(r"[gs]\d{4}", re.IGNORECASE)
 
 
-class RuleInfo(Protocol):
-    """What an alert needs from a rule (Sigma or Python)."""
+@dataclass(slots=True, eq=False)
+class RuleInfo:
+    """What every rule (Sigma or Python) carries and an alert shows."""
 
     id: str
     title: str
     description: str
     references: list[str]
-    level: str
-    tags: list[str]
+    level: str  # informational, low, medium, high, critical
+    tags: list[str]  # Sigma style: attack.t1027.001, attack.defense-evasion
     author: str | None
-    ruleset: str
+
+    ruleset: ClassVar[str] = ""
 
 
 def threat_of(tags: list[str]) -> dict | None:

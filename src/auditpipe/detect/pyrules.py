@@ -17,10 +17,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
+from auditpipe.detect.alerts import RuleInfo
 from auditpipe.detect.sigma_rules import Problem
 from auditpipe.detect.views import deep_get
 
@@ -52,20 +53,15 @@ class RuleEvent(Mapping):
 
 
 @dataclass(eq=False)
-class PythonRule:
-    id: str
-    title: str
-    description: str
-    references: list[str]
-    level: str
-    tags: list[str]
-    author: str | None
+class PythonRule(RuleInfo):
+    """A loaded Python rule: its module, metadata and test cases."""
+
     path: str
     module: ModuleType
     tests: list[dict] = field(default_factory=list)
     dedup_minutes: float | None = None
-    ruleset: str = "python"
     errors: int = 0
+    ruleset: ClassVar[str] = "python"
 
     def matches(self, event: RuleEvent) -> bool:
         return bool(self.module.rule(event))

@@ -276,43 +276,30 @@ def _is_string_item(node: Any) -> bool:
     return isinstance(node, ConditionFieldEqualsValueExpression) and type(node.value) is SigmaString
 
 
-def _or(parts: list[Predicate]) -> Predicate:
+def _combine(parts: list[Predicate], is_and: bool) -> Predicate:
+    """AND/OR of predicates: plain lambdas for one or two parts (most Sigma conditions), a loop
+    that stops at the deciding verdict for more."""
     if len(parts) == 1:
         return parts[0]
     if len(parts) == 2:
         a, b = parts
-        return lambda view: a(view) or b(view)
+        return (lambda view: a(view) and b(view)) if is_and else (lambda view: a(view) or b(view))
+    decides = not is_and  # False decides an AND, True an OR
 
-    def any_of(view: View) -> bool:
+    def combined(view: View) -> bool:
         for p in parts:
-            if p(view):
-                return True
-        return False
+            if bool(p(view)) is decides:
+                return decides
+        return is_and
 
-    return any_of
-
-
-def _and(parts: list[Predicate]) -> Predicate:
-    if len(parts) == 1:
-        return parts[0]
-    if len(parts) == 2:
-        a, b = parts
-        return lambda view: a(view) and b(view)
-
-    def all_of(view: View) -> bool:
-        for p in parts:
-            if not p(view):
-                return False
-        return True
-
-    return all_of
+    return combined
 
 
 def compile_condition(node: Any) -> Predicate:
     """The predicate of one parsed condition (``rule.detection.parsed_condition[i].parsed``).
     String values of one field under an OR (Sigma's value lists) become one test."""
     if isinstance(node, ConditionAND):
-        return _and([compile_condition(a) for a in node.args])
+        return _combine([compile_condition(a) for a in node.args], True)
     if isinstance(node, ConditionOR):
         groups: dict[str, _Strings] = {}
         parts: list[Predicate] = []
@@ -326,7 +313,7 @@ def compile_condition(node: Any) -> Predicate:
                 g.add(a.value)
             else:
                 parts.append(compile_condition(a))
-        return _or(parts)
+        return _combine(parts, False)
     if isinstance(node, ConditionNOT):
         inner = compile_condition(node.args[0])
         return lambda view: not inner(view)

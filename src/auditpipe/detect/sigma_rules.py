@@ -19,7 +19,7 @@ import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from sigma.collection import SigmaCollection
 from sigma.correlations import SigmaCorrelationRule
@@ -29,6 +29,7 @@ from sigma.processing.pipeline import ProcessingItem, ProcessingPipeline
 from sigma.processing.transformations import FieldMappingTransformation
 from sigma.rule import SigmaRule
 
+from auditpipe.detect.alerts import RuleInfo
 from auditpipe.detect.sigma_match import (
     Predicate,
     Unsupported,
@@ -89,16 +90,9 @@ class Problem:
 
 
 @dataclass(slots=True, eq=False)
-class SigmaDetection:
+class SigmaDetection(RuleInfo):
     """One compiled Sigma rule."""
 
-    id: str
-    title: str
-    description: str
-    references: list[str]
-    level: str
-    tags: list[str]
-    author: str | None
     path: str
     kind: str  # "record": per audit record; "ecs": per event's ECS document
     category: str  # auditd, process_creation, file_event, network_connection
@@ -108,7 +102,7 @@ class SigmaDetection:
     condition_sql: Any = None  # the parsed condition, kept for the hunt's SQL conversion
     fields: dict[str, str] = field(default_factory=dict)  # Sigma field → our field (ecs rules)
     keys: tuple[str, frozenset[str]] | None = None  # (field, basenames it can match); None: any
-    ruleset: str = "sigma"
+    ruleset: ClassVar[str] = "sigma"
 
 
 @dataclass(slots=True)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from auditpipe import tables
+from auditpipe.parsing import execve_argv
 
 __all__ = ["ECS_SOURCES", "EcsView", "Interpreter", "RecordView", "deep_get"]
 
@@ -111,7 +112,7 @@ class RecordView:
             if v is not None:
                 return v
         elif rec.type == "EXECVE" and field + "_len" in rec.fields:
-            return _joined_arg(rec.fields, field)
+            return _split_arg(rec, field)
         sc = self.syscall
         if sc is not None and sc is not rec:
             return RecordView(sc, None, self.interp).get(field)
@@ -134,17 +135,12 @@ def _values(fields: dict) -> list[str]:
     return out
 
 
-def _joined_arg(fields: dict, name: str) -> str | None:
-    """An EXECVE argument the kernel split into ``aN[0]``, ``aN[1]``, …"""
-    parts = []
-    i = 0
-    while True:
-        v = fields.get(f"{name}[{i}]")
-        if v is None:
-            break
-        parts.append(v)
-        i += 1
-    return "".join(parts) if parts else None
+def _split_arg(record: Any, name: str) -> str | None:
+    """An EXECVE argument the kernel split into ``aN[0]``, ``aN[1]``, … (joined as the
+    normalizers join it)."""
+    argv = execve_argv([record])[1]
+    i = int(name[1:]) if name[1:].isdigit() else -1
+    return argv[i] if 0 <= i < len(argv) else None
 
 
 def _command_line(doc: dict) -> str | None:
