@@ -329,51 +329,61 @@ def compile_condition(node: Any) -> Predicate:
 
 
 # ------------------------------------------------------------------------- prefilter analysis
+def _necessary(node: Any, leaf: Callable[[Any], frozenset | None],
+               pick: Callable[[list[frozenset]], frozenset]) -> frozenset | None:
+    """A set one element of which every match needs (None: none known). ``leaf`` answers for a
+    test; an AND needs what ``pick`` chooses from its parts' sets; an OR the union of all of
+    its parts' sets (None as soon as one part needs nothing known); a NOT nothing."""
+    if isinstance(node, ConditionAND):
+        found = [k for k in (_necessary(a, leaf, pick) for a in node.args) if k is not None]
+        return pick(found) if found else None
+    if isinstance(node, ConditionOR):
+        acc: frozenset = frozenset()
+        for a in node.args:
+            k = _necessary(a, leaf, pick)
+            if k is None:
+                return None
+            acc |= k
+        return acc
+    if isinstance(node, ConditionNOT):
+        return None
+    return leaf(node)
+
+
+def _intersection(sets: list[frozenset]) -> frozenset:
+    out = sets[0]
+    for k in sets[1:]:
+        out &= k
+    return out
+
+
+def _smallest(sets: list[frozenset]) -> frozenset:
+    return min(sets, key=len)
+
+
 def type_constraint(node: Any, field: str = "type") -> frozenset[str] | None:
     """The record types (upper case) a record must have for the condition to hold, or None
     when the condition can hold for any type."""
-    if isinstance(node, ConditionFieldEqualsValueExpression):
-        if node.field == field and isinstance(node.value, SigmaString) and not node.value.contains_special():
-            return frozenset({node.value.to_plain().upper()})
+
+    def leaf(n: Any) -> frozenset[str] | None:
+        if (isinstance(n, ConditionFieldEqualsValueExpression) and n.field == field
+                and isinstance(n.value, SigmaString) and not n.value.contains_special()):
+            return frozenset({n.value.to_plain().upper()})
         return None
-    if isinstance(node, ConditionAND):
-        found: list[frozenset[str]] = [c for c in (type_constraint(a, field) for a in node.args) if c is not None]
-        if not found:
-            return None
-        out = found[0]
-        for c in found[1:]:
-            out &= c
-        return out
-    if isinstance(node, ConditionOR):
-        union: frozenset[str] = frozenset()
-        for a in node.args:
-            k = type_constraint(a, field)
-            if k is None:
-                return None
-            union |= k
-        return union
-    return None
+
+    return _necessary(node, leaf, _intersection)
 
 
 def required_fields(node: Any) -> frozenset[str] | None:
     """Fields of which at least one must be present for the condition to hold (None: no such
     set, e.g. keywords or negations)."""
-    if isinstance(node, ConditionFieldEqualsValueExpression):
-        if isinstance(node.value, (SigmaNull, SigmaExists)):
-            return None
-        return frozenset({node.field})
-    if isinstance(node, ConditionAND):
-        found = [c for c in (required_fields(a) for a in node.args) if c is not None]
-        return min(found, key=len) if found else None
-    if isinstance(node, ConditionOR):
-        union: frozenset[str] = frozenset()
-        for a in node.args:
-            c = required_fields(a)
-            if c is None:
-                return None
-            union |= c
-        return union
-    return None
+
+    def leaf(n: Any) -> frozenset[str] | None:
+        if isinstance(n, ConditionFieldEqualsValueExpression) and not isinstance(n.value, (SigmaNull, SigmaExists)):
+            return frozenset({n.field})
+        return None
+
+    return _necessary(node, leaf, _smallest)
 
 
 def assume(node: Any, field: str, value: str) -> Any:
@@ -412,23 +422,15 @@ def index_keys(node: Any, field: str) -> frozenset[str] | None:
     """Basenames (lower case) one of which ``field`` must have for the condition to hold —
     from equality and ``/``-anchored endswith tests — or None when there is no such set. The
     engine indexes rules by it (``Image|endswith: '/base64'`` runs only for programs named base64)."""
-    if _is_string_item(node) and node.field == field:
-        kind, v = string_pattern(node.value)
-        if kind == "eq" or (kind == "endswith" and "/" in v):
-            return frozenset({basename(v)})
+
+    def leaf(n: Any) -> frozenset[str] | None:
+        if _is_string_item(n) and n.field == field:
+            kind, v = string_pattern(n.value)
+            if kind == "eq" or (kind == "endswith" and "/" in v):
+                return frozenset({basename(v)})
         return None
-    if isinstance(node, ConditionAND):
-        found = [k for k in (index_keys(a, field) for a in node.args) if k is not None]
-        return min(found, key=len) if found else None
-    if isinstance(node, ConditionOR):
-        acc: frozenset[str] = frozenset()
-        for a in node.args:
-            k = index_keys(a, field)
-            if k is None:
-                return None
-            acc |= k
-        return acc
-    return None
+
+    return _necessary(node, leaf, _smallest)
 
 
 #: the pseudo-field of keywords (the view's whole text) in required_literals
@@ -440,27 +442,18 @@ def required_literals(node: Any) -> frozenset[tuple[str, str]] | None:
     substring of the field's lower-cased value (TEXT: of the view's text) — for the condition
     to hold; None when no such set is known (negations, regexes, numbers). The engine scans a
     view for all literals at once and tries only the rules one of whose literals is there."""
-    if _is_string_item(node):
-        kind, v = string_pattern(node.value)
-        return frozenset({(node.field, v)}) if kind != "regex" and v else None
-    if isinstance(node, ConditionValueExpression):
-        if type(node.value) is SigmaString:
-            kind, v = string_pattern(node.value)
-            return frozenset({(TEXT, v)}) if kind != "regex" and v else None
+
+    def leaf(n: Any) -> frozenset[tuple[str, str]] | None:
+        if _is_string_item(n) or (isinstance(n, ConditionValueExpression) and type(n.value) is SigmaString):
+            kind, v = string_pattern(n.value)
+            if kind != "regex" and v:
+                return frozenset({(TEXT if isinstance(n, ConditionValueExpression) else n.field, v)})
         return None
-    if isinstance(node, ConditionAND):
-        found = [k for k in (required_literals(a) for a in node.args) if k is not None]
-        # the most selective requirement: its shortest literal is the longest
-        return max(found, key=lambda k: (min(len(lit) for _, lit in k), -len(k))) if found else None
-    if isinstance(node, ConditionOR):
-        acc: frozenset[tuple[str, str]] = frozenset()
-        for a in node.args:
-            k = required_literals(a)
-            if k is None:
-                return None
-            acc |= k
-        return acc
-    return None
+
+    def most_selective(sets: list[frozenset]) -> frozenset:  # its shortest literal is the longest
+        return max(sets, key=lambda k: (min(len(lit) for _, lit in k), -len(k)))
+
+    return _necessary(node, leaf, most_selective)
 
 
 def has_keywords(node: Any) -> bool:
