@@ -260,14 +260,15 @@ class Engine:
         interp = self.interp
         for rec in event.records:
             typed, untyped = self._typed(rec.type)
+            fields = rec.fields
+            # rules bound to no type run only on records holding a field they need
+            untyped = [(r, p) for r, p in untyped if r.required is None or any(f in fields for f in r.required)]
             if not typed and not untyped:
                 continue
             view = RecordView(rec, syscall, interp)
             found = [r for r, pred in typed.candidates(view) if pred(view)] if typed else []
-            fields = rec.fields
             for rule, pred in untyped:
-                req = rule.required  # bound to no type: only records holding a field it needs
-                if (req is None or any(f in fields for f in req)) and pred(view):
+                if pred(view):
                     found = found + [rule]
             for rule in found:
                 if id(rule) not in fired:

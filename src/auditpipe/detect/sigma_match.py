@@ -446,7 +446,9 @@ def required_literals(node: Any) -> frozenset[tuple[str, str]] | None:
     def leaf(n: Any) -> frozenset[tuple[str, str]] | None:
         if _is_string_item(n) or (isinstance(n, ConditionValueExpression) and type(n.value) is SigmaString):
             kind, v = string_pattern(n.value)
-            if kind != "regex" and v:
+            if kind == "regex":  # a wildcard pattern: each of its plain parts must occur
+                v = max((p for p in n.value.s if isinstance(p, str)), key=len, default="").lower()
+            if v:
                 return frozenset({(TEXT if isinstance(n, ConditionValueExpression) else n.field, v)})
         return None
 
