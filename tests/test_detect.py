@@ -14,7 +14,7 @@ from conftest import SHARED
 
 from auditpipe.detect.alerts import Deduper, threat_of, webhook_payload
 from auditpipe.detect.config import DetectConfig
-from auditpipe.detect.engine import DetectStage
+from auditpipe.detect.engine import DetectStage, load_rules
 from auditpipe.detect.sigma_rules import load_sigma
 from auditpipe.normalize.coalesced import make_coalesced_normalizer
 from auditpipe.normalize.ecs import make_ecs_normalizer
@@ -289,3 +289,39 @@ def test_detect_config_fails_fast(bad):
 
     with pytest.raises(ConfigError):
         load_config(text=bad)
+
+
+BAD_RULES = {
+    "broken.yml": "title: x\n  bad: [yaml\n",
+    "badmod.yml": ("title: y\nlogsource: {product: linux, service: auditd}\n"
+                   "detection:\n  sel: {a0|foo: x}\n  condition: sel\n"),
+    "agg.yml": ("title: z\nlogsource: {product: linux, service: auditd}\n"
+                "detection:\n  sel: {a0: x}\n  condition: sel | count() > 5\n"),
+    "corr.yml": ("title: base\nname: base_rule\nid: 0e4b8b30-4a4b-4a8e-9d3c-3b9d2f1f0a01\n"
+                 "logsource: {product: linux, service: auditd}\ndetection:\n  sel: {a0: ssh}\n  condition: sel\n"
+                 "---\ntitle: many ssh\ncorrelation:\n  type: event_count\n  rules: [base_rule]\n"
+                 "  group-by: [exe]\n  timespan: 5m\n  condition: {gte: 10}\n"),
+}
+
+
+def test_broken_rules_are_reported_with_the_reason(tmp_path):
+    for name, text in BAD_RULES.items():
+        (tmp_path / name).write_text(text)
+    rs = load_rules([str(tmp_path)])
+    reasons = {Path(p.path).name + ":" + p.title: p.reason for p in rs.problems}
+    assert "line 2, column 6" in reasons["broken.yml:broken"]
+    assert "Unknown modifier 'foo'" in reasons["badmod.yml:y"]
+    assert "pipe syntax" in reasons["agg.yml:z"]
+    assert "correlation rule (event_count)" in reasons["corr.yml:many ssh"]
+    assert [r.title for r in rs.sigma] == ["base"]  # the correlation's base rule itself runs
+
+
+def test_strict_and_missing_rules_fail_as_config_errors(tmp_path):
+    from auditpipe.config import ConfigError
+
+    (tmp_path / "badmod.yml").write_text(BAD_RULES["badmod.yml"])
+    with pytest.raises(ConfigError, match=r"\[detect\] rules: .*Unknown modifier"):
+        DetectStage(DetectConfig(rules=[str(tmp_path)], strict=True), "ecs")
+    with pytest.raises(ConfigError, match="no such rule file"):
+        DetectStage(DetectConfig(rules=[str(tmp_path / "nope.yml")]), "ecs")
+    assert DetectStage(DetectConfig(rules=[str(tmp_path)]), "ecs").metrics()["detect.rules_not_run"] == 1

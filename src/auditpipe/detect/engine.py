@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from auditpipe.config import ConfigError
 from auditpipe.detect.alerts import Deduper, build_alert
 from auditpipe.detect.config import DetectConfig
 from auditpipe.detect.pyrules import PythonRule, RuleEvent, load_python_rules
@@ -339,10 +340,14 @@ class DetectStage:
     def __init__(self, cfg: DetectConfig, fmt: str, resolver: Any = None, context: frozenset[str] = frozenset(),
                  rules: RuleSet | None = None) -> None:
         self.cfg = cfg
-        self.rules = rules if rules is not None else load_rules(cfg.rules, context)
+        try:
+            self.rules = rules if rules is not None else load_rules(cfg.rules, context)
+        except FileNotFoundError as e:
+            raise ConfigError(str(e), where="[detect] rules") from None
         if cfg.strict and self.rules.problems:
             p = self.rules.problems[0]
-            raise ValueError(f"{p.path}: {p.title}: {p.reason} ({len(self.rules.problems)} rules cannot run)")
+            raise ConfigError(f"{p.path}: {p.title}: {p.reason} ({len(self.rules.problems)} rules cannot run; "
+                              "strict = true)", where="[detect] rules")
         for p in self.rules.problems:
             log.info("detect: rule not run: %s (%s): %s", p.title, p.path, p.reason)
         ecs_normalize = None

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import yaml
 from sigma.collection import SigmaCollection
 from sigma.correlations import SigmaCorrelationRule
 from sigma.exceptions import SigmaError
@@ -127,7 +128,11 @@ def load_sigma(paths: Iterable[str | Path], context: frozenset[str] = frozenset(
     out = SigmaSet([], [])
     files = [Path(p) for p in paths]
     for f in _rule_files(files):
-        coll = SigmaCollection.load_ruleset([f], collect_errors=True)
+        try:
+            coll = SigmaCollection.load_ruleset([f], collect_errors=True)
+        except (yaml.YAMLError, SigmaError, UnicodeDecodeError) as e:  # the file itself is broken
+            out.problems.append(Problem(str(f), f.stem, None, " ".join(str(e).split())))
+            continue
         for rule in coll.rules:
             _compile_one(rule, str(f), context, out)
     return out
@@ -157,7 +162,7 @@ def _compile_one(rule: Any, path: str, context: frozenset[str], out: SigmaSet) -
         problem("; ".join(str(e) for e in rule.errors))
         return
     if isinstance(rule, SigmaCorrelationRule):
-        problem(f"correlation rule ({rule.type.value}): pySigma models it, the stream engine does not run "
+        problem(f"correlation rule ({rule.type.name.lower()}): pySigma models it, the stream engine does not run "
                 "correlations yet")
         return
     if not isinstance(rule, SigmaRule):
