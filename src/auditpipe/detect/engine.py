@@ -257,20 +257,28 @@ class Engine:
         self.evaluated += 1
         hits: list[Hit] = []
         fired: set[int] = set()
-        syscall = next((r for r in event.records if r.type == "SYSCALL"), None)
+        records = event.records
+        syscall = next((r for r in records if r.type == "SYSCALL"), None)
         interp = self.interp
-        for rec in event.records:
-            typed, untyped = self._typed(rec.type)
-            fields = rec.fields
-            # rules bound to no type run only on records holding a field they need
-            untyped = [(r, p) for r, p in untyped if r.required is None or any(f in fields for f in r.required)]
-            if not typed and not untyped:
-                continue
-            view = RecordView(rec, syscall, interp)
-            found = [r for r, pred in typed.candidates(view) if pred(view)] if typed else []
-            for rule, pred in untyped:
-                if pred(view):
-                    found = found + [rule]
+        sc_view = RecordView(syscall, None, interp) if syscall is not None else None
+        typed_of = self._typed
+        for rec in records:
+            typed, untyped = typed_of(rec.type)
+            view = None
+            found: list[SigmaDetection] = []
+            if typed:
+                view = sc_view if rec is syscall else RecordView(rec, sc_view, interp)
+                found = [r for r, pred in typed.candidates(view) if pred(view)]
+            if untyped:
+                fields = rec.fields
+                for rule, pred in untyped:
+                    req = rule.required  # bound to no type: only records holding a field it needs
+                    if req is not None and not any(f in fields for f in req):
+                        continue
+                    if view is None:
+                        view = sc_view if rec is syscall else RecordView(rec, sc_view, interp)
+                    if pred(view):
+                        found.append(rule)
             for rule in found:
                 if id(rule) not in fired:
                     fired.add(id(rule))

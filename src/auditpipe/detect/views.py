@@ -72,7 +72,7 @@ class RecordView:
 
     __slots__ = ("_low", "_text", "interp", "record", "syscall")
 
-    def __init__(self, record: Any, syscall: Any, interp: Interpreter) -> None:
+    def __init__(self, record: Any, syscall: RecordView | None, interp: Interpreter) -> None:
         self.record = record
         self.syscall = syscall
         self.interp = interp
@@ -113,9 +113,9 @@ class RecordView:
                 return v
         elif rec.type == "EXECVE" and field + "_len" in rec.fields:
             return _split_arg(rec, field)
-        sc = self.syscall
-        if sc is not None and sc is not rec:
-            return RecordView(sc, None, self.interp).get(field)
+        sc = self.syscall  # the event's SYSCALL record, as a view (memoized lookups)
+        if sc is not None and sc.record is not rec:
+            return sc.get(field)
         return None
 
     def text(self) -> str:
