@@ -237,7 +237,7 @@ class Engine:
         self.ecs_normalize = ecs_normalize
         self.python = rules.python
         self._record_rules = [r for r in rules.sigma if r.kind == "record"]
-        self._by_type: dict[str, tuple[_Dispatch, list[tuple[SigmaDetection, Any]]]] = {}
+        self._by_type: dict[str, tuple[_Dispatch | None, list[tuple[SigmaDetection, Any]], frozenset[str] | None]] = {}
         by_category: dict[str, list[SigmaDetection]] = {}
         for r in rules.sigma:
             if r.kind == "ecs":
@@ -247,10 +247,16 @@ class Engine:
         self.rule_errors = 0
         self.evaluated = 0
 
-    def _typed(self, rtype: str) -> tuple[_Dispatch, list[tuple[SigmaDetection, Any]]]:
+    def _typed(self, rtype: str) -> tuple[_Dispatch | None, list[tuple[SigmaDetection, Any]], frozenset[str] | None]:
+        """(dispatch of the typed rules or None, untyped rules, fields one of which a record
+        needs for any untyped rule to apply — None: any record)."""
         d = self._by_type.get(rtype)
         if d is None:
-            d = self._by_type[rtype] = _specialized(self._record_rules, rtype)
+            typed, untyped = _specialized(self._record_rules, rtype)
+            needs: frozenset[str] | None = frozenset()
+            for r, _ in untyped:
+                needs = None if needs is None or r.required is None else needs | r.required
+            d = self._by_type[rtype] = (typed if typed else None, untyped, needs)
         return d
 
     def evaluate(self, event: Any, docs: list[dict]) -> list[Hit]:
@@ -263,13 +269,13 @@ class Engine:
         sc_view = RecordView(syscall, None, interp) if syscall is not None else None
         typed_of = self._typed
         for rec in records:
-            typed, untyped = typed_of(rec.type)
+            typed, untyped, needs = typed_of(rec.type)
             view = None
             found: list[SigmaDetection] = []
-            if typed:
+            if typed is not None:
                 view = sc_view if rec is syscall else RecordView(rec, sc_view, interp)
                 found = [r for r, pred in typed.candidates(view) if pred(view)]
-            if untyped:
+            if untyped and (needs is None or not needs.isdisjoint(rec.fields)):
                 fields = rec.fields
                 for rule, pred in untyped:
                     req = rule.required  # bound to no type: only records holding a field it needs
