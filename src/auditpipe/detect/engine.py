@@ -86,6 +86,8 @@ def _python_only(p: str) -> bool:
 
 
 _MEMO_SIZE = 8192
+#: record dispatch: literals of lower-case record fields, looked for in RecordView.context_text()
+_CONTEXT = "\x00context"
 
 
 class _Dispatch:
@@ -99,9 +101,14 @@ class _Dispatch:
     (bounded); busy hosts repeat the same commands. Per-record verdicts are not memoized: records
     carry pids, pointers and counters, and building the key cost more than it saved (measured)."""
 
-    __slots__ = ("always", "by_field", "hits", "key_fields", "literals", "memo", "misses", "rest", "uses_text")
+    __slots__ = ("always", "by_field", "hits", "key_fields", "literals", "memo", "misses", "records", "rest",
+                 "uses_text")
 
-    def __init__(self, entries: list[tuple[SigmaDetection, Any, tuple[str, frozenset[str]] | None, Any]]) -> None:
+    def __init__(self, entries: list[tuple[SigmaDetection, Any, tuple[str, frozenset[str]] | None, Any]],
+                 records: bool = False) -> None:
+        #: record views: a literal of a record field is looked for in the record's and its
+        #: SYSCALL's text at once (a superset of where the field's value can come from)
+        self.records = records
         self.rest = [(r, p) for r, p, keys, _ in entries if keys is None]
         self._split_rest([t for r, p, keys, t in entries if keys is None])
         self.by_field: dict[str, dict[str, list[tuple[SigmaDetection, Any]]]] = {}
@@ -131,7 +138,11 @@ class _Dispatch:
                 self.always.append(entry)
                 continue
             for field, lit in req:
-                self.literals.setdefault(field, {}).setdefault(lit, []).append(entry)
+                if self.records and field != TEXT and field[:1].islower():
+                    field = _CONTEXT  # one scan of the record's and its SYSCALL's text for all
+                bucket = self.literals.setdefault(field, {}).setdefault(lit, [])
+                if entry not in bucket:
+                    bucket.append(entry)
 
     def __bool__(self) -> bool:
         return bool(self.rest or self.by_field)
@@ -141,7 +152,12 @@ class _Dispatch:
         if self.literals:
             seen: dict[int, tuple[SigmaDetection, Any]] = {}
             for field, lits in self.literals.items():
-                v = view.text() if field == TEXT else view.lower(field)
+                if field == TEXT:
+                    v = view.text()
+                elif field == _CONTEXT:
+                    v = view.context_text()
+                else:
+                    v = view.lower(field)
                 if v is None:
                     continue
                 if v.__class__ is not str:
@@ -179,6 +195,8 @@ class _Dispatch:
 
 
 def _union_literals(trees: list[Any]) -> frozenset[tuple[str, str]] | None:
+    if not trees:  # a rule decided by its type alone
+        return None
     acc: frozenset[tuple[str, str]] = frozenset()
     for t in trees:
         k = required_literals(t)
@@ -192,12 +210,12 @@ def _hashable(v: Any) -> Any:
     return tuple(v) if isinstance(v, list) else v
 
 
-def _specialized(rules: list[SigmaDetection], rtype: str) -> tuple[_Dispatch, list[tuple[SigmaDetection, Any]]]:
+def _specialized(rules: list[SigmaDetection], rtype: str) -> tuple[_Dispatch, _Dispatch]:
     """The auditd rules that can match records of ``rtype``, each simplified for that type:
-    those bound to a type (memoized dispatch) and those bound to none (tried on records that
-    hold a field they need)."""
-    entries = []
-    untyped = []
+    those bound to a type, and those bound to none (tried on records that hold a field they
+    need)."""
+    entries: list[tuple[SigmaDetection, Any, tuple[str, frozenset[str]] | None, Any]] = []
+    untyped: list[tuple[SigmaDetection, Any, tuple[str, frozenset[str]] | None, Any]] = []
     for r in rules:
         trees = [assume(t, "type", rtype) for t in r.condition_sql]
         if all(t is False for t in trees):
@@ -208,11 +226,9 @@ def _specialized(rules: list[SigmaDetection], rtype: str) -> tuple[_Dispatch, li
         else:
             preds = [compile_condition(t) for t in live]
             pred = preds[0] if len(preds) == 1 else (lambda v, ps=preds: any(p(v) for p in ps))
-        if r.types is None:
-            untyped.append((r, pred))
-        else:
-            entries.append((r, pred, index_of(live, INDEX_FIELDS["record"]) if pred is not _always else None, live))
-    return _Dispatch(entries), untyped
+        keys = index_of(live, INDEX_FIELDS["record"]) if pred is not _always else None
+        (untyped if r.types is None else entries).append((r, pred, keys, live if pred is not _always else []))
+    return _Dispatch(entries, records=True), _Dispatch(untyped, records=True)
 
 
 def _always(view: Any) -> bool:
@@ -237,7 +253,7 @@ class Engine:
         self.ecs_normalize = ecs_normalize
         self.python = rules.python
         self._record_rules = [r for r in rules.sigma if r.kind == "record"]
-        self._by_type: dict[str, tuple[_Dispatch | None, list[tuple[SigmaDetection, Any]], frozenset[str] | None]] = {}
+        self._by_type: dict[str, tuple[_Dispatch | None, _Dispatch | None, frozenset[str] | None]] = {}
         by_category: dict[str, list[SigmaDetection]] = {}
         for r in rules.sigma:
             if r.kind == "ecs":
@@ -247,16 +263,17 @@ class Engine:
         self.rule_errors = 0
         self.evaluated = 0
 
-    def _typed(self, rtype: str) -> tuple[_Dispatch | None, list[tuple[SigmaDetection, Any]], frozenset[str] | None]:
+    def _typed(self, rtype: str) -> tuple[_Dispatch | None, _Dispatch | None, frozenset[str] | None]:
         """(dispatch of the typed rules or None, untyped rules, fields one of which a record
         needs for any untyped rule to apply — None: any record)."""
         d = self._by_type.get(rtype)
         if d is None:
             typed, untyped = _specialized(self._record_rules, rtype)
             needs: frozenset[str] | None = frozenset()
-            for r, _ in untyped:
+            for r in {id(r): r for r, _ in untyped.rest + [e for idx in untyped.by_field.values()
+                                                          for es in idx.values() for e in es]}.values():
                 needs = None if needs is None or r.required is None else needs | r.required
-            d = self._by_type[rtype] = (typed if typed else None, untyped, needs)
+            d = self._by_type[rtype] = (typed if typed else None, untyped if untyped else None, needs)
         return d
 
     def evaluate(self, event: Any, docs: list[dict]) -> list[Hit]:
@@ -275,15 +292,13 @@ class Engine:
             if typed is not None:
                 view = sc_view if rec is syscall else RecordView(rec, sc_view, interp)
                 found = [r for r, pred in typed.candidates(view) if pred(view)]
-            if untyped and (needs is None or not needs.isdisjoint(rec.fields)):
+            if untyped is not None and (needs is None or not needs.isdisjoint(rec.fields)):
                 fields = rec.fields
-                for rule, pred in untyped:
+                if view is None:
+                    view = sc_view if rec is syscall else RecordView(rec, sc_view, interp)
+                for rule, pred in untyped.candidates(view):
                     req = rule.required  # bound to no type: only records holding a field it needs
-                    if req is not None and not any(f in fields for f in req):
-                        continue
-                    if view is None:
-                        view = sc_view if rec is syscall else RecordView(rec, sc_view, interp)
-                    if pred(view):
+                    if (req is None or any(f in fields for f in req)) and pred(view):
                         found.append(rule)
             for rule in found:
                 if id(rule) not in fired:

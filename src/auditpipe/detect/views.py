@@ -70,13 +70,14 @@ class RecordView:
     (decoded), ENRICHED names (given or interpreted), and — the event as context — a field the
     record lacks taken from the event's SYSCALL record (``key``, ``exe``, ``comm`` of a PATH)."""
 
-    __slots__ = ("_low", "_text", "interp", "record", "syscall")
+    __slots__ = ("_context", "_low", "_text", "interp", "record", "syscall")
 
     def __init__(self, record: Any, syscall: RecordView | None, interp: Interpreter) -> None:
         self.record = record
         self.syscall = syscall
         self.interp = interp
         self._text: str | None = None
+        self._context: str | None = None
         self._low: dict[str, str | None] | None = None
 
     def lower(self, field: str) -> str | None:
@@ -122,6 +123,16 @@ class RecordView:
         t = self._text
         if t is None:
             t = self._text = "\n".join(_values(self.record.fields)).lower()
+        return t
+
+    def context_text(self) -> str:
+        """The record's text and its SYSCALL's: everywhere a lower-case field's value can come
+        from (the engine's literal prefilter looks there)."""
+        t = self._context
+        if t is None:
+            sc = self.syscall
+            t = self.text() if sc is None or sc.record is self.record else self.text() + "\n" + sc.text()
+            self._context = t
         return t
 
 
