@@ -14,6 +14,10 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # tests verify the service unit
   command -v chromium >/dev/null 2>&1 || need+=(chromium)      # renders `auditpipe report --html` headless in the tests
   command -v java     >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)  # `query --engine spark` (PySpark local mode)
+  # tools the detection kernel tests run as the activities Sigma's auditd rules describe
+  command -v nft      >/dev/null 2>&1 || need+=(nftables)
+  command -v insmod   >/dev/null 2>&1 || need+=(kmod)
+  command -v nc       >/dev/null 2>&1 || need+=(netcat-openbsd)
   if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}" >&2
     # never let a package start a service here (auditd would register as the audit daemon)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from auditpipe.detect.config import DetectConfig
 from auditpipe.lake.config import LakeOutput
 from auditpipe.metrics.config import HeartbeatConfig, MetricsConfig, split_listen
 from auditpipe.process.config import FilterConfig, ProcessConfig, config_problems
@@ -303,6 +304,7 @@ class Config(_S):
     heartbeat: HeartbeatConfig = msgspec.field(default_factory=HeartbeatConfig)
     process: ProcessConfig = msgspec.field(default_factory=ProcessConfig)
     filter: FilterConfig = msgspec.field(default_factory=FilterConfig)
+    detect: DetectConfig = msgspec.field(default_factory=DetectConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: where this configuration came from (None: built-in defaults)
     path: str | None = None

@@ -38,6 +38,7 @@ def _register() -> None:
     from auditpipe.cli import query_cmd; main.add_command(query_cmd.query)  # noqa: E702
     from auditpipe.cli import lake_cmd; main.add_command(lake_cmd.lake)  # noqa: E702
     from auditpipe.cli import report_cmd; main.add_command(report_cmd.report)  # noqa: E702
+    from auditpipe.cli import detect_cmd; main.add_command(detect_cmd.detect)  # noqa: E702
 
 
 _register()

@@ -37,12 +37,32 @@ def _filter_stage(cfg: Config) -> Stage | None:
     return build_filter_stage(cfg)
 
 
+def _detect_stage(cfg: Config) -> Stage | None:
+    if not cfg.detect.rules:
+        return None
+    from auditpipe.detect.engine import DetectStage
+    from auditpipe.normalize.idresolve import IdResolver
+
+    n = cfg.normalize
+    resolver = IdResolver(passwd_file=n.passwd_file, group_file=n.group_file, enabled=n.resolve_ids)
+    # rules on the parent process run where the process table gives the parent (ECS documents)
+    with_parents = n.format == "ecs" and _process_stage_on(cfg)
+    context = frozenset({"process.parent.executable", "process.parent.command_line"}) if with_parents else frozenset()
+    return DetectStage(cfg.detect, n.format, resolver=resolver, context=context)
+
+
+def _process_stage_on(cfg: Config) -> bool:
+    enabled = cfg.process.enabled
+    return enabled is True or (enabled is None and cfg.source.type == "kernel")
+
+
 #: Stage builders, in pipeline order, with the roles they run in: each takes the typed Config
 #: and returns a Stage, or None when its section does not ask for it. A feature adds its
 #: builder here (one line). The process table reads this host's /proc: ``run`` only.
 STAGE_BUILDERS: tuple[tuple[StageBuilder, tuple[Role, ...]], ...] = (
     (_process_stage, ("run",)),
     (_filter_stage, ("run", "serve", "parse")),
+    (_detect_stage, ("run", "serve", "parse")),
 )
 
 

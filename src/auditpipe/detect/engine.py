@@ -1,0 +1,431 @@
+"""The detection engine: compiled rules, an event in, alerts out; and the pipeline stage.
+
+Cost is bounded by dispatch: auditd rules are indexed by the record types they can match (a
+record is tested only against rules naming its type, plus the few bound to no type, after a
+field-presence check); category rules run only on events that carry what they need (an EXECVE
+for process_creation, a created PATH for file_event, a SOCKADDR for network_connection), and the
+ECS document they read is built only then when the pipeline's format is not ECS.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from auditpipe.config import ConfigError
+from auditpipe.detect.alerts import Deduper, build_alert
+from auditpipe.detect.config import DetectConfig
+from auditpipe.detect.pyrules import PythonRule, RuleEvent, load_python_rules
+from auditpipe.detect.sigma_match import (
+    TEXT,
+    assume,
+    basename,
+    compile_condition,
+    fields_of,
+    has_keywords,
+    required_literals,
+)
+from auditpipe.detect.sigma_rules import (
+    INDEX_FIELDS,
+    Problem,
+    SigmaDetection,
+    index_of,
+    load_sigma,
+)
+from auditpipe.detect.views import EcsView, Interpreter, RecordView, deep_get
+
+__all__ = ["DetectStage", "Engine", "Hit", "RuleSet", "category_applies", "load_rules"]
+
+log = logging.getLogger("auditpipe.detect")
+
+#: the record type an event must hold before a category's rules are worth an ECS document
+_GATES = {"process_creation": "EXECVE", "file_event": "PATH", "network_connection": "SOCKADDR"}
+
+
+def category_applies(category: str, doc: dict) -> bool:
+    """Whether an ECS document is an event of this Sigma log source category (the hunt's SQL
+    states the same in :mod:`auditpipe.detect.hunt`)."""
+    if category == "process_creation":
+        return deep_get(doc, "process", "args") is not None
+    if category == "file_event":
+        return any(isinstance(p, dict) and p.get("nametype") == "CREATE"
+                   for p in deep_get(doc, "auditd", "paths", default=[]))
+    if category == "network_connection":
+        return deep_get(doc, "destination", "ip") is not None
+    return False
+
+
+@dataclass
+class RuleSet:
+    sigma: list[SigmaDetection]
+    python: list[PythonRule]
+    problems: list[Problem]
+
+
+def load_rules(paths: list[str], context: frozenset[str] = frozenset()) -> RuleSet:
+    """Sigma (.yml/.yaml) and Python (.py) rules from files and folders."""
+    sigma_paths = [p for p in paths if Path(p).is_dir() or Path(p).suffix in (".yml", ".yaml")]
+    py_paths = [p for p in paths if Path(p).is_dir() or Path(p).suffix == ".py"]
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: no such rule file or folder")
+    sigma_files = [p for p in sigma_paths if not _python_only(p)]
+    s = load_sigma(sigma_files, context)
+    py, py_problems = load_python_rules(py_paths)
+    return RuleSet(s.rules, py, s.problems + py_problems)
+
+
+def _python_only(p: str) -> bool:
+    """A folder of Python rules: its YAML files are their metadata, not Sigma rules."""
+    d = Path(p)
+    return d.is_dir() and any(d.rglob("*.py"))
+
+
+_MEMO_SIZE = 8192
+#: record dispatch: literals of lower-case record fields, looked for in RecordView.context_text()
+_CONTEXT = "\x00context"
+
+
+class _Dispatch:
+    """Rules with their predicates, indexed and memoized.
+
+    Index: a rule filed under basenames of one of its fields is tried only on views whose value
+    of that field has one of those basenames; an unindexed rule with required literals
+    (:func:`required_literals`) only on views holding one of them. Memo (``matches``, used for
+    the category rules): the verdicts depend only on the values of the fields the rules name
+    (and the view's text when a rule has keywords), so they are kept per tuple of those values
+    (bounded); busy hosts repeat the same commands. Per-record verdicts are not memoized: records
+    carry pids, pointers and counters, and building the key cost more than it saved (measured)."""
+
+    __slots__ = ("always", "by_field", "hits", "key_fields", "literals", "memo", "misses", "records", "rest",
+                 "uses_text")
+
+    def __init__(self, entries: list[tuple[SigmaDetection, Any, tuple[str, frozenset[str]] | None, Any]],
+                 records: bool = False) -> None:
+        #: record views: a literal of a record field is looked for in the record's and its
+        #: SYSCALL's text at once (a superset of where the field's value can come from)
+        self.records = records
+        self.rest = [(r, p) for r, p, keys, _ in entries if keys is None]
+        self._split_rest([t for r, p, keys, t in entries if keys is None])
+        self.by_field: dict[str, dict[str, list[tuple[SigmaDetection, Any]]]] = {}
+        fields: set[str] = set()
+        self.uses_text = False
+        for r, p, keys, trees in entries:
+            for t in trees:
+                fields |= fields_of(t)
+                self.uses_text = self.uses_text or has_keywords(t)
+            if keys is not None:
+                field, names = keys
+                index = self.by_field.setdefault(field, {})
+                for k in names:
+                    index.setdefault(k, []).append((r, p))
+        self.key_fields = tuple(sorted(fields))
+        self.memo: dict[tuple, list[SigmaDetection]] = {}
+        self.hits = self.misses = 0
+
+    def _split_rest(self, trees: list[list[Any]]) -> None:
+        """Unindexed rules: those with required literals are filed under each (field, literal);
+        the others always run."""
+        self.always: list[tuple[SigmaDetection, Any]] = []
+        self.literals: dict[str, dict[str, list[tuple[SigmaDetection, Any]]]] = {}
+        for entry, ts in zip(self.rest, trees):
+            req = _union_literals(ts)
+            if req is None:
+                self.always.append(entry)
+                continue
+            for field, lit in req:
+                if self.records and field != TEXT and field[:1].islower():
+                    field = _CONTEXT  # one scan of the record's and its SYSCALL's text for all
+                bucket = self.literals.setdefault(field, {}).setdefault(lit, [])
+                if entry not in bucket:
+                    bucket.append(entry)
+
+    def __bool__(self) -> bool:
+        return bool(self.rest or self.by_field)
+
+    def candidates(self, view: Any) -> list[tuple[SigmaDetection, Any]]:
+        out = self.always
+        if self.literals:
+            seen: dict[int, tuple[SigmaDetection, Any]] = {}
+            for field, lits in self.literals.items():
+                if field == TEXT:
+                    v = view.text()
+                elif field == _CONTEXT:
+                    v = view.context_text()
+                else:
+                    v = view.lower(field)
+                if v is None:
+                    continue
+                if v.__class__ is not str:
+                    v = "\n".join(v)
+                for lit, entries in lits.items():
+                    if lit in v:
+                        for e in entries:
+                            seen[id(e[0])] = e
+            if seen:
+                out = out + list(seen.values())
+        for field, index in self.by_field.items():
+            v = view.lower(field)
+            if v is not None and v.__class__ is str:
+                keyed = index.get(basename(v))
+                if keyed:
+                    out = out + keyed
+        return out
+
+    def matches(self, view: Any) -> list[SigmaDetection]:
+        get = view.get
+        key: tuple = tuple([_hashable(get(f)) for f in self.key_fields])
+        if self.uses_text:
+            key += (view.text(),)
+        memo = self.memo
+        found = memo.get(key)
+        if found is not None:
+            self.hits += 1
+            return found
+        self.misses += 1
+        found = [r for r, pred in self.candidates(view) if pred(view)]
+        if len(memo) >= _MEMO_SIZE:
+            memo.clear()
+        memo[key] = found
+        return found
+
+
+def _union_literals(trees: list[Any]) -> frozenset[tuple[str, str]] | None:
+    if not trees:  # a rule decided by its type alone
+        return None
+    acc: frozenset[tuple[str, str]] = frozenset()
+    for t in trees:
+        k = required_literals(t)
+        if k is None:
+            return None
+        acc |= k
+    return acc
+
+
+def _hashable(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _specialized(rules: list[SigmaDetection], rtype: str) -> tuple[_Dispatch, _Dispatch]:
+    """The auditd rules that can match records of ``rtype``, each simplified for that type:
+    those bound to a type, and those bound to none (tried on records that hold a field they
+    need)."""
+    entries: list[tuple[SigmaDetection, Any, tuple[str, frozenset[str]] | None, Any]] = []
+    untyped: list[tuple[SigmaDetection, Any, tuple[str, frozenset[str]] | None, Any]] = []
+    for r in rules:
+        trees = [assume(t, "type", rtype) for t in r.condition_sql]
+        if all(t is False for t in trees):
+            continue
+        live = [t for t in trees if not isinstance(t, bool)]
+        if any(t is True for t in trees):
+            pred: Any = _always
+        else:
+            preds = [compile_condition(t) for t in live]
+            pred = preds[0] if len(preds) == 1 else (lambda v, ps=preds: any(p(v) for p in ps))
+        keys = index_of(live, INDEX_FIELDS["record"]) if pred is not _always else None
+        (untyped if r.types is None else entries).append((r, pred, keys, live if pred is not _always else []))
+    return _Dispatch(entries, records=True), _Dispatch(untyped, records=True)
+
+
+def _always(view: Any) -> bool:
+    return True
+
+
+@dataclass(slots=True)
+class Hit:
+    rule: Any  # SigmaDetection | PythonRule
+    title: str | None = None
+    level: str | None = None
+    context: dict | None = None
+    dedup: str | None = None
+
+
+class Engine:
+    """Evaluates one event against every rule. ``ecs_normalize`` builds the ECS document for
+    events whose documents are in another format (None: ``docs`` are ECS)."""
+
+    def __init__(self, rules: RuleSet, interp: Interpreter, ecs_normalize: Callable[[Any], list[dict]] | None = None):
+        self.interp = interp
+        self.ecs_normalize = ecs_normalize
+        self.python = rules.python
+        self._record_rules = [r for r in rules.sigma if r.kind == "record"]
+        self._by_type: dict[str, tuple[_Dispatch | None, _Dispatch | None, frozenset[str] | None]] = {}
+        by_category: dict[str, list[SigmaDetection]] = {}
+        for r in rules.sigma:
+            if r.kind == "ecs":
+                by_category.setdefault(r.category, []).append(r)
+        self._by_category = {c: _Dispatch([(r, r.predicate, r.keys, r.condition_sql) for r in rs])
+                             for c, rs in by_category.items()}
+        self.rule_errors = 0
+        self.evaluated = 0
+
+    def _typed(self, rtype: str) -> tuple[_Dispatch | None, _Dispatch | None, frozenset[str] | None]:
+        """(dispatch of the typed rules or None, untyped rules, fields one of which a record
+        needs for any untyped rule to apply — None: any record)."""
+        d = self._by_type.get(rtype)
+        if d is None:
+            typed, untyped = _specialized(self._record_rules, rtype)
+            needs: frozenset[str] | None = frozenset()
+            for r in {id(r): r for r, _ in untyped.rest + [e for idx in untyped.by_field.values()
+                                                          for es in idx.values() for e in es]}.values():
+                needs = None if needs is None or r.required is None else needs | r.required
+            d = self._by_type[rtype] = (typed if typed else None, untyped if untyped else None, needs)
+        return d
+
+    def evaluate(self, event: Any, docs: list[dict]) -> list[Hit]:
+        self.evaluated += 1
+        hits: list[Hit] = []
+        fired: set[int] = set()
+        records = event.records
+        syscall = next((r for r in records if r.type == "SYSCALL"), None)
+        interp = self.interp
+        sc_view = RecordView(syscall, None, interp) if syscall is not None else None
+        typed_of = self._typed
+        for rec in records:
+            typed, untyped, needs = typed_of(rec.type)
+            view = None
+            found: list[SigmaDetection] = []
+            if typed is not None:
+                view = sc_view if rec is syscall else RecordView(rec, sc_view, interp)
+                found = [r for r, pred in typed.candidates(view) if pred(view)]
+            if untyped is not None and (needs is None or not needs.isdisjoint(rec.fields)):
+                fields = rec.fields
+                if view is None:
+                    view = sc_view if rec is syscall else RecordView(rec, sc_view, interp)
+                for rule, pred in untyped.candidates(view):
+                    req = rule.required  # bound to no type: only records holding a field it needs
+                    if (req is None or any(f in fields for f in req)) and pred(view):
+                        found.append(rule)
+            for rule in found:
+                if id(rule) not in fired:
+                    fired.add(id(rule))
+                    hits.append(Hit(rule))
+        if self._by_category or self.python:
+            self._evaluate_ecs(event, docs, hits)
+        return hits
+
+    def _evaluate_ecs(self, event: Any, docs: list[dict], hits: list[Hit]) -> None:
+        types = {r.type for r in event.records}
+        cats = [c for c, gate in _GATES.items() if gate in types and c in self._by_category]
+        if not cats and not self.python:
+            return
+        doc = self.ecs_doc(event, docs)
+        if doc is None:
+            return
+        view = EcsView(doc)
+        for c in cats:
+            if category_applies(c, doc):
+                hits.extend(Hit(r) for r in self._by_category[c].matches(view))
+        if self.python:
+            self._evaluate_python(event, doc, hits)
+
+    def ecs_doc(self, event: Any, docs: list[dict]) -> dict | None:
+        if self.ecs_normalize is None:
+            return docs[0] if docs else None
+        out = self.ecs_normalize(event)
+        return out[0] if out else None
+
+    def _evaluate_python(self, event: Any, doc: dict, hits: list[Hit]) -> None:
+        ev = RuleEvent(doc)
+        for r in self.python:
+            try:
+                if not r.matches(ev):
+                    continue
+                level = r.hook("severity", ev)
+                hits.append(Hit(r, title=r.hook("title", ev), level=str(level).lower() if level else None,
+                                context=r.hook("alert_context", ev), dedup=r.hook("dedup", ev)))
+            except Exception as e:  # noqa: BLE001 - user code: counted and logged with the event, the stream goes on
+                r.errors += 1
+                self.rule_errors += 1
+                log.warning("rule %s raised %s: %s (event %s:%s)", r.id, type(e).__name__, e, event.time,
+                            event.serial)
+
+
+def default_dedup(event: Any, host: str | None) -> str:
+    """One activity: the same program in the same login session (host, auid, ses, exe). A tool
+    that forks helpers (useradd → nscd, sss_cache) or writes many files is one alert per rule,
+    and so is a user-space record (ADD_USER) that names the tool."""
+    auid = ses = exe = ""
+    for r in event.records:
+        f = r.fields
+        auid = auid or f.get("auid") or ""
+        ses = ses or f.get("ses") or ""
+        msg = f.get("msg")
+        exe = exe or f.get("exe") or (msg.get("exe") if isinstance(msg, dict) else None) or ""
+        if auid and ses and exe:
+            break
+    return f"{host or ''}|{auid}|{ses}|{exe}"
+
+
+class DetectStage:
+    """The detection stage (INTERFACES.md §2): passes documents on and appends alerts."""
+
+    name = "detect"
+
+    def __init__(self, cfg: DetectConfig, fmt: str, resolver: Any = None, context: frozenset[str] = frozenset(),
+                 rules: RuleSet | None = None) -> None:
+        self.cfg = cfg
+        try:
+            self.rules = rules if rules is not None else load_rules(cfg.rules, context)
+        except FileNotFoundError as e:
+            raise ConfigError(str(e), where="[detect] rules") from None
+        if cfg.strict and self.rules.problems:
+            p = self.rules.problems[0]
+            raise ConfigError(f"{p.path}: {p.title}: {p.reason} ({len(self.rules.problems)} rules cannot run; "
+                              "strict = true)", where="[detect] rules")
+        for p in self.rules.problems:
+            log.info("detect: rule not run: %s (%s): %s", p.title, p.path, p.reason)
+        ecs_normalize = None
+        if fmt != "ecs":
+            from auditpipe.normalize.ecs import make_ecs_normalizer
+
+            ecs_normalize = make_ecs_normalizer(resolver=resolver)
+        self.engine = Engine(self.rules, Interpreter(resolver), ecs_normalize)
+        self.host = cfg.host or socket.gethostname()
+        self.dedup = Deduper(window=cfg.dedup_minutes * 60.0)
+        self.alerts = 0
+        self._latest = 0.0
+
+    def process(self, event: Any, docs: list[dict], now: float) -> list[dict]:
+        hits = self.engine.evaluate(event, docs)
+        if not hits:
+            return docs
+        host = event.node or self.host
+        t = event.ts
+        self._latest = max(self._latest, t)
+        out = list(docs)
+        embedded = docs[0] if docs else None
+        for h in hits:
+            key = h.dedup if h.dedup is not None else default_dedup(event, host)
+            minutes = getattr(h.rule, "dedup_minutes", None)
+            if not self.dedup.admit(h.rule.id, str(key), t, None if minutes is None else float(minutes) * 60.0):
+                continue
+            out.append(build_alert(h.rule, event.id, embedded, host, now, title=h.title, level=h.level,
+                                   context=h.context, dedup_key=str(key)))
+            self.alerts += 1
+        return out
+
+    def tick(self, now: float) -> list[dict]:
+        self.dedup.expire(self._latest)
+        return []
+
+    def close(self, now: float) -> list[dict]:
+        return []
+
+    def metrics(self) -> dict[str, int | float]:
+        m: dict[str, int | float] = {
+            "detect.rules_sigma": len(self.rules.sigma), "detect.rules_python": len(self.rules.python),
+            "detect.rules_not_run": len(self.rules.problems), "detect.alerts": self.alerts,
+            "detect.suppressed": sum(self.dedup.suppressed.values()), "detect.rule_errors": self.engine.rule_errors,
+            "detect.events": self.engine.evaluated,
+        }
+        for rid, n in self.dedup.suppressed.items():
+            m[f"detect.suppressed.{rid}"] = n
+        for r in self.rules.python:
+            if r.errors:
+                m[f"detect.rule_errors.{r.id}"] = r.errors
+        return m

@@ -1,0 +1,232 @@
+"""What a rule sees: one audit record (auditd rules) or one event's ECS fields (category rules).
+
+Records read from the kernel come RAW (no ENRICHED part), yet Sigma's auditd rules name ENRICHED
+fields (``SYSCALL: mknod``, ``UID: root``). :class:`Interpreter` gives such a field the value
+auditd would have written, from our tables (arch and syscall names) and the injected uid/gid
+resolver, so a rule matches the same activity whichever way the record arrived.
+
+Category rules (process_creation, file_event, network_connection) are evaluated on the ECS
+document through :data:`ECS_SOURCES`: each field our Sigma field mapping can produce, with how to
+read it from an ECS document in Python and in DuckDB SQL (the hunt), so stream and hunt agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from auditpipe import tables
+from auditpipe.parsing import execve_argv
+
+__all__ = ["ECS_SOURCES", "EcsView", "Interpreter", "RecordView", "deep_get"]
+
+_UNSET = ("4294967295", "-1")
+
+
+def deep_get(doc: Any, *keys: str, default: Any = None) -> Any:
+    """``doc[k1][k2]…`` or ``default`` when any step is missing or not a mapping."""
+    cur = doc
+    for k in keys:
+        if not isinstance(cur, dict):
+            return default
+        cur = cur.get(k)
+        if cur is None:
+            return default
+    return cur
+
+
+class Interpreter:
+    """ENRICHED values for RAW records: ``SYSCALL``, ``ARCH``, ``UID``/``AUID``/…, ``GID``/…"""
+
+    def __init__(self, resolver: Any = None) -> None:
+        self.resolver = resolver
+
+    def value(self, record: Any, name: str) -> str | None:
+        low = name.lower()
+        raw = record.fields.get(low)
+        if raw is None:
+            return None
+        kind = tables.field_type(low, record.type)
+        if kind == "syscall":
+            arch = record.fields.get("arch")
+            return tables.syscall_name(arch, raw) if arch is not None else None
+        if kind == "arch":
+            return tables.arch_name(raw)
+        if kind in ("uid", "gid"):
+            return self._id(raw, kind)
+        return None
+
+    def _id(self, raw: str, kind: str) -> str:
+        if raw in _UNSET:
+            return "unset"
+        name = None
+        if self.resolver is not None:
+            name = self.resolver.user(raw) if kind == "uid" else self.resolver.group(raw)
+        return name if name is not None else f"unknown({raw})"
+
+
+class RecordView:
+    """One record of an event, as Sigma's auditd rules see it: ``type``, the record's fields
+    (decoded), ENRICHED names (given or interpreted), and — the event as context — a field the
+    record lacks taken from the event's SYSCALL record (``key``, ``exe``, ``comm`` of a PATH)."""
+
+    __slots__ = ("_context", "_low", "_text", "interp", "record", "syscall")
+
+    def __init__(self, record: Any, syscall: RecordView | None, interp: Interpreter) -> None:
+        self.record = record
+        self.syscall = syscall
+        self.interp = interp
+        self._text: str | None = None
+        self._context: str | None = None
+        self._low: dict[str, str | None] | None = None
+
+    def lower(self, field: str) -> str | None:
+        """``get(field)`` lower-cased, memoized: many rules test the same few fields."""
+        c = self._low
+        if c is None:
+            c = self._low = {}
+        elif field in c:
+            return c[field]
+        v = self.get(field)
+        lv = c[field] = v.lower() if v is not None else None
+        return lv
+
+    def get(self, field: str) -> str | None:
+        rec = self.record
+        if field == "type":
+            return rec.type
+        v = rec.fields.get(field)
+        if v is not None:
+            return v if isinstance(v, str) else None
+        msg = rec.fields.get("msg")
+        if isinstance(msg, dict):  # user-space records: the fields inside msg='…' (unit=, exe=)
+            v = msg.get(field)
+            if isinstance(v, str):
+                return v
+        if field[:1].isupper():
+            enriched = rec.enriched
+            if enriched is not None:
+                v = enriched.get(field)
+                if v is not None:
+                    return v
+            v = self.interp.value(rec, field)
+            if v is not None:
+                return v
+        elif rec.type == "EXECVE" and field + "_len" in rec.fields:
+            return _split_arg(rec, field)
+        sc = self.syscall  # the event's SYSCALL record, as a view (memoized lookups)
+        if sc is not None and sc.record is not rec:
+            return sc.get(field)
+        return None
+
+    def text(self) -> str:
+        t = self._text
+        if t is None:
+            t = self._text = "\n".join(_values(self.record.fields)).lower()
+        return t
+
+    def context_text(self) -> str:
+        """The record's text and its SYSCALL's: everywhere a lower-case field's value can come
+        from (the engine's literal prefilter looks there)."""
+        t = self._context
+        if t is None:
+            sc = self.syscall
+            t = self.text() if sc is None or sc.record is self.record else self.text() + "\n" + sc.text()
+            self._context = t
+        return t
+
+
+def _values(fields: dict) -> list[str]:
+    out = []
+    for v in fields.values():
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, dict):
+            out.extend(_values(v))
+    return out
+
+
+def _split_arg(record: Any, name: str) -> str | None:
+    """An EXECVE argument the kernel split into ``aN[0]``, ``aN[1]``, … (joined as the
+    normalizers join it)."""
+    argv = execve_argv([record])[1]
+    i = int(name[1:]) if name[1:].isdigit() else -1
+    return argv[i] if 0 <= i < len(argv) else None
+
+
+def _command_line(doc: dict) -> str | None:
+    v = deep_get(doc, "process", "command_line")
+    if v is not None:
+        return v
+    args = deep_get(doc, "process", "args")
+    return " ".join(args) if isinstance(args, list) else None
+
+
+def _initiated(doc: dict) -> str | None:
+    d = deep_get(doc, "network", "direction")
+    return None if d is None else ("true" if d == "egress" else "false")
+
+
+def _path_getter(path: str) -> Callable[[dict], Any]:
+    keys = tuple(path.split("."))
+    return lambda doc: deep_get(doc, *keys)
+
+
+def _sql_path(path: str) -> str:
+    return f"json_extract_string(document, '$.{path}')"
+
+
+#: our field → (read it from an ECS document, the same in DuckDB SQL over the lake's `document`)
+ECS_SOURCES: dict[str, tuple[Callable[[dict], Any], str]] = {
+    p: (_path_getter(p), _sql_path(p))
+    for p in ("process.executable", "process.working_directory", "process.pid", "user.name", "file.path",
+              "destination.ip", "destination.port", "process.parent.executable",
+              "process.parent.command_line", "process.parent.pid")
+}
+ECS_SOURCES["process.command_line"] = (
+    _command_line,
+    ("coalesce(json_extract_string(document, '$.process.command_line'), "
+    "array_to_string(CAST(json_extract(document, '$.process.args') AS VARCHAR[]), ' '))"))
+ECS_SOURCES["network.initiated"] = (
+    _initiated,
+    ("CASE WHEN json_extract_string(document, '$.network.direction') IS NULL THEN NULL "
+    "WHEN json_extract_string(document, '$.network.direction') = 'egress' THEN 'true' ELSE 'false' END"))
+
+
+class EcsView:
+    """One event's ECS document, read through :data:`ECS_SOURCES` (values memoized)."""
+
+    __slots__ = ("_cache", "_low", "_text", "doc")
+
+    def __init__(self, doc: dict) -> None:
+        self.doc = doc
+        self._cache: dict[str, Any] = {}
+        self._low: dict[str, Any] = {}
+        self._text: str | None = None
+
+    def lower(self, field: str) -> Any:
+        c = self._low
+        if field in c:
+            return c[field]
+        v = self.get(field)
+        if v is not None:
+            v = v.lower() if isinstance(v, str) else [str(x).lower() for x in v]
+        c[field] = v
+        return v
+
+    def get(self, field: str) -> Any:
+        cache = self._cache
+        if field in cache:
+            return cache[field]
+        src = ECS_SOURCES.get(field)
+        v = src[0](self.doc) if src is not None else None
+        if v is not None and not isinstance(v, (str, list)):
+            v = str(v)
+        cache[field] = v
+        return v
+
+    def text(self) -> str:
+        t = self._text
+        if t is None:
+            t = self._text = "\n".join(str(v) for v in (self.get(f) for f in ECS_SOURCES) if v is not None).lower()
+        return t
