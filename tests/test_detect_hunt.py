@@ -33,7 +33,7 @@ EXTRA = [
 
 
 def _lake(tmp_path, docs_by_event):
-    """A lake in the layout of INTERFACES.md §5, one file per (date, host)."""
+    """A lake in the lake layout (docs/lake.md), one file per (date, host)."""
     rows: dict[tuple[str, str], list] = {}
     for ev, doc in docs_by_event:
         ts = datetime.fromtimestamp(ev.ts, tz=UTC)

@@ -1,4 +1,4 @@
-"""The ``[detect]`` section (INTERFACES.md §3): only msgspec/stdlib here so config.py can import
+"""The ``[detect]`` section: only msgspec/stdlib here so config.py can import
 it without pulling the engine (pySigma) into every command."""
 
 from __future__ import annotations

@@ -362,7 +362,7 @@ def default_dedup(event: Any, host: str | None) -> str:
 
 
 class DetectStage:
-    """The detection stage (INTERFACES.md §2): passes documents on and appends alerts."""
+    """The detection stage (`pipeline.stages.Stage`): passes documents on and appends alerts."""
 
     name = "detect"
 

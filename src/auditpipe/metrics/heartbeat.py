@@ -2,7 +2,7 @@
 
 A destination can then alert on a host that went silent (no heartbeat) or on loss it would
 otherwise never see (the deltas of kernel lost, serial gaps, partial events, rejects, dead
-letters… since the previous heartbeat). A pipeline stage (INTERFACES.md §2); the counters come
+letters… since the previous heartbeat). A pipeline stage (`pipeline.stages.Stage`); the counters come
 through an injected callable, so it holds no reference to the runtime.
 """
 

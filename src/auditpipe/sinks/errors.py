@@ -1,4 +1,4 @@
-"""What a sink raises when it could not accept a write (INTERFACES.md §4).
+"""What a sink raises when it could not accept a write.
 
 Every sink's ``write(items)`` either accepts all items or raises :class:`OutputUnavailable`
 having accepted none of them: a partial write is truncated back first. The runtime keeps the

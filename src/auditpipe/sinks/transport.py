@@ -1,4 +1,4 @@
-"""The contract between the generic queue shipper and a destination (INTERFACES.md §1).
+"""The contract between the generic queue shipper and a destination.
 
 The durable queue (``sinks.queue.DiskQueue``) sits in front of every network or lake output;
 ``sinks.shipper.QueueShipper`` drains it into a *transport*, which only knows how to hand one
