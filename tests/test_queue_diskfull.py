@@ -126,3 +126,38 @@ def test_unwritable_ack_pauses_sending_instead_of_resending(tmp_path, caplog):
     assert len(rx.requests) == 4
     assert sh.ack_errors == 5 and caplog.text.count("sending paused") == 1
     assert "sending resumes" in caplog.text
+
+
+def test_full_disk_with_everything_acknowledged_frees_the_tail_and_writes(tmpfs):
+    """The soak found it: the tail segment holds only acknowledged records and fills the disk;
+    a segment is freed only once it is not the tail, so without a roll every append failed for
+    ever while the queue was empty. The append now starts a new segment, the old one goes."""
+    q = DiskQueue(tmpfs / "q", segment_bytes=64 << 20, max_bytes=256 << 20)
+    sink = QueueSink(q)
+    accepted, _ = fill_until_refused(sink, 0)
+    q.ack(q.last_seq)  # everything delivered: nothing pending, the disk still full
+    assert q.pending == 0
+    sink.write([doc(j) for j in range(accepted, accepted + 100)])  # no OutputUnavailable
+    assert q.pending == 100
+    names = sorted(p.name for p in (tmpfs / "q").iterdir() if p.name.startswith("seg-"))
+    assert names == [f"seg-{accepted:020d}.q"]  # the acknowledged segment is gone
+    got = q.get_batch(1000)
+    assert [orjson_id(p) for _, p in got] == list(range(accepted, accepted + 100))
+    q.close()
+
+
+def test_drop_oldest_with_an_acknowledged_tail_rolls_and_keeps_going(tmp_path):
+    q = DiskQueue(tmp_path / "q", segment_bytes=4 << 10, max_bytes=64 << 10, full_policy="drop_oldest")
+    sink = QueueSink(q)
+    sink.write([doc(j) for j in range(5)])
+    q.ack(q.last_seq)
+    for k in range(50):  # far more than fits: old segments are dropped, never an IndexError
+        sink.write([doc(j) for j in range(5 + 10 * k, 15 + 10 * k)])
+    assert q.bytes_used <= 64 << 10
+    q.close()
+
+
+def orjson_id(payload: bytes) -> int:
+    import orjson
+
+    return orjson.loads(payload)["id"]

@@ -190,6 +190,16 @@ class LiveRunner:
         while self.outputs.held and time.monotonic() < deadline:
             self._retry_held()
 
+    def _wait_while_held(self) -> None:
+        """Held in the middle of a long batch: retry (and keep the status file fresh) until the
+        outputs accept again or we are stopped, so what is pending stays one slice."""
+        next_status = time.monotonic() + self.cfg.status.interval
+        while self.outputs.held and not self._stop:
+            self._retry_held()
+            if time.monotonic() >= next_status:
+                self.write_status()
+                next_status = time.monotonic() + self.cfg.status.interval
+
     def _retry_held(self) -> None:
         """Held: wait for the next retry (a short sleep at most), retry, commit once clear."""
         time.sleep(min(0.2, self.outputs.next_retry_in()))
@@ -259,7 +269,8 @@ class LiveRunner:
                     if len(docs) >= self._slice or len(self._raw) >= self._slice:
                         # a long batch (catching up): write and commit in slices, so that a
                         # kill between a write and its commit resends one slice at most
-                        self._write_and_commit(docs)
+                        if not self._write_and_commit(docs):
+                            self._wait_while_held()  # no further line of this batch meanwhile
                         docs = []
                         if raw is not None:
                             raw = self._raw  # the write took the list

@@ -71,17 +71,20 @@ class Output:
     def documents(self) -> str:
         return self.cfg.documents
 
-    def attempt(self) -> str | None:
-        """Write what is pending. None when accepted, else the cause."""
-        items = self.pending
-        try:
-            if self.raw:
-                self.sink.write_raw(items, date=self.pending_date)
-            else:
-                self.sink.write(items)
-        except Exception as e:  # noqa: BLE001 - OutputUnavailable, or a failure we cannot tell apart
-            return str(getattr(e, "cause", None) or f"{type(e).__name__}: {e}")
-        self.pending = []
+    def attempt(self, slice_size: int = WRITE_SLICE) -> str | None:
+        """Write what is pending, ``slice_size`` items a write, so that what is pending always
+        fits a small disk piece by piece. None when all was accepted, else the cause (the part
+        not yet accepted stays pending)."""
+        while self.pending:
+            items = self.pending[:slice_size]
+            try:
+                if self.raw:
+                    self.sink.write_raw(items, date=self.pending_date)
+                else:
+                    self.sink.write(items)
+            except Exception as e:  # noqa: BLE001 - OutputUnavailable, or a failure we cannot tell apart
+                return str(getattr(e, "cause", None) or f"{type(e).__name__}: {e}")
+            del self.pending[:len(items)]
         self.pending_date = None
         return None
 
@@ -157,7 +160,7 @@ class Outputs:
         return not self.held
 
     def _try(self, o: Output, now: float) -> None:
-        cause = o.attempt()
+        cause = o.attempt(self.slice)
         if cause is None:
             if o.held_since is not None:
                 took = self.wall() - o.held_since

@@ -388,14 +388,26 @@ class DiskQueue:
             self._roll()
             seg = self._segs[-1]
         try:
+            self._write_or_truncate(data, seg)
+        except OSError as e:
+            if e.errno != errno.ENOSPC or not seg.size or seg.base + seg.count > self._acked:
+                raise
+            # the disk is full but the tail segment is all acknowledged: a segment is freed
+            # only once it is not the tail, so start a new one and write there
+            self._roll()
+            seg = self._segs[-1]
+            self._write_or_truncate(data, seg)
+        seg.size += total
+        seg.count += count
+
+    def _write_or_truncate(self, data: bytes, seg: _Segment) -> None:
+        try:
             self._write(data)
         except OSError:
             self._tail_dirty = True
             os.ftruncate(self._wfd, seg.size)
             self._tail_dirty = False
             raise
-        seg.size += total
-        seg.count += count
 
     def _refused(self, e: OSError) -> OutputUnavailable:
         """Count and log (once per spell) an append the file system refused."""
@@ -428,6 +440,7 @@ class DiskQueue:
         if self.fsync == "batch":
             os.fsync(old)
         os.close(old)
+        self._free_acked()  # the old tail may be all acknowledged: its space goes now
 
     def _used(self) -> int:
         return sum(s.size for s in self._segs)
@@ -439,7 +452,8 @@ class DiskQueue:
                 raise QueueClosed()
             if self.full_policy == "drop_oldest":
                 if len(self._segs) == 1:
-                    self._roll()
+                    self._roll()  # frees the old tail at once when it was all acknowledged
+                    continue
                 self._drop_oldest()
                 continue
             wait = None if deadline is None else deadline - time.monotonic()
