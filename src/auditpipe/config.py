@@ -23,6 +23,7 @@ from auditpipe.detect.config import DetectConfig
 from auditpipe.lake.config import LakeOutput
 from auditpipe.metrics.config import HeartbeatConfig, MetricsConfig, split_listen
 from auditpipe.process.config import FilterConfig, ProcessConfig, config_problems
+from auditpipe.sources.receiver.config import ServeConfig
 
 __all__ = [
     "DEFAULT_CONFIG_PATHS",
@@ -305,6 +306,8 @@ class Config(_S):
     process: ProcessConfig = msgspec.field(default_factory=ProcessConfig)
     filter: FilterConfig = msgspec.field(default_factory=FilterConfig)
     detect: DetectConfig = msgspec.field(default_factory=DetectConfig)
+    #: `auditpipe serve` only (sources/receiver/config.py)
+    serve: ServeConfig = msgspec.field(default_factory=ServeConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: where this configuration came from (None: built-in defaults)
     path: str | None = None
@@ -465,6 +468,8 @@ def _check(cfg: Config, name: str, text: str) -> None:
         fail(path, msg)
     if not cfg.state.dir:
         fail("state.dir", "must not be empty")
+    for key, msg in cfg.serve.problems():
+        fail(f"serve.{key}", msg)
 
 
 def _http_problems(o: HttpOutput) -> list[tuple[str, str]]:
