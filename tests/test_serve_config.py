@@ -16,12 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
-from es_server import ServerThread
-from helpers import events_of_lines
 
 from auditpipe.cli import main
 from auditpipe.config import load_config
 from auditpipe.pipeline.assembly import build_pipeline
+from es_server import ServerThread
+from helpers import events_of_lines
 
 CORPUS = Path(os.environ.get("AUDITPIPE_SHARED", Path(__file__).parents[2] / "shared")) / "corpus" / "raw-node.log"
 SECRET = "s3cret"

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import random
+import secrets
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +43,8 @@ from auditpipe.sinks.transport import (
     TransientError,
 )
 
-__all__ = ["HttpConfig", "HttpShipper", "HttpTransport", "QueueSink", "build_client", "is_retryable", "raw_record"]
+__all__ = ["RANGE_HEADER", "SENDER_HEADER", "HttpConfig", "HttpShipper", "HttpTransport", "QueueSink", "build_client",
+           "is_retryable", "raw_record", "sender_identity"]
 
 log = logging.getLogger(__name__)
 # httpx logs every request at INFO ("HTTP Request: POST … 200 OK"), one line per batch sent;
@@ -48,6 +52,11 @@ log = logging.getLogger(__name__)
 for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
+#: who sends (``<host>/<instance id>``) and which span of its queue a request holds: the receiver
+#: reassembles per sender and knows where each request stands (docs/serve.md)
+SENDER_HEADER = "X-Auditpipe-Sender"
+RANGE_HEADER = "X-Auditpipe-Range"
+SENDER_FILE = "SENDER"
 CONTENT_TYPE = "application/x-ndjson"
 #: Fluent Bit's in_http takes application/json bodies of one JSON object per line (not x-ndjson)
 RAW_CONTENT_TYPE = "application/json"
@@ -136,22 +145,57 @@ def _retry_after(resp: httpx.Response) -> float | None:
         return None
 
 
+def sender_identity(queue_dir: str) -> str:
+    """``<host>/<instance id>`` of the output whose queue is ``queue_dir``: made once and kept in
+    its ``SENDER`` file, so a restarted shipper is the same sender (its held records at the
+    receiver join what it sends after the restart) and two outputs on one host are two."""
+    path = os.path.join(queue_dir, SENDER_FILE)
+    try:
+        with open(path, encoding="ascii") as f:
+            name = f.read().strip()
+        if name:
+            return name
+    except (OSError, UnicodeDecodeError):
+        pass
+    host = "".join(c for c in socket.gethostname() if "!" <= c <= "~" and c != "/")[:150] or "host"
+    name = f"{host}/{secrets.token_hex(8)}"
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return name
+
+
 class HttpTransport:
     """POST one batch as a body of JSON lines. 2xx: delivered; connection errors and the
     :data:`UNAVAILABLE` statuses: transient; any other 5xx (the receiver failed on this body):
-    transient but bounded (:class:`ServerError`); any other status: permanent."""
+    transient but bounded (:class:`ServerError`); any other status: permanent.
 
-    def __init__(self, cfg: HttpConfig, client: httpx.Client | None = None) -> None:
+    With ``sender`` (``sender_identity``) each request names its sender and the queue span it
+    holds (``X-Auditpipe-Sender``, ``X-Auditpipe-Range``: the shipper calls :meth:`at`)."""
+
+    def __init__(self, cfg: HttpConfig, client: httpx.Client | None = None, sender: str | None = None) -> None:
         self.cfg = cfg
         self.name = f"http {cfg.url}"
         self.client = client or build_client(cfg)
         self.content_type = RAW_CONTENT_TYPE if cfg.format == "raw" else CONTENT_TYPE
+        self.sender = sender
+        self.span: tuple[int, int] | None = None
         self.sent_bytes = 0
         self._ok = 0
+
+    def at(self, first: int, end: int) -> None:
+        self.span = (first, end)
 
     def encode(self, payloads: list[bytes]) -> tuple[bytes, dict[str, str]]:
         body = b"\n".join(payloads) + b"\n"
         headers = {"Content-Type": self.content_type, **self.cfg.headers}
+        if self.sender:
+            headers[SENDER_HEADER] = self.sender
+            if self.span is not None:
+                headers[RANGE_HEADER] = f"{self.span[0]}-{self.span[1]}"
         if self.cfg.gzip:
             body = gzip.compress(body, compresslevel=5, mtime=0)  # the same bytes on every retry
             headers["Content-Encoding"] = "gzip"

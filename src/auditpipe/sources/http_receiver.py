@@ -16,8 +16,9 @@ auditpipe event (GELF…) → 400 as an unknown shape, so the sender keeps them.
 carry one sender), else the connection (one keep-alive connection = one sender), else the peer
 address. Records are held per sender and event key in a ``ReorderBuffer`` until their event is
 provably complete or ``reorder_window`` seconds of wall clock pass (see ``receiver/reorder.py``).
-``X-Auditpipe-Range: <first>-<end>`` (the stream positions of the request's records, end
-exclusive) lets a sender say exactly where a request stands in its stream.
+``X-Auditpipe-Range: <first>-<end>`` (the span of the sender's stream the request holds, end
+exclusive: our shipper's queue sequence numbers; the next request starts at ``end``) lets a
+sender say exactly where a request stands in its stream.
 
 **Order of checks**, cheapest and safest first: connection bounds and header deadline
 (``receiver/limits.py``) → auth headers (401) → output writable (503 + Retry-After) → declared
@@ -242,6 +243,7 @@ class _Ident:
     key: str
     base: int | None = None
     by_connection: bool = False
+    end: int | None = None  # the range's end: where the sender's next request starts
 
 
 class _Unavailable(Exception):
@@ -473,14 +475,14 @@ class Receiver:
             name = name.strip()
             if not _SENDER_OK.fullmatch(name):
                 raise BodyError(400, f"{SENDER_HEADER} must be 1-200 printable characters without spaces")
-            base = None
+            base = end = None
             rng = request.headers.get(RANGE_HEADER)
             if rng is not None:
                 m = _RANGE.fullmatch(rng)
                 if not m or int(m.group(2)) < int(m.group(1)):
                     raise BodyError(400, f"{RANGE_HEADER} must be FIRST-END (record positions, END exclusive)")
-                base = int(m.group(1))
-            return _Ident(f"sender:{name}", base)
+                base, end = int(m.group(1)), int(m.group(2))
+            return _Ident(f"sender:{name}", base, end=end)
         conn = self.limits.connection_of(request.protocol)
         if conn is not None:
             return _Ident(f"connection:{conn.cid}:{conn.peer}", by_connection=True)
@@ -627,7 +629,10 @@ class Receiver:
         s.last_seen = now
         s.requests += 1
         reorder = s.reorder
-        reorder.chunk = Chunk([], s.requests, ident.base, self._head_known(s, ident), self._in_order(s, now))
+        # a request whose range continues what arrived before is in order too (our shipper sends
+        # one batch after the other): nothing before it is missing
+        head_known = self._head_known(s, ident)
+        reorder.chunk = Chunk([], s.requests, ident.base, head_known, head_known or self._in_order(s, now))
         pipeline = s.pipeline
         before = pipeline.counters.rejects
         records = events = written = crashed = 0
@@ -656,8 +661,8 @@ class Receiver:
             else:
                 errors.append((item[1], item[2]))
         written += self._write(docs + pipeline.tick(now), raw)
-        if ident.base is not None:
-            s.range_ends.append(ident.base + records)
+        if ident.end is not None:
+            s.range_ends.append(ident.end)
         return self._report(s, records, events, written, errors, pipeline.counters.rejects - before + crashed)
 
     def _report(self, s: _Sender, records: int, events: int, written: int, errors: list, bad: int) -> dict:
