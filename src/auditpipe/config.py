@@ -166,7 +166,9 @@ class HttpOutput(_S, tag="http", tag_field="type"):
 
     url: str
     documents: DocumentClass = "events"
-    format: Literal["json_lines", "raw"] = "json_lines"
+    #: json_lines (documents), raw (records as Fluent Bit ships them), webhook (each alert as a
+    #: Slack/Teams-style incoming-webhook message; documents = "alerts")
+    format: Literal["json_lines", "raw", "webhook"] = "json_lines"
     auth: Literal["none", "shared-secret", "hmac", "bearer", "basic"] = "none"
     auth_header: str | None = None
     secret: str | None = None
@@ -480,6 +482,8 @@ def _http_problems(o: HttpOutput) -> list[tuple[str, str]]:
         out.append((".url", f"must be http(s)://, not {o.url!r}"))
     elif scheme == "http" and o.tls:
         out.append((".url", "TLS is on by default: use an https:// url or set tls = false"))
+    if o.format == "webhook" and o.documents != "alerts":
+        out.append((".documents", 'a webhook output posts alerts: set documents = "alerts"'))
     if o.auth != "none" and not o.secret:
         out.append((".secret", f"auth {o.auth!r} needs a secret"))
     elif o.auth == "basic" and ":" not in (o.secret or ""):

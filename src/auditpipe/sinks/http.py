@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
+import orjson
 
 from auditpipe.sinks.auth import client_headers
 from auditpipe.sinks.queue import DiskQueue
@@ -65,7 +66,7 @@ RAW_CONTENT_TYPE = "application/json"
 @dataclass
 class HttpConfig:
     url: str
-    format: str = "json_lines"  # "json_lines" (events) | "raw" (Fluent Bit records)
+    format: str = "json_lines"  # "json_lines" (events) | "raw" (Fluent Bit records) | "webhook" (alerts)
     auth: str = "none"  # none | shared-secret | hmac | bearer | basic
     auth_header: str | None = None  # default: see sinks.auth.DEFAULT_HEADER
     secret: str | None = None  # basic: "user:password"
@@ -87,8 +88,8 @@ class HttpConfig:
     headers: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.format not in ("json_lines", "raw"):
-            raise ValueError("format must be 'json_lines' or 'raw'")
+        if self.format not in ("json_lines", "raw", "webhook"):
+            raise ValueError("format must be 'json_lines', 'raw' or 'webhook'")
         client_headers(self.auth, self.secret, b"", self.auth_header)  # validates auth/secret
         scheme = self.url.split(":", 1)[0].lower()
         if scheme not in ("http", "https"):
@@ -180,8 +181,8 @@ class HttpTransport:
         self.cfg = cfg
         self.name = f"http {cfg.url}"
         self.client = client or build_client(cfg)
-        self.content_type = RAW_CONTENT_TYPE if cfg.format == "raw" else CONTENT_TYPE
-        self.sender = sender
+        self.content_type = RAW_CONTENT_TYPE if cfg.format in ("raw", "webhook") else CONTENT_TYPE
+        self.sender = sender if cfg.format != "webhook" else None
         self.span: tuple[int, int] | None = None
         self.sent_bytes = 0
         self._ok = 0
@@ -203,22 +204,51 @@ class HttpTransport:
         return body, headers
 
     def send(self, payloads: list[bytes]) -> Outcome:
-        body, headers = self.encode(payloads)
+        if self.cfg.format == "webhook":
+            return self._send_webhooks(payloads)
+        self._post(*self.encode(payloads))
+        self._ok += 1
+        return Outcome()
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> None:
+        """One POST; returns on a 2xx, else raises what the status means for a retry."""
         try:
             resp = self.client.post(self.cfg.url, content=body, headers=headers)
         except httpx.TransportError as e:
             raise TransientError(f"{type(e).__name__}: {e}") from None
         status = resp.status_code
         if 200 <= status < 300:
-            self._ok += 1
             self.sent_bytes += len(body)
-            return Outcome()
+            return
         reason = f"HTTP {status}: {resp.text[:65536]}"
         if status in UNAVAILABLE:
             raise TransientError(reason, _retry_after(resp))
         if status >= 500:
             raise ServerError(reason, _retry_after(resp))
         raise PermanentError(reason)
+
+    def _send_webhooks(self, payloads: list[bytes]) -> Outcome:
+        """Incoming webhooks take one message per request: each alert is posted on its own, in
+        order. A message refused (4xx) is dead-lettered alone; when one cannot be sent now (429
+        with Retry-After, 5xx, connection), it and those after it are retried."""
+        from auditpipe.detect.alerts import webhook_payload
+
+        out = Outcome()
+        for i, p in enumerate(payloads):
+            body = orjson.dumps(webhook_payload(orjson.loads(p)))
+            headers = {"Content-Type": "application/json", **self.cfg.headers,
+                       **client_headers(self.cfg.auth, self.cfg.secret, body, self.cfg.auth_header)}
+            try:
+                self._post(body, headers)
+            except PermanentError as e:
+                out.refused.append((i, str(e)))
+            except TransientError as e:
+                if i == 0:
+                    raise
+                out.retry, out.retry_after = list(range(i, len(payloads))), e.retry_after
+                break
+        self._ok += 1
+        return out
 
     def committed(self) -> int:
         return self._ok  # a 2xx means the receiver has it
