@@ -142,22 +142,25 @@ def dedup(event):
 '''
 
 
-def test_detect_alerts_routed_to_an_alerts_output(tmp_path):
-    """[detect] rules in serve: alerts go only to the `documents = "alerts"` output, events only
-    to the events output; one alert per chown event of the corpus."""
-    lines = corpus_lines(5215)
+def detect_setup(tmp_path: Path, lines: list[str]) -> tuple[str, list[dict]]:
+    """The [normalize]/[detect] sections of a chown rule, and the alerts `parse`'s pipeline
+    makes with them from ``lines`` (what serve must give)."""
     rules = tmp_path / "rules"
     rules.mkdir()
     (rules / "chown.py").write_text(RULE)
     detect = f'[normalize]\nformat = "ecs"\n[detect]\nrules = ["{rules}"]\n'
     pipe = build_pipeline(load_config(text=detect), role="parse")
-    want = [d for d in pipe.feed_lines(lines) + pipe.flush() if d["event"]["kind"] == "signal"]
-    assert len(want) > 10
-    rx = Serve(tmp_path, SERVE + f"""
-[normalize]
-format = "ecs"
-[detect]
-rules = ["{rules}"]
+    alerts = [d for d in pipe.feed_lines(lines) + pipe.flush() if d["event"]["kind"] == "signal"]
+    assert len(alerts) > 10
+    return detect, alerts
+
+
+def test_detect_alerts_routed_to_an_alerts_output(tmp_path):
+    """[detect] rules in serve: alerts go only to the `documents = "alerts"` output, events only
+    to the events output; one alert per chown event of the corpus."""
+    lines = corpus_lines(5215)
+    detect, want = detect_setup(tmp_path, lines)
+    rx = Serve(tmp_path, SERVE + detect + f"""
 [[outputs]]
 path = "{tmp_path / 'events.jsonl'}"
 [[outputs]]

@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from loopback_http import LoopbackReceiver
-from test_serve_config import RULE, SERVE, Serve, corpus_lines
 
 from auditpipe.config import ConfigError, load_config
-from auditpipe.pipeline.assembly import build_pipeline
+from loopback_http import LoopbackReceiver
+from test_serve_config import SERVE, Serve, corpus_lines, detect_setup
 
 
 def test_webhook_output_needs_alerts():
@@ -21,21 +20,11 @@ def test_webhook_output_needs_alerts():
 
 def test_alerts_posted_one_per_request_with_retries(tmp_path):
     lines = corpus_lines(5215)
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    (rules / "chown.py").write_text(RULE)
-    pipe = build_pipeline(load_config(text=f'[normalize]\nformat = "ecs"\n[detect]\nrules = ["{rules}"]\n'),
-                          role="parse")
-    alerts = [d for d in pipe.feed_lines(lines) + pipe.flush() if d["event"]["kind"] == "signal"]
-    assert len(alerts) > 6
+    detect, alerts = detect_setup(tmp_path, lines)
     # the 3rd message: 429 (retried from there), the 4th: 400 (refused alone), the 5th: 500 once
     hook = LoopbackReceiver(script=[200, 200, 429, 200, 400, 500]).start()
     try:
-        rx = Serve(tmp_path, SERVE + f"""
-[normalize]
-format = "ecs"
-[detect]
-rules = ["{rules}"]
+        rx = Serve(tmp_path, SERVE + detect + f"""
 [[outputs]]
 path = "{tmp_path / 'events.jsonl'}"
 [[outputs]]
