@@ -4,6 +4,7 @@ through a real `auditpipe serve` process on loopback."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -84,8 +85,10 @@ event_wait = 0.5
 
 def test_es_output_from_the_config(tmp_path):
     """[[outputs]] type = "elasticsearch" into the loopback bulk server: one document per event
-    `parse` makes, each created once, with the ECS host metadata and the stable _id."""
-    lines = corpus_lines()
+    `parse` makes, each created once, with the ECS host metadata and the stable _id. Two named
+    senders post the same records without node=: each event is there twice, under each sender's
+    host (one host's ids must not swallow the other's)."""
+    lines = [ln.split(" ", 1)[1] for ln in corpus_lines()]  # node=… taken off
     want = len(events_of_lines(lines)[0])
     es = ServerThread()
     try:
@@ -98,13 +101,14 @@ hosts = ["{es.url}"]
 queue_dir = "{tmp_path / 'q'}"
 max_wait = 0.2
 """)
-        rx.post(lines)
+        rx.post(lines, sender="alpha/1")
+        rx.post(lines, sender="beta/1")
         rx.stop()
         st = es.state
         assert not st.violations, st.violations
-        assert len(st.docs) == want
-        doc = next(iter(st.docs.values()))
-        assert doc["host"]["name"] == "web-01.example.com" and doc["data_stream"]["type"] == "logs"
+        hosts = collections.Counter(d["host"]["name"] for d in st.docs.values())
+        assert hosts == {"alpha": want, "beta": want}
+        assert all(d["data_stream"]["type"] == "logs" for d in st.docs.values())
     finally:
         es.stop()
 

@@ -189,7 +189,7 @@ def _run(cfg: Any, rcfg: Any) -> int:
 
     ssl_context = make_ssl_context(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert else None
     outputs = open_outputs(cfg)
-    receiver = Receiver(rcfg, pipeline_factory, outputs)
+    receiver = Receiver(rcfg, pipeline_factory, outputs, normalizer_for_host=_host_normalizers(cfg))
     metrics = None
     try:
         metrics = _start_metrics(cfg, receiver)
@@ -205,6 +205,32 @@ def _run(cfg: Any, rcfg: Any) -> int:
             metrics.close()
         outputs.close()
     return 0
+
+
+def _host_normalizers(cfg: Any) -> Any:
+    """With host metadata (an Elasticsearch output, ``host_metadata``): a normalizer per sender
+    host, so the events of a named sender that carry no ``node=`` get its host in ``host.name``
+    and in their document ids (two hosts' events with the same id must not collide), not the
+    receiver's. None otherwise (the shared normalizer serves every sender)."""
+    import dataclasses
+
+    from auditpipe.pipeline.assembly import build_normalizer
+    from auditpipe.pipeline.hostinfo import ecs_agent_options
+
+    options = ecs_agent_options(cfg)
+    meta = options.get("host_metadata")
+    if meta is None:
+        return None
+    made: dict[str, Any] = {}
+
+    def for_host(host: str) -> Any:
+        if host not in made:
+            sender_meta = dataclasses.replace(meta, host={"name": host, "hostname": host})
+            made[host] = build_normalizer(cfg.normalize, cfg.path,
+                                          ecs_options={**options, "host_metadata": sender_meta})
+        return made[host]
+
+    return for_host
 
 
 def _start_metrics(cfg: Any, receiver: Any) -> Any:

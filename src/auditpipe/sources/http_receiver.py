@@ -257,12 +257,16 @@ class Receiver:
     parser, normalizer and stages are used; its reassembler is replaced by the sender's
     reordering buffer); ``outputs`` is a :class:`ReceiverOutputs` (``serve``: the
     ``pipeline.outputs.Outputs`` of ``[[outputs]]``) or a bare sink (``write(items)``, ``flush()``).
+    ``normalizer_for_host(host)``: the normalizer for a sender that names its host
+    (``X-Auditpipe-Sender: <host>/…``), so its events without ``node=`` carry that host, not ours.
     """
 
     def __init__(self, cfg: ReceiverConfig, pipeline_factory: Callable[[Callable], Any], outputs: Any,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None,
+                 normalizer_for_host: Callable[[str], Any] | None = None) -> None:
         self.cfg = cfg
         self.pipeline_factory = pipeline_factory
+        self.normalizer_for_host = normalizer_for_host
         self.outputs: ReceiverOutputs = outputs if hasattr(outputs, "retry") else SingleSink(outputs)
         self.senders: dict[str, _Sender] = {}
         assert cfg.limits is not None
@@ -455,6 +459,8 @@ class Receiver:
             reorder = _Reordering(ReorderBuffer(cfg.reorder_window, cfg.max_held_records, cfg.event_wait,
                                                 cfg.event_timeout))
             pipeline.reassembler = reorder
+            if self.normalizer_for_host is not None and ident.key.startswith("sender:"):
+                pipeline.normalize = self.normalizer_for_host(ident.key[7:].split("/", 1)[0])
             s = self.senders[ident.key] = _Sender(ident.key, pipeline, reorder, ident.by_connection)
             holder.append(s)
         return s
