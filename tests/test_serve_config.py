@@ -249,3 +249,30 @@ path = "{tmp_path / 'file.jsonl'}"
     rx.stop()
     docs = [json.loads(x) for x in out.read_text().splitlines()]
     assert docs and "id" in docs[0] and not (tmp_path / "file.jsonl").exists()
+
+
+def test_raw_http_output_relays_the_records(tmp_path):
+    """An `http` output with format = "raw" in serve forwards the records as received (a relay
+    tier), while a file output beside it gets the documents."""
+    from loopback_http import LoopbackReceiver
+
+    lines = corpus_lines(300)
+    with LoopbackReceiver() as upstream:
+        rx = Serve(tmp_path, SERVE + f"""
+[[outputs]]
+path = "{tmp_path / 'docs.jsonl'}"
+[[outputs]]
+type = "http"
+format = "raw"
+url = "{upstream.url}"
+tls = false
+max_wait = 0.05
+queue_dir = "{tmp_path / 'q'}"
+""")
+        rx.post(lines)
+        rx.stop()
+        relayed = upstream.docs()
+        senders = {h.get("X-Auditpipe-Sender") for h, _, _ in upstream.requests}
+    assert [d["log"] for d in relayed] == lines
+    assert len(senders) == 1 and None not in senders  # the relay names itself to the next tier
+    assert len((tmp_path / "docs.jsonl").read_text().splitlines()) == len(events_of_lines(lines)[0])
