@@ -10,9 +10,22 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["AUTH_SCHEMES", "ServeConfig"]
+__all__ = ["AUTH_SCHEMES", "ServeConfig", "parse_size"]
 
 AUTH_SCHEMES = ("none", "shared-secret", "hmac", "bearer", "basic")
+
+
+def parse_size(text: str | int) -> int:
+    """``"1MB"`` → 1048576 (K/M/G are binary, as in nginx' client_max_body_size)."""
+    if isinstance(text, int):
+        return text
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    num = t[:-1] if t[-1:] in "KMG" and t else t
+    value = int(float(num) * mult)
+    if value <= 0:
+        raise ValueError(f"size must be positive: {text!r}")
+    return value
 
 
 class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -53,6 +66,8 @@ class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             out.append(("header_timeout", "header_timeout and body_timeout must be at least 0.1 s"))
         if min(self.max_connections, self.max_connections_per_address) < 1:
             out.append(("max_connections", "max_connections and max_connections_per_address must be at least 1"))
-        if isinstance(self.max_body, int) and self.max_body <= 0:
-            out.append(("max_body", "must be positive"))
+        try:
+            parse_size(self.max_body)
+        except ValueError as e:
+            out.append(("max_body", f"{e} (bytes, or a size like \"8MB\")"))
         return out
