@@ -23,6 +23,7 @@ from auditpipe.detect.config import DetectConfig
 from auditpipe.lake.config import LakeOutput
 from auditpipe.metrics.config import HeartbeatConfig, MetricsConfig, split_listen
 from auditpipe.process.config import FilterConfig, ProcessConfig, config_problems
+from auditpipe.sources.receiver.config import ServeConfig
 
 __all__ = [
     "DEFAULT_CONFIG_PATHS",
@@ -165,7 +166,9 @@ class HttpOutput(_S, tag="http", tag_field="type"):
 
     url: str
     documents: DocumentClass = "events"
-    format: Literal["json_lines", "raw"] = "json_lines"
+    #: json_lines (documents), raw (records as Fluent Bit ships them), webhook (each alert as a
+    #: Slack/Teams-style incoming-webhook message; documents = "alerts")
+    format: Literal["json_lines", "raw", "webhook"] = "json_lines"
     auth: Literal["none", "shared-secret", "hmac", "bearer", "basic"] = "none"
     auth_header: str | None = None
     secret: str | None = None
@@ -305,6 +308,8 @@ class Config(_S):
     process: ProcessConfig = msgspec.field(default_factory=ProcessConfig)
     filter: FilterConfig = msgspec.field(default_factory=FilterConfig)
     detect: DetectConfig = msgspec.field(default_factory=DetectConfig)
+    #: `auditpipe serve` only (sources/receiver/config.py)
+    serve: ServeConfig = msgspec.field(default_factory=ServeConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: where this configuration came from (None: built-in defaults)
     path: str | None = None
@@ -465,6 +470,8 @@ def _check(cfg: Config, name: str, text: str) -> None:
         fail(path, msg)
     if not cfg.state.dir:
         fail("state.dir", "must not be empty")
+    for key, msg in cfg.serve.problems():
+        fail(f"serve.{key}", msg)
 
 
 def _http_problems(o: HttpOutput) -> list[tuple[str, str]]:
@@ -475,6 +482,8 @@ def _http_problems(o: HttpOutput) -> list[tuple[str, str]]:
         out.append((".url", f"must be http(s)://, not {o.url!r}"))
     elif scheme == "http" and o.tls:
         out.append((".url", "TLS is on by default: use an https:// url or set tls = false"))
+    if o.format == "webhook" and o.documents != "alerts":
+        out.append((".documents", 'a webhook output posts alerts: set documents = "alerts"'))
     if o.auth != "none" and not o.secret:
         out.append((".secret", f"auth {o.auth!r} needs a secret"))
     elif o.auth == "basic" and ":" not in (o.secret or ""):

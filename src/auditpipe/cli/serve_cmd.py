@@ -1,10 +1,18 @@
-"""`auditpipe serve`: receive audit records over HTTP(S) and write normalized JSON lines."""
+"""`auditpipe serve`: receive audit records over HTTP(S), reassemble them per sender, normalize
+them and hand them to the outputs.
+
+With ``--config FILE`` it reads the same TOML as ``run`` (``[normalize]``, ``[reassembly]``,
+``[[outputs]]`` of every type, ``[detect]``, ``[filter]``, ``[metrics]``) plus ``[serve]``
+(:class:`~auditpipe.sources.receiver.config.ServeConfig`); the options override the file.
+Without it, ``--output FILE`` is the one output (coalesced by default, as before).
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
 import sys
+from typing import Any
 
 import click
 
@@ -29,98 +37,208 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+#: options that override a ``[serve]`` key of the same name
+SERVE_KEYS = ("listen", "tls_cert", "tls_key", "tls_client_ca", "auth", "auth_header", "auth_secret", "max_body",
+              "reorder_window", "event_wait", "state", "header_timeout", "body_timeout", "max_connections",
+              "max_connections_per_address")
+
+
+def load_serve_config(config_path: str | None, opts: dict[str, Any]) -> Any:
+    """The typed Config of a serve: the file's (or, without one, coalesced documents and no
+    outputs yet), with the options on top. Raises ConfigError or click.UsageError."""
+    from auditpipe.config import Config, ConfigError, FileOutput, NormalizeConfig, StdoutOutput, load_config
+
+    cfg = load_config(config_path) if config_path else Config(normalize=NormalizeConfig(format="coalesced"))
+    for key in SERVE_KEYS:
+        if opts.get(key) is not None:
+            setattr(cfg.serve, key, opts[key])
+    if opts.get("fmt"):
+        cfg.normalize.format = opts["fmt"]
+    if opts.get("metrics_listen"):
+        cfg.metrics.listen = opts["metrics_listen"]
+    output = opts.get("output")
+    if output:
+        cfg.outputs = [StdoutOutput() if output == "-" else FileOutput(
+            path=output, max_bytes=opts["rotate"], generations=opts["generations"], fsync=opts["fsync"])]
+    elif not config_path:
+        raise click.UsageError("Missing option '--output' (or --config FILE with [[outputs]])")
+    s = cfg.serve
+    if not s.listen:
+        raise click.UsageError("Missing option '--listen' (or [serve] listen)")
+    if s.auth is None:
+        raise click.UsageError("Missing option '--auth' (or [serve] auth); 'none' must be given explicitly")
+    if s.auth != "none" and not s.auth_secret:
+        raise click.UsageError(f"--auth {s.auth} needs --auth-secret (or AUDITPIPE_AUTH_SECRET, [serve] auth_secret)")
+    for key, msg in s.problems():
+        raise ConfigError(msg, cfg.path, where=f"[serve] {key}")
+    return cfg
+
+
+def _receiver_config(cfg: Any) -> Any:
+    from auditpipe.sources.http_receiver import ReceiverConfig, parse_size, raise_fd_limit
+    from auditpipe.sources.receiver.limits import LimitsConfig
+
+    s = cfg.serve
+    fd_limit = raise_fd_limit()
+    if s.max_connections > fd_limit - 64:
+        raise click.UsageError(f"--max-connections {s.max_connections} does not fit the open-file limit "
+                               f"({fd_limit}); raise it (ulimit -n) or lower --max-connections")
+    limits = LimitsConfig(header_timeout=s.header_timeout, body_timeout=s.body_timeout,
+                          max_connections=s.max_connections, max_per_address=s.max_connections_per_address)
+    try:
+        return ReceiverConfig(auth=s.auth, secret=s.auth_secret, auth_header=s.auth_header,
+                              max_body=parse_size(s.max_body), reorder_window=s.reorder_window,
+                              event_wait=s.event_wait, event_timeout=cfg.reassembly.timeout, limits=limits,
+                              state=s.state)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+
+
+def _size(text: str) -> int:
+    from auditpipe.sources.http_receiver import parse_size
+
+    return 0 if str(text).strip() == "0" else parse_size(text)
+
+
 @click.command()
-@click.option("--listen", required=True, help="HOST:PORT to listen on (e.g. 127.0.0.1:8088, [::1]:8088).")
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="TOML configuration (as `run`'s, plus [serve]); the options below override it.")
+@click.option("--listen", help="HOST:PORT to listen on (e.g. 127.0.0.1:8088, [::1]:8088).")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Server certificate (PEM).")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Server key (PEM).")
 @click.option("--tls-client-ca", type=click.Path(exists=True, dir_okay=False),
               help="Require client certificates signed by this CA (mutual TLS).")
-@click.option("--auth", type=click.Choice(AUTH_SCHEMES), required=True,
-              help="Authentication; 'none' must be given explicitly.")
+@click.option("--auth", type=click.Choice(AUTH_SCHEMES),
+              help="Authentication (required here or in [serve]); 'none' must be given explicitly.")
 @click.option("--auth-header", help="Header carrying the secret or HMAC (default X-Auditpipe-Secret / "
                                     "X-Auditpipe-Signature; Authorization for bearer and basic).")
 @click.option("--auth-secret", envvar="AUDITPIPE_AUTH_SECRET", show_envvar=True,
               help="Shared secret, HMAC key, bearer token, or user:password for basic.")
-@click.option("--output", required=True, type=click.Path(dir_okay=False, allow_dash=True),
-              help="JSON-lines output file ('-' for stdout).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="coalesced", show_default=True)
-@click.option("--max-body", default="8MB", show_default=True,
-              help="Largest request body, on the wire and once decompressed (Fluent Bit posts chunks of "
-                   "up to ~2.2 MB and drops a chunk refused with 413).")
-@click.option("--rotate-size", default="100MB", show_default=True, help="Rotate the output at this size (0: never).")
-@click.option("--generations", type=int, default=5, show_default=True, help="Rotated files to keep.")
-@click.option("--fsync", type=click.Choice(["never", "batch", "interval"]), default="interval", show_default=True)
-@click.option("--reorder-window", type=click.FloatRange(min=0), default=30.0, show_default=True,
+@click.option("--output", type=click.Path(dir_okay=False, allow_dash=True),
+              help="JSON-lines output file ('-' for stdout); replaces [[outputs]].")
+@click.option("--format", "fmt", type=click.Choice(FORMATS),
+              help="Document format (default: [normalize] format, or coalesced without --config).")
+@click.option("--max-body", help="Largest request body, on the wire and once decompressed (default 8MB: "
+                                 "Fluent Bit posts chunks of up to ~2.2 MB and drops a chunk refused with 413).")
+@click.option("--rotate-size", default="100MB", show_default=True, help="--output: rotate at this size (0: never).")
+@click.option("--generations", type=int, default=5, show_default=True, help="--output: rotated files to keep.")
+@click.option("--fsync", type=click.Choice(["never", "batch", "interval"]), default="interval", show_default=True,
+              help="--output: when to fsync.")
+@click.option("--reorder-window", type=click.FloatRange(min=0),
               help="Seconds (wall clock) an incomplete event waits for records of the same sender that "
-                   "arrive late or out of order (a shipper's retries).")
-@click.option("--event-wait", type=click.FloatRange(min=0), default=2.0, show_default=True,
+                   "arrive late or out of order (a shipper's retries). Default 30.")
+@click.option("--event-wait", type=click.FloatRange(min=0),
               help="Seconds an incomplete event of an in-order sender (one keep-alive connection, or "
-                   "consecutive X-Auditpipe-Range) waits for its remaining records.")
+                   "consecutive X-Auditpipe-Range) waits for its remaining records. Default 2.")
 @click.option("--state", type=click.Path(dir_okay=False),
               help="File where, at shutdown, the held records of senders that name themselves "
                    "(X-Auditpipe-Sender) are kept for the next start, so a restart splits no event.")
-@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds a connection has to send complete request headers.")
-@click.option("--body-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
-              help="Seconds a request has to send its whole body.")
-@click.option("--max-connections", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Open connections at most (the oldest idle ones give way to new ones).")
-@click.option("--max-connections-per-address", type=click.IntRange(min=1), default=256, show_default=True,
-              help="Open connections from one address at most.")
-def serve(listen, tls_cert, tls_key, tls_client_ca, auth, auth_header, auth_secret, output, fmt, max_body,
-          rotate_size, generations, fsync, reorder_window, event_wait, state, header_timeout, body_timeout,
-          max_connections, max_connections_per_address):
+@click.option("--header-timeout", type=click.FloatRange(min=0.1),
+              help="Seconds a connection has to send complete request headers. Default 10.")
+@click.option("--body-timeout", type=click.FloatRange(min=0.1),
+              help="Seconds a request has to send its whole body. Default 60.")
+@click.option("--max-connections", type=click.IntRange(min=1),
+              help="Open connections at most (the oldest idle ones give way to new ones). Default 1024.")
+@click.option("--max-connections-per-address", type=click.IntRange(min=1),
+              help="Open connections from one address at most. Default 256.")
+@click.option("--metrics-listen", help="HOST:PORT for Prometheus metrics (also [metrics] listen).")
+def serve(config_path, rotate_size, generations, fsync, **opts):
     """Receive audit records over HTTP (Fluent Bit json_lines, raw text, JSON arrays, or events from
-    another auditpipe), reassemble them per sender, normalize and write them to a file."""
-    from auditpipe.config import Config, NormalizeConfig, ReassemblyConfig
-    from auditpipe.pipeline.assembly import build_normalizer, build_pipeline
-    from auditpipe.sinks.file import FileSink
-    from auditpipe.sinks.stdout import StdoutSink
-    from auditpipe.sources.http_receiver import Receiver, ReceiverConfig, make_ssl_context, parse_size, raise_fd_limit
-    from auditpipe.sources.http_receiver import serve as run
-    from auditpipe.sources.receiver.limits import LimitsConfig
+    another auditpipe), reassemble them per sender, normalize them and write them to the outputs."""
+    from auditpipe.config import ConfigError
 
-    host, port = split_listen(listen)
-    if auth != "none" and not auth_secret:
-        raise click.UsageError(f"--auth {auth} needs --auth-secret (or AUDITPIPE_AUTH_SECRET)")
-    if tls_key and not tls_cert:
-        raise click.UsageError("--tls-key needs --tls-cert")
-    fd_limit = raise_fd_limit()
-    if max_connections > fd_limit - 64:
-        raise click.UsageError(f"--max-connections {max_connections} does not fit the open-file limit "
-                               f"({fd_limit}); raise it (ulimit -n) or lower --max-connections")
-    limits = LimitsConfig(header_timeout=header_timeout, body_timeout=body_timeout,
-                          max_connections=max_connections, max_per_address=max_connections_per_address)
     try:
-        cfg = ReceiverConfig(auth=auth, secret=auth_secret, auth_header=auth_header, max_body=parse_size(max_body),
-                             reorder_window=reorder_window, event_wait=event_wait, limits=limits, state=state)
-        rotate = 0 if str(rotate_size).strip() == "0" else parse_size(rotate_size)
+        opts.update(rotate=_size(rotate_size), generations=generations, fsync=fsync)
+        if opts["listen"]:
+            split_listen(opts["listen"])
+        cfg = load_serve_config(config_path, opts)
+        rcfg = _receiver_config(cfg)
     except ValueError as e:
+        if isinstance(e, ConfigError):
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
         raise click.UsageError(str(e)) from None
-    logging.basicConfig(stream=sys.stderr, format="auditpipe serve: %(levelname)s: %(message)s", level=logging.INFO)
-    if not tls_cert and not _is_loopback(host):
-        click.echo(f"auditpipe serve: warning: plain HTTP on {host}; use --tls-cert/--tls-key", err=True)
-    if auth == "none" and not _is_loopback(host):
-        click.echo("auditpipe serve: warning: --auth none on a non-loopback address", err=True)
+    logging.basicConfig(stream=sys.stderr, format="auditpipe serve: %(levelname)s: %(message)s",
+                        level=getattr(logging, cfg.log_level.upper(), logging.INFO))
+    try:
+        sys.exit(_run(cfg, rcfg))
+    except ConfigError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(2)
 
-    # one pipeline per sender, built as `run` and `parse` build theirs, from typed settings
-    pipe_cfg = Config(normalize=NormalizeConfig(format=fmt),
-                      reassembly=ReassemblyConfig(timeout=cfg.event_timeout, wall_timeout=cfg.wall_timeout))
-    normalize = build_normalizer(pipe_cfg.normalize)
+
+def _run(cfg: Any, rcfg: Any) -> int:
+    from auditpipe.pipeline.assembly import build_pipeline, build_stages, normalizer_for
+    from auditpipe.pipeline.outputs import open_outputs
+    from auditpipe.sources.http_receiver import Receiver, make_ssl_context
+    from auditpipe.sources.http_receiver import serve as run
+
+    s = cfg.serve
+    host, port = split_listen(s.listen)
+    if not s.tls_cert and not _is_loopback(host):
+        click.echo(f"auditpipe serve: warning: plain HTTP on {host}; use --tls-cert/--tls-key", err=True)
+    if s.auth == "none" and not _is_loopback(host):
+        click.echo("auditpipe serve: warning: --auth none on a non-loopback address", err=True)
+    # one pipeline per sender, built as `run` and `parse` build theirs; the normalizer and the
+    # stages (detection rules compiled once) are shared: every sender runs on the one worker thread
+    normalize = normalizer_for(cfg)
+    stages = build_stages(cfg, "serve")
 
     def pipeline_factory(on_reject):
-        return build_pipeline(pipe_cfg, on_reject, normalize=normalize, role="serve")
+        return build_pipeline(cfg, on_reject, normalize=normalize, role="serve", stages=stages)
 
-    sink = StdoutSink() if output == "-" else FileSink(output, max_bytes=rotate, generations=generations, fsync=fsync)
-    ssl_context = make_ssl_context(tls_cert, tls_key, tls_client_ca) if tls_cert else None
-    receiver = Receiver(cfg, pipeline_factory, sink)
-
-    def ready(bound: int) -> None:
-        scheme = "https" if ssl_context else "http"
-        click.echo(f"auditpipe serve: listening on {scheme}://{listen.rpartition(':')[0]}:{bound}", err=True)
-        sys.stderr.flush()
-
+    ssl_context = make_ssl_context(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert else None
+    outputs = open_outputs(cfg)
+    receiver = Receiver(rcfg, pipeline_factory, outputs, normalizer_for_host=_host_normalizers(cfg))
+    metrics = None
     try:
+        metrics = _start_metrics(cfg, receiver)
+
+        def ready(bound: int) -> None:
+            scheme = "https" if ssl_context else "http"
+            click.echo(f"auditpipe serve: listening on {scheme}://{s.listen.rpartition(':')[0]}:{bound}", err=True)
+            sys.stderr.flush()
+
         run(receiver, host, port, ssl_context, ready=ready)
     finally:
-        sink.close()
+        if metrics is not None:
+            metrics.close()
+        outputs.close()
+    return 0
+
+
+def _host_normalizers(cfg: Any) -> Any:
+    """With host metadata (an Elasticsearch output, ``host_metadata``): a normalizer per sender
+    host, so the events of a named sender that carry no ``node=`` get its host in ``host.name``
+    and in their document ids (two hosts' events with the same id must not collide), not the
+    receiver's. None otherwise (the shared normalizer serves every sender)."""
+    import dataclasses
+
+    from auditpipe.pipeline.assembly import build_normalizer
+    from auditpipe.pipeline.hostinfo import ecs_agent_options
+
+    options = ecs_agent_options(cfg)
+    meta = options.get("host_metadata")
+    if meta is None:
+        return None
+    made: dict[str, Any] = {}
+
+    def for_host(host: str) -> Any:
+        if host not in made:
+            sender_meta = dataclasses.replace(meta, host={"name": host, "hostname": host})
+            made[host] = build_normalizer(cfg.normalize, cfg.path,
+                                          ecs_options={**options, "host_metadata": sender_meta})
+        return made[host]
+
+    return for_host
+
+
+def _start_metrics(cfg: Any, receiver: Any) -> Any:
+    if not cfg.metrics.listen:
+        return None
+    from auditpipe.metrics.prom import MetricsServer
+
+    server = MetricsServer(cfg.metrics.listen, receiver.counters, collectors=[receiver.registry])
+    host, port = server.start()
+    click.echo(f"auditpipe serve: metrics on http://{host}:{port}/metrics", err=True)
+    return server

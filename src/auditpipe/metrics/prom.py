@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Literal
 from wsgiref.simple_server import WSGIServer
 
@@ -88,10 +88,14 @@ class CountersCollector(Collector):
 class MetricsServer:
     """A Prometheus endpoint (``GET /metrics``) on ``listen``, on a daemon thread."""
 
-    def __init__(self, listen: str, counters: Counters) -> None:
+    def __init__(self, listen: str, counters: Counters, collectors: Iterable[Collector] = ()) -> None:
+        """``collectors``: more metric sources served beside the counters (``serve``'s receiver
+        registry with its labelled request and connection counters)."""
         self.host, self.port = split_listen(listen)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(CountersCollector(counters))
+        for c in collectors:
+            self.registry.register(c)
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from auditpipe.config import Config, ConfigError, NormalizeConfig, ReassemblyConfig
@@ -111,10 +111,13 @@ def build_stages(cfg: Config, role: Role = "run") -> list[Stage]:
 
 
 def build_pipeline(cfg: Config, on_reject: RejectHandler | None = None, *,
-                   normalize: Normalizer | None = None, role: Role = "run") -> Pipeline:
-    """normalizer → reassembler → Pipeline → stages, from the typed config."""
+                   normalize: Normalizer | None = None, role: Role = "run",
+                   stages: Sequence[Stage] | None = None) -> Pipeline:
+    """normalizer → reassembler → Pipeline → stages, from the typed config. ``stages``: built
+    once by the caller and shared (``serve``'s pipelines, one per sender, on one thread)."""
     return Pipeline(normalize if normalize is not None else normalizer_for(cfg),
-                    build_reassembler(cfg.reassembly), on_reject=on_reject, stages=build_stages(cfg, role))
+                    build_reassembler(cfg.reassembly), on_reject=on_reject,
+                    stages=build_stages(cfg, role) if stages is None else stages)
 
 
 def build_source(cfg: Config) -> Any:

@@ -179,6 +179,15 @@ class Outputs:
             log.error("output %s cannot accept writes (%s): holding %d document(s) and the source "
                       "until it can; retrying with backoff", describe_output(o.cfg), cause, len(o.pending))
 
+    def pending_documents(self) -> int:
+        """Documents (or raw records) the output furthest behind has not accepted yet."""
+        return max((len(o.pending) for o in self.outputs), default=0)
+
+    def flush(self) -> None:
+        """Ask every sink to make what it accepted durable (``serve`` at shutdown)."""
+        for o in self.outputs:
+            o.sink.flush()
+
     def next_retry_in(self) -> float:
         """Seconds until the next retry is due (0 when nothing is pending)."""
         due = [o.next_try for o in self.outputs if o.pending]

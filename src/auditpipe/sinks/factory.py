@@ -17,7 +17,7 @@ import msgspec
 
 from auditpipe.config import DEFAULT_QUEUE_DIR, ElasticsearchOutput, FileOutput, LakeOutput, OutputConfig, StdoutOutput
 from auditpipe.sinks.file import FileSink
-from auditpipe.sinks.http import HttpConfig, HttpTransport, batching_of, retry_of
+from auditpipe.sinks.http import HttpConfig, HttpTransport, batching_of, retry_of, sender_identity
 from auditpipe.sinks.queue import DiskQueue
 from auditpipe.sinks.shipper import QueuedOutput
 from auditpipe.sinks.stdout import StdoutSink
@@ -31,8 +31,8 @@ class HttpSink(QueuedOutput):
     def __init__(self, cfg: HttpConfig, queue_dir: str, *, queue_max_bytes: int = 256 << 20,
                  full_policy: str = "block", queue_fsync: str = "batch", start: bool = True) -> None:
         queue = DiskQueue(queue_dir, max_bytes=queue_max_bytes, full_policy=full_policy, fsync=queue_fsync)
-        super().__init__(queue, HttpTransport(cfg), batching_of(cfg), cfg.dead_letter, retry_of(cfg),
-                         start=start)
+        super().__init__(queue, HttpTransport(cfg, sender=sender_identity(queue_dir)), batching_of(cfg),
+                         cfg.dead_letter, retry_of(cfg), start=start)
 
 
 def open_output(cfg: OutputConfig) -> Any:

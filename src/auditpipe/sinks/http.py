@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import random
+import secrets
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
+import orjson
 
 from auditpipe.sinks.auth import client_headers
 from auditpipe.sinks.queue import DiskQueue
@@ -40,7 +44,8 @@ from auditpipe.sinks.transport import (
     TransientError,
 )
 
-__all__ = ["HttpConfig", "HttpShipper", "HttpTransport", "QueueSink", "build_client", "is_retryable", "raw_record"]
+__all__ = ["RANGE_HEADER", "SENDER_HEADER", "HttpConfig", "HttpShipper", "HttpTransport", "QueueSink", "build_client",
+           "is_retryable", "raw_record", "sender_identity"]
 
 log = logging.getLogger(__name__)
 # httpx logs every request at INFO ("HTTP Request: POST … 200 OK"), one line per batch sent;
@@ -48,6 +53,11 @@ log = logging.getLogger(__name__)
 for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
+#: who sends (``<host>/<instance id>``) and which span of its queue a request holds: the receiver
+#: reassembles per sender and knows where each request stands (docs/serve.md)
+SENDER_HEADER = "X-Auditpipe-Sender"
+RANGE_HEADER = "X-Auditpipe-Range"
+SENDER_FILE = "SENDER"
 CONTENT_TYPE = "application/x-ndjson"
 #: Fluent Bit's in_http takes application/json bodies of one JSON object per line (not x-ndjson)
 RAW_CONTENT_TYPE = "application/json"
@@ -56,7 +66,7 @@ RAW_CONTENT_TYPE = "application/json"
 @dataclass
 class HttpConfig:
     url: str
-    format: str = "json_lines"  # "json_lines" (events) | "raw" (Fluent Bit records)
+    format: str = "json_lines"  # "json_lines" (events) | "raw" (Fluent Bit records) | "webhook" (alerts)
     auth: str = "none"  # none | shared-secret | hmac | bearer | basic
     auth_header: str | None = None  # default: see sinks.auth.DEFAULT_HEADER
     secret: str | None = None  # basic: "user:password"
@@ -78,8 +88,8 @@ class HttpConfig:
     headers: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.format not in ("json_lines", "raw"):
-            raise ValueError("format must be 'json_lines' or 'raw'")
+        if self.format not in ("json_lines", "raw", "webhook"):
+            raise ValueError("format must be 'json_lines', 'raw' or 'webhook'")
         client_headers(self.auth, self.secret, b"", self.auth_header)  # validates auth/secret
         scheme = self.url.split(":", 1)[0].lower()
         if scheme not in ("http", "https"):
@@ -136,22 +146,57 @@ def _retry_after(resp: httpx.Response) -> float | None:
         return None
 
 
+def sender_identity(queue_dir: str) -> str:
+    """``<host>/<instance id>`` of the output whose queue is ``queue_dir``: made once and kept in
+    its ``SENDER`` file, so a restarted shipper is the same sender (its held records at the
+    receiver join what it sends after the restart) and two outputs on one host are two."""
+    path = os.path.join(queue_dir, SENDER_FILE)
+    try:
+        with open(path, encoding="ascii") as f:
+            name = f.read().strip()
+        if name:
+            return name
+    except (OSError, UnicodeDecodeError):
+        pass
+    host = "".join(c for c in socket.gethostname() if "!" <= c <= "~" and c != "/")[:150] or "host"
+    name = f"{host}/{secrets.token_hex(8)}"
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return name
+
+
 class HttpTransport:
     """POST one batch as a body of JSON lines. 2xx: delivered; connection errors and the
     :data:`UNAVAILABLE` statuses: transient; any other 5xx (the receiver failed on this body):
-    transient but bounded (:class:`ServerError`); any other status: permanent."""
+    transient but bounded (:class:`ServerError`); any other status: permanent.
 
-    def __init__(self, cfg: HttpConfig, client: httpx.Client | None = None) -> None:
+    With ``sender`` (``sender_identity``) each request names its sender and the queue span it
+    holds (``X-Auditpipe-Sender``, ``X-Auditpipe-Range``: the shipper calls :meth:`at`)."""
+
+    def __init__(self, cfg: HttpConfig, client: httpx.Client | None = None, sender: str | None = None) -> None:
         self.cfg = cfg
         self.name = f"http {cfg.url}"
         self.client = client or build_client(cfg)
-        self.content_type = RAW_CONTENT_TYPE if cfg.format == "raw" else CONTENT_TYPE
+        self.content_type = RAW_CONTENT_TYPE if cfg.format in ("raw", "webhook") else CONTENT_TYPE
+        self.sender = sender if cfg.format != "webhook" else None
+        self.span: tuple[int, int] | None = None
         self.sent_bytes = 0
         self._ok = 0
+
+    def at(self, first: int, end: int) -> None:
+        self.span = (first, end)
 
     def encode(self, payloads: list[bytes]) -> tuple[bytes, dict[str, str]]:
         body = b"\n".join(payloads) + b"\n"
         headers = {"Content-Type": self.content_type, **self.cfg.headers}
+        if self.sender:
+            headers[SENDER_HEADER] = self.sender
+            if self.span is not None:
+                headers[RANGE_HEADER] = f"{self.span[0]}-{self.span[1]}"
         if self.cfg.gzip:
             body = gzip.compress(body, compresslevel=5, mtime=0)  # the same bytes on every retry
             headers["Content-Encoding"] = "gzip"
@@ -159,22 +204,51 @@ class HttpTransport:
         return body, headers
 
     def send(self, payloads: list[bytes]) -> Outcome:
-        body, headers = self.encode(payloads)
+        if self.cfg.format == "webhook":
+            return self._send_webhooks(payloads)
+        self._post(*self.encode(payloads))
+        self._ok += 1
+        return Outcome()
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> None:
+        """One POST; returns on a 2xx, else raises what the status means for a retry."""
         try:
             resp = self.client.post(self.cfg.url, content=body, headers=headers)
         except httpx.TransportError as e:
             raise TransientError(f"{type(e).__name__}: {e}") from None
         status = resp.status_code
         if 200 <= status < 300:
-            self._ok += 1
             self.sent_bytes += len(body)
-            return Outcome()
+            return
         reason = f"HTTP {status}: {resp.text[:65536]}"
         if status in UNAVAILABLE:
             raise TransientError(reason, _retry_after(resp))
         if status >= 500:
             raise ServerError(reason, _retry_after(resp))
         raise PermanentError(reason)
+
+    def _send_webhooks(self, payloads: list[bytes]) -> Outcome:
+        """Incoming webhooks take one message per request: each alert is posted on its own, in
+        order. A message refused (4xx) is dead-lettered alone; when one cannot be sent now (429
+        with Retry-After, 5xx, connection), it and those after it are retried."""
+        from auditpipe.detect.alerts import webhook_payload
+
+        out = Outcome()
+        for i, p in enumerate(payloads):
+            body = orjson.dumps(webhook_payload(orjson.loads(p)))
+            headers = {"Content-Type": "application/json", **self.cfg.headers,
+                       **client_headers(self.cfg.auth, self.cfg.secret, body, self.cfg.auth_header)}
+            try:
+                self._post(body, headers)
+            except PermanentError as e:
+                out.refused.append((i, str(e)))
+            except TransientError as e:
+                if i == 0:
+                    raise
+                out.retry, out.retry_after = list(range(i, len(payloads))), e.retry_after
+                break
+        self._ok += 1
+        return out
 
     def committed(self) -> int:
         return self._ok  # a 2xx means the receiver has it

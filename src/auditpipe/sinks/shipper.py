@@ -222,6 +222,9 @@ class QueueShipper:
         payloads = [p for _, p in batch]
         pending = list(range(len(payloads)))
         attempt = server_failures = 0
+        at = getattr(self.transport, "at", None)  # a Positioned transport
+        if at is not None:
+            at(batch[0][0], batch[-1][0] + 1)
         while True:
             try:
                 out = self.transport.send([payloads[i] for i in pending])

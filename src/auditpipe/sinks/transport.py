@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Outcome", "PermanentError", "ServerError", "TransientError", "Transport"]
+__all__ = ["Outcome", "PermanentError", "Positioned", "ServerError", "TransientError", "Transport"]
 
 
 class TransientError(Exception):
@@ -62,3 +62,11 @@ class Transport(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Positioned(Protocol):
+    """A transport that tells its destination where a batch stands in the queue (the HTTP
+    output's ``X-Auditpipe-Range``): the shipper calls ``at`` before sending each batch, with
+    the queue sequence numbers it spans (``end`` exclusive). Retries of the batch keep them."""
+
+    def at(self, first: int, end: int) -> None: ...

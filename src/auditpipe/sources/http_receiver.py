@@ -16,8 +16,9 @@ auditpipe event (GELF…) → 400 as an unknown shape, so the sender keeps them.
 carry one sender), else the connection (one keep-alive connection = one sender), else the peer
 address. Records are held per sender and event key in a ``ReorderBuffer`` until their event is
 provably complete or ``reorder_window`` seconds of wall clock pass (see ``receiver/reorder.py``).
-``X-Auditpipe-Range: <first>-<end>`` (the stream positions of the request's records, end
-exclusive) lets a sender say exactly where a request stands in its stream.
+``X-Auditpipe-Range: <first>-<end>`` (the span of the sender's stream the request holds, end
+exclusive: our shipper's queue sequence numbers; the next request starts at ``end``) lets a
+sender say exactly where a request stands in its stream.
 
 **Order of checks**, cheapest and safest first: connection bounds and header deadline
 (``receiver/limits.py``) → auth headers (401) → output writable (503 + Retry-After) → declared
@@ -25,11 +26,12 @@ and received wire size (413) within the body deadline (408) → HMAC over the wi
 capped streaming inflate (413) → body decode (400/415). Lines that fail to parse are counted and
 reported in the response; the rest are accepted.
 
-**Output unavailable.** The sink accepts a write whole or raises ``OutputUnavailable`` (a file
-sink truncates a partial write back). Documents of a failed write stay pending in memory and are
-written first, as soon as the output takes them again; until then every POST is answered 503
-with ``Retry-After`` before its body is read, so nothing is accepted that cannot be written and
-nothing is written twice.
+**Output unavailable.** Documents go to the receiver's *outputs*: ``serve`` gives it the same
+``pipeline.outputs.Outputs`` as ``run`` (every ``[[outputs]]`` type, routing by ``documents``),
+a bare sink is wrapped in :class:`SingleSink`. An output that cannot accept a write keeps the
+documents pending in memory and writes them first as soon as it can; until then every POST is
+answered 503 with ``Retry-After`` before its body is read, so nothing is accepted that cannot be
+written and nothing is written twice.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -65,6 +67,8 @@ __all__ = [
     "BodyError",
     "Receiver",
     "ReceiverConfig",
+    "ReceiverOutputs",
+    "SingleSink",
     "decode_body",
     "inflate_capped",
     "make_ssl_context",
@@ -113,6 +117,65 @@ class ReceiverConfig:
             raise ValueError("reorder_window, event_wait and event_timeout must be >= 0")
         if self.limits is None:
             self.limits = LimitsConfig()
+
+
+class ReceiverOutputs(Protocol):
+    """Where the receiver's documents go (``pipeline.outputs.Outputs`` has this shape): ``write``
+    and ``retry`` return True once nothing is pending; ``wants_raw``: some output forwards the
+    records as read."""
+
+    wants_raw: bool
+
+    @property
+    def held(self) -> bool: ...
+
+    def write(self, docs: list, raw: list[str] | None = None, date: float | None = None) -> bool: ...
+
+    def retry(self, force: bool = False) -> bool: ...
+
+    def held_cause(self) -> str | None: ...
+
+    def pending_documents(self) -> int: ...
+
+
+class SingleSink:
+    """One bare sink (``write(items)``, ``flush()``) as the receiver's outputs: what it refused
+    stays pending and is written first on the next attempt."""
+
+    wants_raw = False
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+        self.pending: list = []
+        self.cause: str | None = None
+
+    @property
+    def held(self) -> bool:
+        return bool(self.pending)
+
+    def write(self, docs: list, raw: list[str] | None = None, date: float | None = None) -> bool:
+        self.pending += [dumps_line(d) for d in docs] if self.pending else docs
+        return self.retry()
+
+    def retry(self, force: bool = False) -> bool:
+        if not self.pending:
+            return True
+        try:
+            self.sink.write(self.pending)
+        except (OutputUnavailable, OSError) as e:
+            self.cause = str(getattr(e, "cause", None) or e)
+            return False
+        self.pending, self.cause = [], None
+        return True
+
+    def held_cause(self) -> str | None:
+        return self.cause
+
+    def pending_documents(self) -> int:
+        return len(self.pending)
+
+    def flush(self) -> None:
+        self.sink.flush()
 
 
 class _Reordering:
@@ -180,6 +243,7 @@ class _Ident:
     key: str
     base: int | None = None
     by_connection: bool = False
+    end: int | None = None  # the range's end: where the sender's next request starts
 
 
 class _Unavailable(Exception):
@@ -190,20 +254,25 @@ class Receiver:
     """The endpoint's state: per-sender pipelines, the sink, metrics.
 
     ``pipeline_factory(on_reject)`` builds one ``auditpipe.pipeline.Pipeline`` per sender (its
-    parser and normalizer are used; its reassembler is replaced by the sender's reordering
-    buffer); ``sink`` has ``write(items)`` (dicts or serialized lines) and ``flush()``.
+    parser, normalizer and stages are used; its reassembler is replaced by the sender's
+    reordering buffer); ``outputs`` is a :class:`ReceiverOutputs` (``serve``: the
+    ``pipeline.outputs.Outputs`` of ``[[outputs]]``) or a bare sink (``write(items)``, ``flush()``).
+    ``normalizer_for_host(host)``: the normalizer for a sender that names its host
+    (``X-Auditpipe-Sender: <host>/…``), so its events without ``node=`` carry that host, not ours.
     """
 
-    def __init__(self, cfg: ReceiverConfig, pipeline_factory: Callable[[Callable], Any], sink: Any,
-                 registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, cfg: ReceiverConfig, pipeline_factory: Callable[[Callable], Any], outputs: Any,
+                 registry: CollectorRegistry | None = None,
+                 normalizer_for_host: Callable[[str], Any] | None = None) -> None:
         self.cfg = cfg
         self.pipeline_factory = pipeline_factory
-        self.sink = sink
+        self.normalizer_for_host = normalizer_for_host
+        self.outputs: ReceiverOutputs = outputs if hasattr(outputs, "retry") else SingleSink(outputs)
         self.senders: dict[str, _Sender] = {}
         assert cfg.limits is not None
         self.limits = ConnectionLimits(cfg.limits)
-        self.pending: list[bytes] = []  # documents the output refused; written before anything else
-        self.unavailable: str | None = None
+        self.unavailable: str | None = None  # the outputs' cause while they hold documents
+        self.forgotten: dict[str, int] = {}  # pipeline counters of senders no longer kept
         self.registry = registry or CollectorRegistry()
         self._metrics(self.registry)
         self.inflated_bytes = 0
@@ -231,10 +300,12 @@ class Receiver:
         senders.set_function(lambda: len(self.senders))
         held = Gauge("auditpipe_receiver_open_events", "events waiting for more records", registry=r)
         held.set_function(lambda: sum(s.reorder.in_flight for s in list(self.senders.values())))
+        held_records = Gauge("auditpipe_receiver_held_records", "records held for reordering", registry=r)
+        held_records.set_function(lambda: sum(s.reorder.buffer.held_records for s in list(self.senders.values())))
         conns = Gauge("auditpipe_receiver_connections", "open connections", registry=r)
         conns.set_function(lambda: self.limits.open)
         pending = Gauge("auditpipe_receiver_pending_documents", "documents waiting for the output", registry=r)
-        pending.set_function(lambda: len(self.pending))
+        pending.set_function(lambda: self.outputs.pending_documents())
         down = Gauge("auditpipe_receiver_output_unavailable", "1 while the output cannot be written", registry=r)
         down.set_function(lambda: 1 if self.unavailable else 0)
 
@@ -282,14 +353,14 @@ class Receiver:
     def tick(self, now: float) -> int:
         """Write what the output refused before; release events whose window passed; forget idle
         senders. Returns documents written."""
-        if not self._drain_pending():
+        if not self._drain_pending(force=False):
             return 0
         written = 0
         for key, s in list(self.senders.items()):
             written += self._write(s.pipeline.tick(now))
             if now - s.last_seen > self.cfg.sender_idle:
                 written += self._write(s.pipeline.flush())
-                del self.senders[key]
+                self._forget(key)
         return written
 
     def flush_all(self) -> int:
@@ -301,14 +372,15 @@ class Receiver:
         for key, s in self.senders.items():
             if key not in kept:
                 written += self._write(s.pipeline.flush())
-        self._drain_pending()
-        if self.pending:
-            log.error("shutting down with %d documents the output never took (%s)", len(self.pending),
-                      self.unavailable)
-        try:
-            self.sink.flush()
-        except OSError as e:
-            log.error("output flush failed: %s", e)
+        if not self._drain_pending():
+            log.error("shutting down with %d documents the output never took (%s)",
+                      self.outputs.pending_documents(), self.unavailable)
+        flush = getattr(self.outputs, "flush", None)
+        if flush is not None:
+            try:
+                flush()
+            except OSError as e:
+                log.error("output flush failed: %s", e)
         return written
 
     def _save_state(self) -> set[str]:
@@ -348,34 +420,25 @@ class Receiver:
         return loaded
 
     # ---- output ------------------------------------------------------------------------------
-    def _write(self, items: list) -> int:
-        """Write documents, or keep them pending if the output is unavailable."""
-        if not items:
+    def _write(self, items: list, raw: list[str] | None = None) -> int:
+        """Hand documents (and, for raw outputs, the records as read) to the outputs; what they
+        cannot take now stays pending there. Returns the documents handed over."""
+        if not items and not raw:
             return 0
-        if self.pending:
-            self.pending += [dumps_line(d) for d in items]
-            return 0
-        try:
-            n = self.sink.write(items)
-        except (OutputUnavailable, OSError) as e:
-            self.pending = [dumps_line(d) for d in items]
-            self._went_down(getattr(e, "cause", None) or str(e))
-            return 0
-        self.m_docs.inc(n)
-        return n
+        if not self.outputs.write(items, raw if raw and self.outputs.wants_raw else None):
+            self._went_down(self.outputs.held_cause() or "output refused the write")
+        self.m_docs.inc(len(items))
+        return len(items)
 
-    def _drain_pending(self) -> bool:
+    def _drain_pending(self, force: bool = True) -> bool:
         """Write what is pending; True when nothing is pending any more."""
-        if not self.pending:
+        if not self.outputs.held:
             return True
-        try:
-            n = self.sink.write(self.pending)
-        except (OutputUnavailable, OSError) as e:
-            self._went_down(getattr(e, "cause", None) or str(e))
+        n = self.outputs.pending_documents()
+        if not self.outputs.retry(force=force):
+            self._went_down(self.outputs.held_cause() or "output refused the write")
             return False
-        self.m_docs.inc(n)
-        log.warning("output writable again: %d pending documents written", len(self.pending))
-        self.pending = []
+        log.warning("output writable again: %d pending documents written", n)
         self.unavailable = None
         return True
 
@@ -396,13 +459,20 @@ class Receiver:
             reorder = _Reordering(ReorderBuffer(cfg.reorder_window, cfg.max_held_records, cfg.event_wait,
                                                 cfg.event_timeout))
             pipeline.reassembler = reorder
+            if self.normalizer_for_host is not None and ident.key.startswith("sender:"):
+                pipeline.normalize = self.normalizer_for_host(ident.key[7:].split("/", 1)[0])
             s = self.senders[ident.key] = _Sender(ident.key, pipeline, reorder, ident.by_connection)
             holder.append(s)
         return s
 
     def _forget_oldest_sender(self) -> None:
         key = min(self.senders, key=lambda k: self.senders[k].last_seen)
-        self._write(self.senders.pop(key).pipeline.flush())
+        self._write(self.senders[key].pipeline.flush())
+        self._forget(key)
+
+    def _forget(self, key: str) -> None:
+        for k, v in self.senders.pop(key).pipeline.stats().items():
+            self.forgotten[k] = self.forgotten.get(k, 0) + v
 
     def _ident(self, request: web.Request) -> _Ident:
         """Who sent this: the sender header, else the connection, else the address."""
@@ -411,14 +481,14 @@ class Receiver:
             name = name.strip()
             if not _SENDER_OK.fullmatch(name):
                 raise BodyError(400, f"{SENDER_HEADER} must be 1-200 printable characters without spaces")
-            base = None
+            base = end = None
             rng = request.headers.get(RANGE_HEADER)
             if rng is not None:
                 m = _RANGE.fullmatch(rng)
                 if not m or int(m.group(2)) < int(m.group(1)):
                     raise BodyError(400, f"{RANGE_HEADER} must be FIRST-END (record positions, END exclusive)")
-                base = int(m.group(1))
-            return _Ident(f"sender:{name}", base)
+                base, end = int(m.group(1)), int(m.group(2))
+            return _Ident(f"sender:{name}", base, end=end)
         conn = self.limits.connection_of(request.protocol)
         if conn is not None:
             return _Ident(f"connection:{conn.cid}:{conn.peer}", by_connection=True)
@@ -433,6 +503,32 @@ class Receiver:
     def _head_known(s: _Sender, ident: _Ident) -> bool:
         """Whether the request before this one in the sender's stream has arrived (by range)."""
         return ident.base is not None and (ident.base == 0 or ident.base in s.range_ends)
+
+    def counters(self) -> dict[str, int | float]:
+        """The pipeline counters of every sender (and of those forgotten), the stages' and the
+        outputs', in the names ``run`` uses (``metrics.prom.METRICS``), for ``--metrics-listen``."""
+        totals: dict[str, int | float] = dict(self.forgotten)
+        senders = list(self.senders.values())
+        for s in senders:
+            for k, v in s.pipeline.stats().items():
+                totals[k] = totals.get(k, 0) + v
+        if senders:
+            totals.update(senders[0].pipeline.stage_metrics())  # the stages are shared
+        totals["reorder_duplicates"] = sum(s.reorder.buffer.duplicates for s in senders)
+        totals["reorder_expired"] = sum(s.reorder.buffer.expired for s in senders)
+        outputs = self.outputs
+        totals["output_errors"] = getattr(outputs, "write_failures", 0)
+        totals["source_held_seconds"] = getattr(outputs, "held_seconds", 0.0)
+        status = getattr(outputs, "status", None)
+        for i, o in enumerate(status() if callable(status) else [], 1):
+            st = o.get("stats") or {}
+            part = f"{i}-{o['type']}"
+            totals[f"output_pending.{part}"] = o["pending"]
+            for key, name in (("queued", "queue_depth"), ("retries", "retries"),
+                              ("dead_letter_events", "dead_lettered"), ("skipped_frames", "skipped_frames")):
+                if isinstance(st.get(key), int):
+                    totals[f"{name}.{part}"] = st[key]
+        return totals
 
     # ---- handlers --------------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
@@ -461,7 +557,7 @@ class Receiver:
         except BodyError as e:
             return self._fail(e.status, e.reason)
         loop = asyncio.get_running_loop()
-        if self.pending and not await loop.run_in_executor(self._worker, self._drain_pending):
+        if self.outputs.held and not await loop.run_in_executor(self._worker, self._drain_pending):
             return self._unavailable()
         if request.content_length is not None and request.content_length > cfg.max_body:
             return self._refuse(ident, 413, f"body larger than {cfg.max_body} bytes")
@@ -539,16 +635,22 @@ class Receiver:
         s.last_seen = now
         s.requests += 1
         reorder = s.reorder
-        reorder.chunk = Chunk([], s.requests, ident.base, self._head_known(s, ident), self._in_order(s, now))
+        # a request whose range continues what arrived before is in order too (our shipper sends
+        # one batch after the other): nothing before it is missing
+        head_known = self._head_known(s, ident)
+        reorder.chunk = Chunk([], s.requests, ident.base, head_known, head_known or self._in_order(s, now))
         pipeline = s.pipeline
         before = pipeline.counters.rejects
         records = events = written = crashed = 0
         errors: list[tuple[Any, str]] = []
         docs: list = []
+        raw: list[str] | None = [] if self.outputs.wants_raw else None
         for item in items:
             kind = item[0]
             if kind == "raw":
                 records += 1
+                if raw is not None:
+                    raw.append(item[1])
                 reorder.at = (item[2], item[3])
                 where = f"{ident.key}:{item[3] + 1}"
                 try:
@@ -557,16 +659,16 @@ class Receiver:
                     crashed += 1
                     s.errors.append((where, f"internal error: {type(e).__name__}: {e}"))
                 if records % SLICE == 0:
-                    written += self._write(docs + pipeline.tick(now))
-                    docs = []
+                    written += self._write(docs + pipeline.tick(now), raw)
+                    docs, raw = [], [] if raw is not None else None
             elif kind == "event":
                 events += 1
                 docs.append(item[1])
             else:
                 errors.append((item[1], item[2]))
-        written += self._write(docs + pipeline.tick(now))
-        if ident.base is not None:
-            s.range_ends.append(ident.base + records)
+        written += self._write(docs + pipeline.tick(now), raw)
+        if ident.end is not None:
+            s.range_ends.append(ident.end)
         return self._report(s, records, events, written, errors, pipeline.counters.rejects - before + crashed)
 
     def _report(self, s: _Sender, records: int, events: int, written: int, errors: list, bad: int) -> dict:
@@ -580,4 +682,4 @@ class Receiver:
         self.m_rejects.inc(rejected)
         self.m_requests.labels(code="200").inc()
         return {"accepted": records + events - bad, "records": records, "events": events, "documents": written,
-                "rejected": rejected, "pending": len(self.pending), "errors": report}
+                "rejected": rejected, "pending": self.outputs.pending_documents(), "errors": report}

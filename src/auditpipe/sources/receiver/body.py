@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 
+from auditpipe.sources.receiver.config import parse_size
+
 __all__ = [
     "MAX_DEPTH",
     "READABLE_TYPES",
@@ -34,19 +36,6 @@ __all__ = [
 MAX_DEPTH = 64  # Fluent Bit records and auditpipe documents nest a handful of levels
 READABLE_TYPES = ("application/json", "application/x-ndjson", "application/jsonlines", "application/json-lines",
                   "application/jsonl", "application/x-jsonlines", "text/plain", "")
-
-
-def parse_size(text: str | int) -> int:
-    """``"1MB"`` → 1048576 (K/M/G are binary, as in nginx' client_max_body_size)."""
-    if isinstance(text, int):
-        return text
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
-    num = t[:-1] if t[-1:] in "KMG" and t else t
-    value = int(float(num) * mult)
-    if value <= 0:
-        raise ValueError(f"size must be positive: {text!r}")
-    return value
 
 
 class BodyError(Exception):

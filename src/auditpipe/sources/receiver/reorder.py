@@ -38,7 +38,15 @@ from auditpipe.reassembly.reassembler import ends_event
 
 __all__ = ["Chunk", "ReorderBuffer"]
 
+#: (stream position, request arrival number, index in the request); with X-Auditpipe-Range:
+#: (range start, -1, index in the request)
 Order = tuple[float, int, int]
+
+
+def _place(order: Order) -> Any:
+    """What names a record's place in the sender's stream whatever request brought it: its
+    range start and index, else the sender's date (a retry of a request repeats both)."""
+    return (order[0], order[2]) if order[1] < 0 else order[0]
 
 
 @dataclass(slots=True)
@@ -108,13 +116,14 @@ class ReorderBuffer:
         dropped = self.duplicates
         for rec, date, index in chunk.records:
             if chunk.base is not None:
-                order: Order = (float(chunk.base + index), 0, 0)
+                order: Order = (float(chunk.base), -1, index)
             else:
                 order = (date if date is not None else 0.0, chunk.seq, index)
             key = (rec.node, rec.time, rec.serial)
-            fingerprint = hash((order[0], rec.raw))
+            fingerprint = hash((_place(order), rec.raw))
             g = held.get(key)
-            if order[0] and (fingerprint in (g.prints if g is not None else self._released.get(key, ()))):
+            if (chunk.base is not None or order[0]) and (
+                    fingerprint in (g.prints if g is not None else self._released.get(key, ()))):
                 self.duplicates += 1
                 continue
             if g is None:
@@ -160,7 +169,7 @@ class ReorderBuffer:
                         deadline=now + min(deadline - wall, self.window), head_open=head_open))
                 o = tuple(order)
                 g.records.append((o, rec))
-                g.prints.add(hash((o[0], raw)))
+                g.prints.add(hash((_place(o), raw)))
                 g.first = min(g.first, o)
                 g.ended = g.ended or ends_event(rec.type_num)
                 self._count += 1
