@@ -37,8 +37,10 @@ def apply_overrides(cfg, rules=(), fmt=None, output=None, mode=None, status_file
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(stream=sys.stderr, format="auditpipe: %(levelname)s: %(message)s",
-                        level=getattr(logging, level.upper(), logging.INFO), force=True)
+    """Run's level; the format (text, or ``auditpipe --log-format json``) from the command line."""
+    from auditpipe.cli.logfmt import configure_logging
+
+    configure_logging(level)
 
 
 def _compile(cfg):
@@ -125,7 +127,7 @@ def run(config_path, rules, fmt, output, mode, status_file, check, verbose):
         click.echo(f"Error: {e}", err=True)
         sys.exit(2)
     runner = LiveRunner(cfg, build_source(cfg), normalize=normalize, outputs=outputs, reload_config=load,
-                        compile_rules=_compile)
+                        compile_rules=_compile, drop_privileges=True)
     try:
         code = runner.run(None if cfg.source.type == "file" else ruleset)
     except KernelSourceError as e:

@@ -16,8 +16,8 @@ from auditpipe.pipeline.core import Normalizer, Pipeline, RejectHandler
 from auditpipe.pipeline.stages import Stage
 from auditpipe.reassembly import Reassembler
 
-__all__ = ["STAGE_BUILDERS", "build_normalizer", "normalizer_for", "build_pipeline", "build_reassembler", "build_source",
-           "build_stages", "unique_row_ids"]
+__all__ = ["STAGE_BUILDERS", "build_normalizer", "normalizer_for", "build_pipeline", "build_reassembler",
+           "build_source", "build_stages", "unique_row_ids"]
 
 #: Which command a pipeline is built for: ``run`` (this host, live), ``serve`` (events of many
 #: hosts), ``parse`` (records of another time).

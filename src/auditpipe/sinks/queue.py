@@ -37,6 +37,7 @@ import struct
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -168,6 +169,9 @@ class DiskQueue:
         self._write_failing = 0  # appends refused in a row (logged once)
         self._tail_dirty = False  # a failed append could not be truncated back yet
         self._segs: list[_Segment] = []
+        #: (last sequence number, wall time) of each append not yet fully acknowledged, for the
+        #: age of the oldest pending record (records found at open: their segment file's mtime)
+        self._put_times: deque[tuple[int, float]] = deque()
         self._rseg = self._roff = self._rseq = 0
         self._rfds: dict[str, int] = {}
         self._recover()
@@ -211,7 +215,7 @@ class DiskQueue:
         names = sorted(n for n in os.listdir(self.dir) if n.startswith("seg-") and n.endswith(".q"))
         acked = None if ack is None else ack[0]
         bases = [int(n[4:-2]) for n in names]
-        for i, (name, base) in enumerate(zip(names, bases)):
+        for i, (name, base) in enumerate(zip(names, bases, strict=True)):
             # a segment that was rolled held exactly (next base - base) frames
             expected = bases[i + 1] - base if i + 1 < len(bases) else None
             seg, offsets = self._recover_segment(base, os.path.join(self.dir, name), expected)
@@ -225,6 +229,9 @@ class DiskQueue:
             acked = self._segs[0].base if self._segs else 0
         self._acked = min(acked, next_seq)
         self._next = next_seq
+        if self._acked < next_seq:
+            first = next(s for s in self._segs if s.base + s.count > self._acked)
+            self._put_times.append((next_seq - 1, os.stat(first.path).st_mtime))
         if not self._segs:
             self._new_segment(next_seq)
         self._wfd = os.open(self._segs[-1].path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
@@ -335,6 +342,16 @@ class DiskQueue:
         with self._cond:
             return sum(s.size for s in self._segs)
 
+    def oldest_age(self, now: float | None = None) -> float:
+        """Seconds since the oldest record not yet acknowledged was accepted (0: none)."""
+        with self._cond:
+            times = self._put_times
+            while times and times[0][0] < self._acked:
+                times.popleft()
+            if not times:
+                return 0.0
+            return max(0.0, (time.time() if now is None else now) - times[0][1])
+
     @property
     def last_seq(self) -> int:
         """Sequence number of the last record accepted (-1 or less before the first)."""
@@ -373,6 +390,7 @@ class DiskQueue:
                 log.warning("queue %s: appends accepted again after %d refused", self.dir, self._write_failing)
                 self._write_failing = 0
             self._next += len(frames)
+            self._put_times.append((self._next - 1, time.time()))
             self.accepted += len(frames)
             self._cond.notify_all()
             return self._next - 1
