@@ -21,11 +21,13 @@ log = logging.getLogger("auditpipe.run")
 
 def apply_overrides(cfg, rules=(), fmt=None, output=None, mode=None, status_file=None):
     """The shorthand flags on top of a loaded configuration (also applied again on SIGHUP)."""
-    from auditpipe.config import FileOutput, StdoutOutput
+    from auditpipe.config import FileOutput, StdoutOutput, default_outputs
 
     if rules:
         cfg.rules.files = list(rules)
     if fmt:
+        if cfg.outputs == default_outputs(cfg.normalize.format):
+            cfg.outputs = default_outputs(fmt)  # no lake for coalesced documents
         cfg.normalize.format = fmt
     if output:
         cfg.outputs = [StdoutOutput() if output == "-" else FileOutput(path=output)]
