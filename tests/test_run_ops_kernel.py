@@ -56,3 +56,48 @@ def test_run_drops_capabilities_and_reinstalls_drifted_rules(audit_state, tmp_pa
     assert code == 0, agent.stderr()
     assert kernel_snapshot(nl)[0] == before[0], "status fields put back"
     assert [json.loads(ln)["log.level"] for ln in agent.stderr().splitlines()]  # --log-format json
+
+
+class LockedNetlink:
+    """The control socket of a kernel in immutable mode (enabled=2): it refuses every change.
+    (The real kernel cannot be locked in a test: only a reboot unlocks it.)"""
+
+    changes: list = []
+
+    def get_status(self):
+        return {"enabled": 2, "pid": 0, "lost": 0, "backlog_limit": 64, "backlog": 0}
+
+    def list_rules(self):
+        return []
+
+    def __getattr__(self, name):  # add_rule, delete_rule, set_status, ...: recorded, refused
+        def refuse(*a, **kw):
+            LockedNetlink.changes.append(name)
+            raise AssertionError(f"{name} called on a locked kernel")
+        return refuse
+
+
+def test_locked_kernel_writes_the_rules_as_pending_and_changes_nothing(tmp_path, monkeypatch):
+    from auditpipe.config import load_config
+    from auditpipe.sources import kernel_control
+    from auditpipe.sources.kernel import KernelSource
+
+    rules = tmp_path / "a.rules"
+    rules.write_text("-D\n-b 8192\n-a always,exit -F arch=b64 -S execve -k exec\n")
+    pending = tmp_path / "rules.d" / "99-auditpipe-pending.rules"
+    cfg = load_config(text=f'[rules]\nfiles = ["{rules}"]\npending_path = "{pending}"\n'
+                           f'[state]\ndir = "{tmp_path / "state"}"\n')
+    monkeypatch.setattr(kernel_control, "AuditNetlink", LockedNetlink)
+    src = KernelSource.from_config(cfg)
+    c = src.control
+    c.open()
+    c.mode = "unicast"
+    c.apply(kernel_control.compile_rule_files([str(rules)]))
+    assert LockedNetlink.changes == [] and c.locked
+    text = pending.read_text()
+    assert text.startswith("## Written by auditpipe: the kernel was locked")
+    assert text.splitlines()[-3:] == ["-D", "-b 8192", "-a always,exit -F arch=b64 -S execve -k exec"]
+    described = src.describe()
+    assert described["locked"] is True and described["rules_pending"] == str(pending)
+    assert c.restore_rules_and_status() == [] and LockedNetlink.changes == []
+    assert not (tmp_path / "state").exists() or not list((tmp_path / "state").iterdir())

@@ -47,6 +47,12 @@ class KernelControlError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------- rules
+def _rule_lines(path: str) -> list[str]:
+    """A rule file's lines as auditctl reads them (no comments, no blank lines)."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+
+
 @dataclass
 class RuleSet:
     """Compiled rule files: the rules in order, and the status settings their control lines
@@ -260,8 +266,8 @@ class KernelControl:
         (``[rules] pending_path``), reported as pending in the status file."""
         if ruleset is None or self.pending_path is None:
             return
-        lines = [it.text for it in ruleset.items]
         try:
+            lines = [ln for f in ruleset.files for ln in _rule_lines(f)]
             self.pending = str(write_pending(lines, self.pending_path, ", ".join(ruleset.files)))
         except OSError as e:
             log.error("could not write the pending rules to %s: %s", self.pending_path, e)
