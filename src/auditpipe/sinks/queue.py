@@ -382,10 +382,16 @@ class DiskQueue:
             return self.put_many(payloads[half:])
         with self._cond:
             self._make_room(total)
+            data = b"".join(frames)
             try:
-                self._append(b"".join(frames), total, len(frames))
+                self._append(data, total, len(frames))
             except OSError as e:
-                raise self._refused(e) from None
+                if not self._reclaim_tail(e):
+                    raise self._refused(e) from None
+                try:  # the acknowledged part of the old tail is gone: once more
+                    self._append(data, total, len(frames))
+                except OSError as e2:
+                    raise self._refused(e2) from None
             if self._write_failing:
                 log.warning("queue %s: appends accepted again after %d refused", self.dir, self._write_failing)
                 self._write_failing = 0
@@ -433,6 +439,22 @@ class DiskQueue:
             view = view[n:]
         if self.fsync == "batch":
             os.fdatasync(self._wfd)
+
+    def _reclaim_tail(self, e: OSError) -> bool:
+        """The disk is full and the tail segment holds acknowledged records: start a new tail,
+        so the old one is deleted once all of it is acknowledged (a segment is freed whole, and
+        the tail is never freed, so without this a queue whose one segment outgrew the free
+        space would stay full for ever). True when space was freed at once."""
+        tail = self._segs[-1]
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not tail.count or self._acked <= tail.base:
+            return False
+        try:
+            self._roll()
+        except OSError:
+            return False
+        before = len(self._segs)
+        self._free_acked()
+        return len(self._segs) < before
 
     def _roll(self) -> None:
         """Start a new tail segment; the new file exists before the old one is let go."""
