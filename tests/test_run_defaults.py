@@ -17,11 +17,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
 from conftest import CORPUS
 from helpers import wait_for
 

@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from conftest import CORPUS
 from helpers import wait_for
 from loopback_http import LoopbackReceiver
@@ -72,7 +73,8 @@ def status_of(path: Path) -> dict:
 
 def start_run(config: Path, err: Path) -> subprocess.Popen:
     with open(err, "ab") as f:
-        return subprocess.Popen([*CMD, "--log-format", "json", "run", "--config", str(config)], stdout=subprocess.DEVNULL, stderr=f)
+        return subprocess.Popen([*CMD, "--log-format", "json", "run", "--config", str(config)],
+                                stdout=subprocess.DEVNULL, stderr=f)
 
 
 @pytest.mark.slow

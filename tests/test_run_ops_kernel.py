@@ -11,10 +11,10 @@ import subprocess
 import time
 
 import pytest
-from conftest_kernel import audit_state, require_auditctl  # noqa: F401
-from test_run_kernel import Agent, is_our_exec, kernel_snapshot, loaded_rules_text, rule_for, run_true, unique_key
 
 from auditpipe.service.privileges import RUN_KEEPS, cap_numbers
+from conftest_kernel import audit_state, require_auditctl  # noqa: F401
+from test_run_kernel import Agent, is_our_exec, kernel_snapshot, loaded_rules_text, rule_for, run_true, unique_key
 
 pytestmark = pytest.mark.kernel
 

@@ -107,7 +107,8 @@ class _LakeFeed:
     """JSON lines → the lake transport in batches of ``size`` documents (a send has a fixed cost)."""
 
     def __init__(self, lake, size: int = 5000):
-        self.lake, self.size, self.pending = lake, size, []
+        self.lake, self.size = lake, size
+        self.pending: list[bytes] = []
 
     def write(self, lines: bytes) -> None:
         self.pending.extend(lines.splitlines())

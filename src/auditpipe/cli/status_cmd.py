@@ -79,7 +79,7 @@ def _agent(path: str) -> tuple[dict | None, str | None]:
     if doc is None:
         return None, f"cannot read the status file {path}"
     pid = doc.get("pid")
-    doc["alive"] = bool(pid) and _alive(pid)
+    doc["alive"] = isinstance(pid, int) and pid > 0 and _alive(pid)
     return doc, None
 
 

@@ -180,7 +180,8 @@ class FileSink:
         return self.write(data.splitlines(keepends=True))
 
     def _after_write(self) -> None:
-        if self.fsync == "batch" or self.fsync == "interval" and time.monotonic() - self._last_sync >= self.fsync_interval:
+        due = self.fsync == "interval" and time.monotonic() - self._last_sync >= self.fsync_interval
+        if self.fsync == "batch" or due:
             self._sync()
 
     def _sync(self) -> None:
