@@ -32,19 +32,6 @@ CMD = [sys.executable, "-m", "auditpipe"]
 _SERIAL = re.compile(rb"msg=audit\(\d+\.\d+:(\d+)\)")
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m,mode=0700", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 def pieces(data: bytes, n: int) -> list[bytes]:
     """``data`` in about ``n`` pieces, cut only where a new event begins."""
     lines = data.splitlines(keepends=True)
