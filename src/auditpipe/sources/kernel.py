@@ -196,12 +196,13 @@ class KernelSource(ReaderThread):
     def reconfigure(self, cfg: Any, ruleset: RuleSet | None) -> None:
         self.control.reload(cfg.kernel, ruleset)
 
-    def counters(self) -> dict[str, int]:
+    def counters(self) -> dict[str, int | float]:
         q, c = self.queue, self.control
         return {"records_received": self.messages, "kernel_lost": c.kernel_lost,
                 "kernel_backlog": c.status.get("backlog", 0), "enobufs": self.enobufs,
                 "userspace_drops": q.dropped, "source_queue_depth": len(q),
                 "source_queue_peak": q.peak, "source_queue_blocked": q.blocked,
+                "backpressure_seconds": round(q.blocked_seconds, 3),
                 "rules_installed": len(c.installed), "rules_refused": c.rules_refused}
 
     def describe(self) -> dict[str, Any]:
