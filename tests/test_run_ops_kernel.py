@@ -7,6 +7,7 @@ process); ``audit_state`` holds the host-wide kernel lock and puts back the rule
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 
@@ -101,3 +102,13 @@ def test_locked_kernel_writes_the_rules_as_pending_and_changes_nothing(tmp_path,
     assert described["locked"] is True and described["rules_pending"] == str(pending)
     assert c.restore_rules_and_status() == [] and LockedNetlink.changes == []
     assert not (tmp_path / "state").exists() or not list((tmp_path / "state").iterdir())
+
+    # `auditpipe status` tells the operator where the wanted rules went
+    from click.testing import CliRunner
+
+    from auditpipe.cli.status_cmd import status as status_cmd
+
+    st = tmp_path / "status.json"
+    st.write_text(json.dumps({"running": True, "pid": os.getpid(), "counters": {}, **described}))
+    out = CliRunner().invoke(status_cmd, ["--status-file", str(st)], terminal_width=400).output
+    assert "kernel is locked" in out and str(pending) in out.replace("\n", ""), out

@@ -41,6 +41,9 @@ COUNTERS = [
     ("internal_errors", "records that met a bug (logged)"),
     ("rules_installed", "rules installed"),
     ("rules_refused", "rules the kernel refused"),
+    ("rules_drift", "times the kernel's rules differed from ours"),
+    ("heartbeats", "heartbeat events sent"),
+    ("backpressure_seconds", "seconds the kernel reader waited on a full queue"),
     ("reloads", "reloads (SIGHUP)"),
 ]
 
@@ -165,6 +168,10 @@ def status(status_file, config_path, as_json):
         if agent.get("held_since"):
             con.print(f"[red]held since {agent['held_since']}[/]: {agent.get('held_cause')} "
                       "(nothing more is read from the source until the output accepts writes)")
+        if agent.get("locked"):
+            pending = agent.get("rules_pending")
+            con.print("[yellow]the kernel is locked (immutable mode): rules and status left as they are"
+                      + (f"; the configured rules are pending in {pending} (next boot)[/]" if pending else "[/]"))
         con.print(f"started {agent.get('started')}; updated {_age(agent.get('updated'))}")
         con.print(f"status file: {status_file}")
     else:
