@@ -26,8 +26,8 @@ def apply_overrides(cfg, rules=(), fmt=None, output=None, mode=None, status_file
     if rules:
         cfg.rules.files = list(rules)
     if fmt:
-        if cfg.outputs == default_outputs(cfg.normalize.format):
-            cfg.outputs = default_outputs(fmt)  # no lake for coalesced documents
+        if fmt == "coalesced" and cfg.outputs == default_outputs(cfg.normalize.format):
+            cfg.outputs = default_outputs(fmt)  # the default lake takes no coalesced documents
         cfg.normalize.format = fmt
     if output:
         cfg.outputs = [StdoutOutput() if output == "-" else FileOutput(path=output)]
