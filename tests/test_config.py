@@ -20,6 +20,7 @@ from auditpipe.config import (
     load_config,
     rule_files,
 )
+from auditpipe.lake.config import LakeOutput
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "auditpipe.toml"
 
@@ -47,7 +48,8 @@ def test_defaults_need_no_file():
     assert c.rules.files is None and c.rules.purge == "auto"
     assert c.reassembly.timeout == 2.0 and c.reassembly.wall_timeout == 1.0
     assert c.source.type == "kernel"
-    assert [type(o) for o in c.outputs] == [FileOutput]
+    assert [type(o) for o in c.outputs] == [FileOutput, LakeOutput]  # JSON lines and a queryable lake
+    assert c.outputs[1] == LakeOutput(path="./auditpipe-data")
     assert c.outputs[0].path == DEFAULT_OUTPUT and c.outputs[0].mode == 0o600
     assert c.outputs[0] == FileOutput(path=DEFAULT_OUTPUT, max_bytes=100 << 20, generations=5, mode=0o600,
                                       fsync="never", fsync_interval=1.0, documents="events")
@@ -194,6 +196,21 @@ def test_unreadable_and_non_utf8(tmp_path):
     with pytest.raises(ConfigError) as ei:
         load_config(str(p))
     assert ei.value.line == 2 and "UTF-8" in str(ei.value)
+
+
+def test_default_outputs_follow_the_format():
+    """The lake takes ECS or Panther documents: coalesced (from the file or --format) gets the
+    JSON-lines file alone; an explicit [[outputs]] is never changed."""
+    assert [type(o) for o in cfg_of('[normalize]\nformat = "coalesced"').outputs] == [FileOutput]
+    c = cfg_of("")
+    apply_overrides(c, fmt="coalesced")
+    assert c.outputs == [FileOutput()]
+    c = cfg_of("")
+    apply_overrides(c, fmt="panther")
+    assert [type(o) for o in c.outputs] == [FileOutput, LakeOutput]
+    c = cfg_of('[[outputs]]\ntype = "stdout"')
+    apply_overrides(c, fmt="coalesced")
+    assert c.outputs == [StdoutOutput()]
 
 
 def test_overrides_replace_what_the_file_says():

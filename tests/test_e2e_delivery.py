@@ -292,6 +292,8 @@ class Shipper:
         self.config = tmp / "run.toml"
         self.config.write_text(f"""
 log_level = "info"
+[heartbeat]
+interval = 0  # the receiver must hold exactly the parsed events
 [source]
 type = "file"
 path = "{log}"

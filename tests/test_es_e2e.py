@@ -132,6 +132,8 @@ def test_auditpipe_run_killed_and_restarted_loses_nothing(server, tmp_path):
     corpus = shared_path("corpus", "enriched.log")
     conf = tmp_path / "a.toml"
     conf.write_text(f"""
+[heartbeat]
+interval = 0  # the index must hold exactly the parsed events
 [source]
 type = "file"
 path = "{corpus}"

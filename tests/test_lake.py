@@ -329,7 +329,7 @@ def test_run_writes_the_lake_through_its_queue(tmp_path):
     """`auditpipe run` with a lake output (file source): every event ends in a completed file."""
     cfg = tmp_path / "cfg.toml"
     lake_dir = tmp_path / "lake"
-    cfg.write_text(f'[source]\ntype = "file"\npath = "{CORPUS / "raw-node.log"}"\nstart = "head"\n'
+    cfg.write_text(f'[heartbeat]\ninterval = 0\n[source]\ntype = "file"\npath = "{CORPUS / "raw-node.log"}"\nstart = "head"\n'
                    f'checkpoint = "{tmp_path / "ckpt"}"\n[status]\npath = "{tmp_path / "status.json"}"\n'
                    f'[[outputs]]\ntype = "lake"\npath = "{lake_dir}"\nmax_file_age = 0.5\n')
     p = subprocess.Popen([*CLI, "run", "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -56,6 +56,8 @@ class RawSink(RecordingSink):
 
 def file_runner(tmp_path, log, sinks, *, specs=None, start=None, extra=""):
     cfg = load_config(text=f"""
+[heartbeat]
+interval = 0  # exact document counts below
 [source]
 type = "file"
 path = "{log}"
@@ -240,6 +242,8 @@ def test_raw_only_normalizes_nothing_and_commits_what_it_wrote(tmp_path):
 
 def test_kernel_source_raw_forwarding_sends_record_raw(tmp_path):
     cfg = load_config(text=f"""
+[heartbeat]
+interval = 0  # exact document counts below
 [normalize]
 format = "coalesced"
 [status]

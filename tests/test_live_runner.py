@@ -82,8 +82,8 @@ class FakeSource:
     def counters(self):
         q = self.queue
         return {"records_received": self.messages, "kernel_lost": self.kernel_lost, "enobufs": self.enobufs,
-                "userspace_drops": q.dropped, "queue_depth": len(q), "queue_peak": q.peak,
-                "queue_blocked": q.blocked, "rules_installed": len(self.installed),
+                "userspace_drops": q.dropped, "source_queue_depth": len(q), "source_queue_peak": q.peak,
+                "source_queue_blocked": q.blocked, "rules_installed": len(self.installed),
                 "rules_refused": self.rules_refused, "kernel_backlog": self.status.get("backlog", 0)}
 
     def describe(self):
@@ -121,6 +121,8 @@ class RecordingSink:
 
 def make_runner(tmp_path, fmt="coalesced", wall_timeout=0.5, extra=""):
     cfg = load_config(text=f"""
+[heartbeat]
+interval = 0  # exact document counts below
 [normalize]
 format = "{fmt}"
 [reassembly]
@@ -241,6 +243,8 @@ def test_reload_swaps_format_and_outputs(tmp_path, monkeypatch):
 
     def reload():
         return load_config(text=f"""
+[heartbeat]
+interval = 0  # exact document counts below
 [normalize]
 format = "ecs"
 [reassembly]

@@ -65,6 +65,8 @@ def test_disk_full_under_the_file_output_holds_the_source_and_loses_nothing(tmp_
     status = tmp_path / "status.json"
     checkpoint = tmp_path / "checkpoint.json"
     cfg = load_config(text=f"""
+[heartbeat]
+interval = 0  # exact document counts below
 [source]
 type = "file"
 path = "{log}"
@@ -132,6 +134,8 @@ max_bytes = 0
 def quick_config(tmp_path):
     """Coalesced documents, events out 0.2 s after their last record, status every 0.05 s."""
     return load_config(text=f"""
+[heartbeat]
+interval = 0  # exact document counts below
 [normalize]
 format = "coalesced"
 [reassembly]

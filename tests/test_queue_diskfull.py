@@ -6,30 +6,15 @@ delivered exactly once. An ack that cannot be written pauses sending instead of 
 """
 
 import errno
-import os
-import subprocess
 
 import pytest
-from helpers import wait_for
-from loopback_http import LoopbackReceiver
 
 from auditpipe.sinks.errors import OutputUnavailable
 from auditpipe.sinks.http import HttpConfig, HttpShipper
 from auditpipe.sinks.queue import DiskQueue, scan
 from auditpipe.sinks.shipper import QueueSink
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m,mode=0700", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+from helpers import wait_for
+from loopback_http import LoopbackReceiver
 
 
 def doc(i: int) -> dict:

@@ -48,8 +48,9 @@ class Agent:
     """`auditpipe run` as a subprocess, with its config, output and status file in tmp_path."""
 
     def __init__(self, tmp_path: Path, rules: str, *, fmt: str = "ecs", mode: str = "auto",
-                 extra: str = "") -> None:
+                 extra: str = "", rules_extra: str = "", global_args: tuple[str, ...] = ()) -> None:
         self.dir = tmp_path
+        self.global_args = global_args  # auditpipe options before "run" (--log-format json)
         self.rules = tmp_path / "test.rules"
         self.rules.write_text(rules)
         self.out = tmp_path / "events.jsonl"
@@ -63,6 +64,7 @@ mode = "{mode}"
 {extra}
 [rules]
 files = ["{self.rules}"]
+{rules_extra}
 [normalize]
 format = "{fmt}"
 [reassembly]
@@ -79,7 +81,7 @@ dir = "{self.state_dir}"
 
     def start(self, timeout: float = 20.0) -> Agent:
         with open(self.log, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "auditpipe", "run", "--config",
+            self.proc = subprocess.Popen([sys.executable, "-m", "auditpipe", *self.global_args, "run", "--config",
                                           str(self.config)], stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -280,13 +280,13 @@ class ListSink:
 
 
 def _runner(tmp_path, log, state, sink, start="head"):
-    from auditpipe.config import Config, NormalizeConfig, StatusConfig, StdoutOutput
+    from auditpipe.config import Config, HeartbeatConfig, NormalizeConfig, StatusConfig, StdoutOutput
     from auditpipe.pipeline.live import LiveRunner
     from auditpipe.pipeline.outputs import Output, Outputs
     from auditpipe.sources.file_source import FileTailSource
 
     cfg = Config(normalize=NormalizeConfig(format="coalesced"), status=StatusConfig(path=str(tmp_path / "status.json")),
-                 outputs=[StdoutOutput()])
+                 outputs=[StdoutOutput()], heartbeat=HeartbeatConfig(interval=0))  # events only
     src = FileTailSource(str(log), state, interval=0.01, start=start)
     return LiveRunner(cfg, src, outputs=Outputs([Output(sink, StdoutOutput())]))
 

@@ -298,8 +298,8 @@ class Config(_S):
     rules: RulesConfig = msgspec.field(default_factory=RulesConfig)
     reassembly: ReassemblyConfig = msgspec.field(default_factory=ReassemblyConfig)
     normalize: NormalizeConfig = msgspec.field(default_factory=NormalizeConfig)
-    outputs: list[OutputConfig] = msgspec.field(
-        default_factory=lambda: [FileOutput()])
+    #: without [[outputs]]: see :func:`default_outputs`
+    outputs: list[OutputConfig] = msgspec.field(default_factory=lambda: default_outputs())
     source: SourceConfig = msgspec.field(default_factory=SourceConfig)
     status: StatusConfig = msgspec.field(default_factory=StatusConfig)
     state: StateConfig = msgspec.field(default_factory=StateConfig)
@@ -386,8 +386,19 @@ def config_from_dict(data: dict, name: str = "<config>", text: str = "") -> Conf
     except msgspec.ValidationError as e:
         raise _located(str(e), name, text) from None
     cfg.path = None if name == "<config>" else name
+    if "outputs" not in data:
+        cfg.outputs = default_outputs(cfg.normalize.format)
     _check(cfg, name, text)
     return cfg
+
+
+def default_outputs(fmt: str = "ecs") -> list[OutputConfig]:
+    """What `run` writes when no ``[[outputs]]`` are configured: JSON lines, and (ECS or Panther
+    documents) a Parquet lake under ./auditpipe-data that ``auditpipe query`` reads."""
+    outs: list[OutputConfig] = [FileOutput()]
+    if fmt != "coalesced":
+        outs.append(LakeOutput())
+    return outs
 
 
 def _prepare_output(o: Any, i: int, name: str, text: str) -> Any:

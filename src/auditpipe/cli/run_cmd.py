@@ -21,11 +21,13 @@ log = logging.getLogger("auditpipe.run")
 
 def apply_overrides(cfg, rules=(), fmt=None, output=None, mode=None, status_file=None):
     """The shorthand flags on top of a loaded configuration (also applied again on SIGHUP)."""
-    from auditpipe.config import FileOutput, StdoutOutput
+    from auditpipe.config import FileOutput, StdoutOutput, default_outputs
 
     if rules:
         cfg.rules.files = list(rules)
     if fmt:
+        if fmt == "coalesced" and cfg.outputs == default_outputs(cfg.normalize.format):
+            cfg.outputs = default_outputs(fmt)  # the default lake takes no coalesced documents
         cfg.normalize.format = fmt
     if output:
         cfg.outputs = [StdoutOutput() if output == "-" else FileOutput(path=output)]
@@ -37,8 +39,10 @@ def apply_overrides(cfg, rules=(), fmt=None, output=None, mode=None, status_file
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(stream=sys.stderr, format="auditpipe: %(levelname)s: %(message)s",
-                        level=getattr(logging, level.upper(), logging.INFO), force=True)
+    """Run's level; the format (text, or ``auditpipe --log-format json``) from the command line."""
+    from auditpipe.cli.logfmt import configure_logging
+
+    configure_logging(level)
 
 
 def _compile(cfg):
@@ -125,7 +129,7 @@ def run(config_path, rules, fmt, output, mode, status_file, check, verbose):
         click.echo(f"Error: {e}", err=True)
         sys.exit(2)
     runner = LiveRunner(cfg, build_source(cfg), normalize=normalize, outputs=outputs, reload_config=load,
-                        compile_rules=_compile)
+                        compile_rules=_compile, drop_privileges=True)
     try:
         code = runner.run(None if cfg.source.type == "file" else ruleset)
     except KernelSourceError as e:

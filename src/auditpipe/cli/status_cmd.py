@@ -32,8 +32,8 @@ COUNTERS = [
     ("partial_events", "events written incomplete"),
     ("late_records", "records after their event left"),
     ("in_flight_events", "events waiting for their last record"),
-    ("queue_depth", "queue depth"),
-    ("queue_peak", "queue peak"),
+    ("source_queue_depth", "queue depth"),
+    ("source_queue_peak", "queue peak"),
     ("output_errors", "output writes that failed (retried)"),
     ("output_holds", "times an output stopped accepting writes"),
     ("output_held_seconds", "seconds outputs were held"),
@@ -41,6 +41,9 @@ COUNTERS = [
     ("internal_errors", "records that met a bug (logged)"),
     ("rules_installed", "rules installed"),
     ("rules_refused", "rules the kernel refused"),
+    ("rules_drift", "times the kernel's rules differed from ours"),
+    ("heartbeats", "heartbeat events sent"),
+    ("backpressure_seconds", "seconds the kernel reader waited on a full queue"),
     ("reloads", "reloads (SIGHUP)"),
 ]
 
@@ -79,7 +82,7 @@ def _agent(path: str) -> tuple[dict | None, str | None]:
     if doc is None:
         return None, f"cannot read the status file {path}"
     pid = doc.get("pid")
-    doc["alive"] = bool(pid) and _alive(pid)
+    doc["alive"] = isinstance(pid, int) and pid > 0 and _alive(pid)
     return doc, None
 
 
@@ -165,6 +168,10 @@ def status(status_file, config_path, as_json):
         if agent.get("held_since"):
             con.print(f"[red]held since {agent['held_since']}[/]: {agent.get('held_cause')} "
                       "(nothing more is read from the source until the output accepts writes)")
+        if agent.get("locked"):
+            pending = agent.get("rules_pending")
+            con.print("[yellow]the kernel is locked (immutable mode): rules and status left as they are"
+                      + (f"; the configured rules are pending in {pending} (next boot)[/]" if pending else "[/]"))
         con.print(f"started {agent.get('started')}; updated {_age(agent.get('updated'))}")
         con.print(f"status file: {status_file}")
     else:

@@ -132,7 +132,7 @@ class _Dispatch:
         the others always run."""
         self.always: list[tuple[SigmaDetection, Any]] = []
         self.literals: dict[str, dict[str, list[tuple[SigmaDetection, Any]]]] = {}
-        for entry, ts in zip(self.rest, trees):
+        for entry, ts in zip(self.rest, trees, strict=True):
             req = _union_literals(ts)
             if req is None:
                 self.always.append(entry)

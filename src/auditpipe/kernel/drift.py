@@ -104,6 +104,14 @@ class DriftMonitor:
         self.counters = {"checks": 0, "drifts": 0, "reinstalls": 0, "reinstall_errors": 0,
                          "check_errors": 0}
 
+    def watch(self, installed: Sequence[bytes], interval: float,
+              on_drift: Literal["alert", "reinstall"]) -> None:
+        """New rules to watch (after a reload); the next check is due at once."""
+        self._installed = list(installed)
+        self.interval, self.on_drift = interval, on_drift
+        self._last_seen = {"missing": [], "extra": []}
+        self._next = 0.0
+
     def notice_config_change(self, record: Any) -> None:
         """Hook for every record seen: a CONFIG_CHANGE about rules makes the next check due."""
         if is_rule_change(record):

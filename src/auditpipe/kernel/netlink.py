@@ -21,12 +21,12 @@ import select
 import socket
 import time
 from collections import deque
-from typing import Iterator
+from collections.abc import Iterator
 
 from auditpipe.tables import K
 
 from . import wire
-from .wire import NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST, NlMsg
+from .wire import NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NlMsg
 
 # asm-generic/socket.h; the socket module does not export it.
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -106,7 +106,7 @@ class _Requester:
             self._sock.settimeout(left)
             try:
                 data = self._sock.recv(_RECV_SIZE)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError as e:
                 if e.errno == E.ENOBUFS:  # our own socket overflowed; the reply may be lost
@@ -155,7 +155,7 @@ class AuditNetlink:
     def close(self) -> None:
         self._sock.close()
 
-    def __enter__(self) -> "AuditNetlink":
+    def __enter__(self) -> AuditNetlink:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -359,7 +359,7 @@ class AuditReceiver:
             self._poll.unregister(self._sock.fileno())
             self._sock.close()
 
-    def __enter__(self) -> "AuditReceiver":
+    def __enter__(self) -> AuditReceiver:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,7 +8,8 @@ or a socket. All structs are native-endian ``__u32`` arrays, as the kernel reads
 from __future__ import annotations
 
 import struct
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 from auditpipe.tables import K
 
@@ -124,7 +125,7 @@ def unpack_status(payload: bytes) -> dict[str, int]:
     if n < 8:  # mask..backlog exist since 2.6
         raise ValueError(f"audit_status reply too short ({len(payload)} bytes)")
     values = struct.unpack_from(f"={n}I", payload, 0)
-    return dict(zip(STATUS_FIELDS[1:n], values[1:]))
+    return dict(zip(STATUS_FIELDS[1:n], values[1:], strict=False))
 
 
 def pack_status(**fields: int) -> bytes:

@@ -69,7 +69,7 @@ class Store:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             return open(path, "wb")
         self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        return self.fs.open_output_stream(path)  # type: ignore[return-value]
+        return self.fs.open_output_stream(path)
 
     def publish(self, f: IO[bytes], temp: str, final: str) -> None:
         """Make a finished temporary file durable and visible under its final name."""

@@ -41,8 +41,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from auditpipe.config import Config, ConfigError, load_config, rule_files
+from auditpipe.kernel.drift import DriftMonitor
+from auditpipe.metrics.prom import MetricsServer
 from auditpipe.pipeline.assembly import build_pipeline, normalizer_for
 from auditpipe.pipeline.checkpoint import FileCheckpoint
+from auditpipe.pipeline.ops import ops_stages, start_metrics
 from auditpipe.pipeline.outputs import Outputs, describe_output, open_outputs
 from auditpipe.pipeline.status import StatusWriter
 from auditpipe.sources.base import FileChunk, PollEnd, Source
@@ -65,6 +68,25 @@ def no_documents(event: Any) -> list:
     return []
 
 
+def output_counters(outs: Outputs) -> dict[str, int | float]:
+    """Each queued output's durable queue and shipper counters, keyed ``<metric>.<type>-<n>``
+    (the names of ``metrics.prom.METRICS``)."""
+    out: dict[str, int | float] = {}
+    for i, o in enumerate(outs.outputs):
+        queue = getattr(o.sink, "queue", None)
+        if queue is None or not hasattr(queue, "oldest_age"):
+            continue
+        part = f"{o.cfg.__struct_config__.tag}-{i}"
+        stats = o.sink.stats()
+        out[f"queue_depth.{part}"] = queue.pending
+        out[f"queue_bytes.{part}"] = queue.bytes_used
+        out[f"queue_oldest_age_seconds.{part}"] = round(queue.oldest_age(), 1)
+        out[f"retries.{part}"] = stats.get("retries", 0)
+        out[f"dead_lettered.{part}"] = stats.get("dead_letter_events", 0)
+        out[f"skipped_frames.{part}"] = stats.get("skipped_frames", 0)
+    return out
+
+
 # ---------------------------------------------------------------------------------- runner
 class LiveRunner:
     """One `auditpipe run` over a :class:`~auditpipe.sources.base.Source`. ``reload_config``
@@ -73,8 +95,12 @@ class LiveRunner:
     def __init__(self, cfg: Config, source: Source, *, normalize: Callable | None = None,
                  outputs: Outputs | None = None,
                  reload_config: Callable[[], Config] | None = None,
-                 compile_rules: Callable[[Config], Any] | None = None) -> None:
+                 compile_rules: Callable[[Config], Any] | None = None,
+                 drop_privileges: bool = False) -> None:
         self.cfg = cfg
+        self.drop_privileges = drop_privileges  # the process's, after start-up (`run` only)
+        self.metrics_server: MetricsServer | None = None
+        self._ruleset: Any = None
         self.source = source
         self.rejects = 0
         self.pipeline = build_pipeline(cfg, self._on_reject, normalize=normalize)
@@ -120,20 +146,27 @@ class LiveRunner:
             log.warning("further rejects are counted in the status file, not logged")
 
     def counters(self) -> dict[str, Any]:
+        """The status file's counters; the keys of ``metrics.prom.METRICS`` among them, so the
+        Prometheus listener and the heartbeat read the same dict (per output: ``key.<output>``)."""
         ra, c, outs = self.reassembler, self.pipeline.counters, self.outputs
         out: dict[str, Any] = {
-            "records_received": 0, "records_parsed": c.records, "events": ra.events,
+            "records_received": 0, "records_parsed": c.records, "records": c.records, "events": ra.events,
             "documents": c.documents, "kernel_lost": 0, "kernel_backlog": 0, "serial_gaps": ra.lost,
             "userspace_drops": 0, "enobufs": 0, "rejects": c.rejects, "partial_events": ra.partial,
-            "late_records": ra.late, "in_flight_events": ra.in_flight, "queue_depth": 0, "queue_peak": 0,
-            "queue_blocked": 0, "output_errors": outs.write_failures, "output_holds": outs.holds,
-            "output_held_seconds": round(outs.held_seconds, 1),
+            "late_records": ra.late, "in_flight_events": ra.in_flight, "source_queue_depth": 0,
+            "source_queue_peak": 0, "source_queue_blocked": 0, "output_errors": outs.write_failures,
+            "output_holds": outs.holds, "output_held_seconds": round(outs.held_seconds, 1),
+            "source_held_seconds": round(outs.held_seconds, 1),
             "pending_documents": sum(len(o.pending) for o in outs.outputs),
             "internal_errors": self.internal_errors, "rules_installed": 0, "rules_refused": 0,
             "reloads": self.reloads,
         }
         out.update(self.source.counters())
-        out.update(self.pipeline.stage_metrics())
+        stages = self.pipeline.stage_metrics()
+        out.update(stages)
+        out["rules_drift"] = stages.get("rules-drift.drifts", 0)
+        out["heartbeats"] = stages.get("heartbeat.sent", 0)
+        out.update(output_counters(outs))
         return out
 
     def status_doc(self, running: bool = True) -> dict[str, Any]:
@@ -210,12 +243,17 @@ class LiveRunner:
     def run(self, ruleset: Any = None) -> int:
         """Start the source, loop until stopped, shut down in order. Returns the exit code."""
         self.install_signal_handlers()
+        self._ruleset = ruleset
         try:
             self.source.start(ruleset)
+            self._start_ops()
         except BaseException:
+            self._close_metrics()
             self.source.close()
             self.outputs.close()
             raise
+        if self.drop_privileges:
+            drop_capabilities()
         log.info("running: %s → %s (%s); status file %s", self.source.kind,
                  ", ".join(describe_output(o) for o in self.cfg.outputs),
                  self.cfg.normalize.format, self.cfg.status.path)
@@ -224,6 +262,28 @@ class LiveRunner:
         finally:
             self._shutdown()
         return self.exit_code
+
+    def _start_ops(self) -> None:
+        """Once the source runs: the drift monitor (over the rules the kernel source installed)
+        and heartbeat stages, and the ``[metrics] listen`` endpoint."""
+        netlink, installed = self._watched_rules()
+        self.pipeline.add_stages(ops_stages(self.cfg, self.counters, netlink=netlink, installed=installed))
+        self.metrics_server = start_metrics(self.cfg.metrics, self.counters)
+        if self.metrics_server is not None:
+            log.info("metrics on http://%s:%d/metrics", self.metrics_server.host, self.metrics_server.port)
+
+    def _watched_rules(self) -> tuple[Any, list[bytes] | None]:
+        """The control socket and the rules the drift monitor compares with the kernel's list:
+        none for a file source, a locked kernel, or no rule files (the kernel's list is not ours)."""
+        control = getattr(self.source, "control", None)
+        if control is None or control.locked or control.ctl is None or self._ruleset is None:
+            return None, None
+        return control.ctl, control.watched_rules()
+
+    def _close_metrics(self) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
 
     def _feed_kernel(self, batches: list, now: float) -> list:
         """Kernel batches of (type, payload) → documents."""
@@ -348,6 +408,7 @@ class LiveRunner:
         finally:
             self.outputs.close()
             problems += src.close()
+            self._close_metrics()
             self.write_status(running=False)
         c = self.counters()
         log.info("stopped: %d records, %d events, %d documents; kernel lost %d, serial gaps %d, "
@@ -391,6 +452,8 @@ class LiveRunner:
             self.source.reconfigure(new, ruleset)
         except Exception as e:  # noqa: BLE001
             log.error("reload: kernel rules/status: %s", e)
+        self._ruleset = ruleset
+        self._rewatch(new)
         self.normalize = normalize
         r = new.reassembly
         self.reassembler.timeout = r.timeout
@@ -405,6 +468,30 @@ class LiveRunner:
         self.reloads += 1
         log.info("reloaded: %s rule file(s), format %s, %d output(s)",
                  len(rule_files(new)), new.normalize.format, len(self.outputs.outputs))
+
+
+    def _rewatch(self, cfg: Config) -> None:
+        """After a reload: the drift monitor watches the rules now installed, with the new
+        ``[rules]`` settings."""
+        netlink, installed = self._watched_rules()
+        for st in self.pipeline.stages:
+            if isinstance(st, DriftMonitor):
+                st.watch(installed or [], cfg.rules.check_interval, cfg.rules.on_drift)
+
+
+def drop_capabilities() -> None:
+    """After start-up (socket bound, rules installed, files open): keep only the capabilities
+    `run` still uses. Only as root; refused: a warning, and we go on as we are."""
+    from auditpipe.service.privileges import RUN_KEEPS, drop_privileges
+
+    if os.geteuid() != 0:
+        return
+    try:
+        drop_privileges(RUN_KEEPS)
+    except OSError as e:
+        log.warning("could not drop capabilities: %s", e)
+        return
+    log.info("capabilities dropped to %s", ", ".join(RUN_KEEPS))
 
 
 def reload_from(path: str | None, overrides: Callable[[Config], Config]) -> Callable[[], Config]:

@@ -17,9 +17,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import zlib
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import msgspec
 import orjson
 
 from auditpipe.config import ElasticsearchOutput

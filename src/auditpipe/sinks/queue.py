@@ -37,6 +37,7 @@ import struct
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -168,6 +169,9 @@ class DiskQueue:
         self._write_failing = 0  # appends refused in a row (logged once)
         self._tail_dirty = False  # a failed append could not be truncated back yet
         self._segs: list[_Segment] = []
+        #: (last sequence number, wall time) of each append not yet fully acknowledged, for the
+        #: age of the oldest pending record (records found at open: their segment file's mtime)
+        self._put_times: deque[tuple[int, float]] = deque()
         self._rseg = self._roff = self._rseq = 0
         self._rfds: dict[str, int] = {}
         self._recover()
@@ -211,7 +215,7 @@ class DiskQueue:
         names = sorted(n for n in os.listdir(self.dir) if n.startswith("seg-") and n.endswith(".q"))
         acked = None if ack is None else ack[0]
         bases = [int(n[4:-2]) for n in names]
-        for i, (name, base) in enumerate(zip(names, bases)):
+        for i, (name, base) in enumerate(zip(names, bases, strict=True)):
             # a segment that was rolled held exactly (next base - base) frames
             expected = bases[i + 1] - base if i + 1 < len(bases) else None
             seg, offsets = self._recover_segment(base, os.path.join(self.dir, name), expected)
@@ -225,6 +229,9 @@ class DiskQueue:
             acked = self._segs[0].base if self._segs else 0
         self._acked = min(acked, next_seq)
         self._next = next_seq
+        if self._acked < next_seq:
+            first = next(s for s in self._segs if s.base + s.count > self._acked)
+            self._put_times.append((next_seq - 1, os.stat(first.path).st_mtime))
         if not self._segs:
             self._new_segment(next_seq)
         self._wfd = os.open(self._segs[-1].path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
@@ -335,6 +342,16 @@ class DiskQueue:
         with self._cond:
             return sum(s.size for s in self._segs)
 
+    def oldest_age(self, now: float | None = None) -> float:
+        """Seconds since the oldest record not yet acknowledged was accepted (0: none)."""
+        with self._cond:
+            times = self._put_times
+            while times and times[0][0] < self._acked:
+                times.popleft()
+            if not times:
+                return 0.0
+            return max(0.0, (time.time() if now is None else now) - times[0][1])
+
     @property
     def last_seq(self) -> int:
         """Sequence number of the last record accepted (-1 or less before the first)."""
@@ -365,14 +382,21 @@ class DiskQueue:
             return self.put_many(payloads[half:])
         with self._cond:
             self._make_room(total)
+            data = b"".join(frames)
             try:
-                self._append(b"".join(frames), total, len(frames))
+                self._append(data, total, len(frames))
             except OSError as e:
-                raise self._refused(e) from None
+                if not self._reclaim_tail(e):
+                    raise self._refused(e) from None
+                try:  # the acknowledged part of the old tail is gone: once more
+                    self._append(data, total, len(frames))
+                except OSError as e2:
+                    raise self._refused(e2) from None
             if self._write_failing:
                 log.warning("queue %s: appends accepted again after %d refused", self.dir, self._write_failing)
                 self._write_failing = 0
             self._next += len(frames)
+            self._put_times.append((self._next - 1, time.time()))
             self.accepted += len(frames)
             self._cond.notify_all()
             return self._next - 1
@@ -388,26 +412,14 @@ class DiskQueue:
             self._roll()
             seg = self._segs[-1]
         try:
-            self._write_or_truncate(data, seg)
-        except OSError as e:
-            if e.errno != errno.ENOSPC or not seg.size or seg.base + seg.count > self._acked:
-                raise
-            # the disk is full but the tail segment is all acknowledged: a segment is freed
-            # only once it is not the tail, so start a new one and write there
-            self._roll()
-            seg = self._segs[-1]
-            self._write_or_truncate(data, seg)
-        seg.size += total
-        seg.count += count
-
-    def _write_or_truncate(self, data: bytes, seg: _Segment) -> None:
-        try:
             self._write(data)
         except OSError:
             self._tail_dirty = True
             os.ftruncate(self._wfd, seg.size)
             self._tail_dirty = False
             raise
+        seg.size += total
+        seg.count += count
 
     def _refused(self, e: OSError) -> OutputUnavailable:
         """Count and log (once per spell) an append the file system refused."""
@@ -428,6 +440,22 @@ class DiskQueue:
         if self.fsync == "batch":
             os.fdatasync(self._wfd)
 
+    def _reclaim_tail(self, e: OSError) -> bool:
+        """The disk is full and the tail segment holds acknowledged records: start a new tail,
+        so the old one is deleted once all of it is acknowledged (a segment is freed whole, and
+        the tail is never freed, so without this a queue whose one segment outgrew the free
+        space would stay full for ever). True when space was freed at once."""
+        tail = self._segs[-1]
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) or not tail.count or self._acked <= tail.base:
+            return False
+        try:
+            self._roll()
+        except OSError:
+            return False
+        before = len(self._segs)
+        self._free_acked()
+        return len(self._segs) < before
+
     def _roll(self) -> None:
         """Start a new tail segment; the new file exists before the old one is let go."""
         old = self._wfd
@@ -440,7 +468,6 @@ class DiskQueue:
         if self.fsync == "batch":
             os.fsync(old)
         os.close(old)
-        self._free_acked()  # the old tail may be all acknowledged: its space goes now
 
     def _used(self) -> int:
         return sum(s.size for s in self._segs)
@@ -452,7 +479,7 @@ class DiskQueue:
                 raise QueueClosed()
             if self.full_policy == "drop_oldest":
                 if len(self._segs) == 1:
-                    self._roll()  # frees the old tail at once when it was all acknowledged
+                    self._roll()
                     continue
                 self._drop_oldest()
                 continue

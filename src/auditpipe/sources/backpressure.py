@@ -71,7 +71,7 @@ class BoundedQueue:
     A batch larger than the whole capacity is split so it can enter in parts.
     ``get(timeout)`` returns every batch queued (a list of batches), or [] on timeout.
     Counters: ``dropped``, ``put_items``, ``peak`` (highest depth), ``blocked`` (times a put
-    had to wait).
+    had to wait), ``blocked_seconds`` (time puts spent waiting).
     """
 
     def __init__(self, capacity: int, policy: str = "block") -> None:
@@ -91,6 +91,7 @@ class BoundedQueue:
         self.put_items = 0
         self.peak = 0
         self.blocked = 0
+        self.blocked_seconds = 0.0
 
     def __len__(self) -> int:
         return self._size
@@ -117,6 +118,7 @@ class BoundedQueue:
             deadline = None if timeout is None else time.monotonic() + timeout
             start = 0
             waited = False
+            t0 = time.monotonic()
             while start < n:
                 room = self.capacity - self._size
                 if room > 0:
@@ -133,6 +135,8 @@ class BoundedQueue:
                 if left is not None and left <= 0:
                     break
                 self._not_full.wait(left)
+            if waited:
+                self.blocked_seconds += time.monotonic() - t0
             lost = n - start
             self.dropped += lost
             return lost

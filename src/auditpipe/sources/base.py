@@ -85,7 +85,7 @@ class Source(Protocol):
     def close(self) -> list[str]:
         """Stop the reader and undo everything; safe twice. Returns problems."""
 
-    def counters(self) -> dict[str, int]:
+    def counters(self) -> dict[str, int | float]:
         """records_received, kernel_lost, enobufs, userspace_drops, queue_depth, ..."""
 
     def describe(self) -> dict[str, Any]:

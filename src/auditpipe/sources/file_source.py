@@ -95,8 +95,8 @@ class FileTailSource(ReaderThread):
         pass
 
     def counters(self) -> dict[str, int]:
-        return {"records_received": self.messages, "queue_depth": len(self.queue),
-                "queue_peak": self.queue.peak, "queue_blocked": self.queue.blocked}
+        return {"records_received": self.messages, "source_queue_depth": len(self.queue),
+                "source_queue_peak": self.queue.peak, "source_queue_blocked": self.queue.blocked}
 
     def describe(self) -> dict[str, Any]:
         return {"mode": "file", "path": self.path, "checkpoint": self.checkpoint}

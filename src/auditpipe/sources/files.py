@@ -260,8 +260,8 @@ def _inflates(buf: bytes) -> bool:
 def iter_line_chunks(stream, chunk: int = CHUNK, on_progress=None, max_line: int | None = None) -> Iterator[list[str]]:
     """Yield lists of decoded lines. A last line without a newline is yielded too.
 
-    A line longer than ``max_line`` bytes (default :data:`MAX_LINE`) is skipped while it is read (memory stays bounded by
-    ``max_line``, not by the line: a stream with no newline at all, such as /dev/zero, is read
+    A line longer than ``max_line`` bytes (default :data:`MAX_LINE`) is skipped while it is read
+    (memory stays bounded by ``max_line``, not by the line: a stream with no newline at all, such as /dev/zero, is read
     in constant memory); an empty line stands in its place so line numbers stay true, and once
     the stream is exhausted :class:`DamagedInput` says which lines were skipped. A stream that
     fails with :class:`DamagedInput` of its own (a damaged .gz) has its problems listed too.

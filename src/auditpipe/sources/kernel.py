@@ -122,7 +122,8 @@ class KernelSource(ReaderThread):
     def from_config(cls, cfg: Any) -> KernelSource:
         """The source a typed :class:`~auditpipe.config.Config` asks for."""
         k = cfg.kernel
-        control = KernelControl(k, purge=cfg.rules.purge, journal=KernelJournal(cfg.state.dir))
+        control = KernelControl(k, purge=cfg.rules.purge, journal=KernelJournal(cfg.state.dir),
+                                pending_path=cfg.rules.pending_path)
         return cls(mode=k.mode, strategy=k.backpressure_strategy, control=control, rcvbuf=k.rcvbuf,
                    queue_size=k.queue_size, batch_delay=k.batch_delay)
 
@@ -195,12 +196,13 @@ class KernelSource(ReaderThread):
     def reconfigure(self, cfg: Any, ruleset: RuleSet | None) -> None:
         self.control.reload(cfg.kernel, ruleset)
 
-    def counters(self) -> dict[str, int]:
+    def counters(self) -> dict[str, int | float]:
         q, c = self.queue, self.control
         return {"records_received": self.messages, "kernel_lost": c.kernel_lost,
                 "kernel_backlog": c.status.get("backlog", 0), "enobufs": self.enobufs,
-                "userspace_drops": q.dropped, "queue_depth": len(q), "queue_peak": q.peak,
-                "queue_blocked": q.blocked,
+                "userspace_drops": q.dropped, "source_queue_depth": len(q),
+                "source_queue_peak": q.peak, "source_queue_blocked": q.blocked,
+                "backpressure_seconds": round(q.blocked_seconds, 3),
                 "rules_installed": len(c.installed), "rules_refused": c.rules_refused}
 
     def describe(self) -> dict[str, Any]:
@@ -208,7 +210,8 @@ class KernelSource(ReaderThread):
         return {"mode": self.mode, "other_daemon": {"pid": other[0], "comm": other[1]} if other else None,
                 "backpressure_strategy": self.strategy.name if self.strategy else None,
                 "kernel_status": dict(self.control.status),
-                "recovered_from_pid": self.control.recovered_from}
+                "recovered_from_pid": self.control.recovered_from,
+                "locked": self.control.locked, "rules_pending": self.control.pending}
 
     def _start_reader(self) -> None:
         self._thread = threading.Thread(target=self._read_loop, name="auditpipe-netlink-reader",

@@ -27,6 +27,7 @@ import sys
 from dataclasses import dataclass, field
 
 from auditpipe.config import DEFAULT_BACKLOG_LIMIT, KernelConfig
+from auditpipe.kernel.immutable import write_pending
 from auditpipe.kernel.netlink import AuditNetlink, AuditNetlinkError
 from auditpipe.kernel.rules import RuleData, RuleErrors, RuleItem, compile_line, format_rule, parse_rules
 from auditpipe.sources.backpressure import Strategy
@@ -46,6 +47,12 @@ class KernelControlError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------- rules
+def _rule_lines(path: str) -> list[str]:
+    """A rule file's lines as auditctl reads them (no comments, no blank lines)."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+
+
 @dataclass
 class RuleSet:
     """Compiled rule files: the rules in order, and the status settings their control lines
@@ -135,8 +142,11 @@ class KernelControl:
                 "backlog_wait_time": k.backlog_wait_time}
 
     def __init__(self, kernel: KernelConfig | None = None, *, purge: str | bool = "auto",
-                 journal: KernelJournal | None = None, default_backlog_limit: int = DEFAULT_BACKLOG_LIMIT) -> None:
+                 journal: KernelJournal | None = None, default_backlog_limit: int = DEFAULT_BACKLOG_LIMIT,
+                 pending_path: str | None = None) -> None:
         self.kernel = kernel if kernel is not None else KernelConfig()
+        self.pending_path = pending_path
+        self.pending: str | None = None  # the next boot's rules file written while locked
         self.purge = purge
         self.journal = journal
         self.default_backlog_limit = default_backlog_limit
@@ -234,6 +244,7 @@ class KernelControl:
         if self.locked:
             log.warning("the audit configuration is locked (enabled=2): rules and status are "
                         "left as they are until reboot")
+            self.write_pending(ruleset)
             return
         self.apply_status(ruleset)
         self.install_rules(ruleset, first=True)
@@ -249,6 +260,25 @@ class KernelControl:
             self.changed.pop("enabled", None)
             log.warning("audit configuration locked (immutable = true): rules and status "
                         "stay until reboot")
+
+    def write_pending(self, ruleset: RuleSet | None) -> None:
+        """Locked kernel: the rules we were asked to load become the next boot's rules file
+        (``[rules] pending_path``), reported as pending in the status file."""
+        if ruleset is None or self.pending_path is None:
+            return
+        try:
+            lines = [ln for f in ruleset.files for ln in _rule_lines(f)]
+            self.pending = str(write_pending(lines, self.pending_path, ", ".join(ruleset.files)))
+        except OSError as e:
+            log.error("could not write the pending rules to %s: %s", self.pending_path, e)
+            return
+        log.warning("%d rule line(s) written to %s: they take effect at the next boot",
+                    len(lines), self.pending)
+
+    def watched_rules(self) -> list[bytes]:
+        """The rules the drift monitor compares with the kernel's list: ours, the
+        self-exclusion rule first (it is prepended)."""
+        return ([self.self_rule] if self.self_rule is not None else []) + list(self.installed)
 
     # -- status ------------------------------------------------------------------------------
     def desired_status(self, ruleset: RuleSet | None) -> dict[str, int]:
@@ -429,6 +459,8 @@ class KernelControl:
         self.kernel = kernel
         if self.locked or self.ctl is None:
             log.warning("reload: the audit configuration is locked; rules left as they are")
+            if self.locked:
+                self.write_pending(ruleset)
             return
         self.apply_status(ruleset)
         self.install_rules(ruleset, first=False)
