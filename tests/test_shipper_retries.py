@@ -55,7 +55,8 @@ def test_unavailable_and_429_are_retried_past_the_5xx_bound(tmp_path):
         q.close()
 
 
-def test_receiver_down_is_retried_until_it_is_back(tmp_path):
+def test_receiver_down_is_retried_until_it_is_back(tmp_path, caplog):
+    caplog.set_level("WARNING", logger="auditpipe.sinks.shipper")
     rx = LoopbackReceiver().start()
     rx.stop()
     q, sh = shipper(tmp_path, rx.url, max_retries_5xx=0)
@@ -74,3 +75,7 @@ def test_receiver_down_is_retried_until_it_is_back(tmp_path):
         rx.stop()
         q.close()
     assert rx.docs() == [{"n": i} for i in range(5)] and sh.dead_events == 0
+    # one line when it starts failing and one when it delivers again, not one per retry
+    lines = [r.getMessage() for r in caplog.records if r.name == "auditpipe.sinks.shipper"]
+    assert len(lines) == 2, lines
+    assert "retrying with backoff" in lines[0] and "delivering again after" in lines[1]

@@ -176,6 +176,8 @@ class QueueShipper:
         self.sent_events = 0
         self.sent_batches = 0
         self.retries = 0
+        self._failing_since: float | None = None  # a spell of failed sends: logged once
+        self._failing_retries = 0
         self.dead_events = 0
         self.dead_batches = 0
         self.ack_errors = 0
@@ -251,13 +253,32 @@ class QueueShipper:
                 wait = min(max(wait, delay), self.retry.backoff_max)
             attempt += 1
             self.retries += 1
-            log.warning("%s: %s, retry %d in %.1fs", self.transport.name, self.last_error, attempt, wait)
+            self._note_failure(attempt, wait)
             if self.stop_event.wait(wait):
                 self.queue.rewind()  # not acknowledged: sent again on the next start
                 return False
         self._inflight.append((self._calls, batch[-1][0]))
         self._resolved = batch[-1][0]
+        self._note_recovery()
         return True
+
+    def _note_failure(self, attempt: int, wait: float) -> None:
+        """One warning per spell of failures (a receiver down for an hour is one line, not
+        thousands); every retry is counted in ``retries`` and logged at debug level."""
+        self._failing_retries += 1
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.warning("%s: %s; retrying with backoff (logged again when it delivers)",
+                        self.transport.name, self.last_error)
+        else:
+            log.debug("%s: %s, retry %d in %.1fs", self.transport.name, self.last_error, attempt, wait)
+
+    def _note_recovery(self) -> None:
+        if self._failing_since is not None:
+            log.warning("%s: delivering again after %d retries in %.1f s", self.transport.name,
+                        self._failing_retries, time.monotonic() - self._failing_since)
+            self._failing_since = None
+            self._failing_retries = 0
 
     def _settle(self, out: Outcome, pending: list[int], payloads: list[bytes]) -> list[int]:
         """Count what one send delivered, dead-letter what it refused; the positions to retry."""
