@@ -34,14 +34,28 @@ def shared():
 
 
 @pytest.fixture
-def tmpfs(tmp_path):
-    """A real 5 MB tmpfs (disk-full tests), unmounted in teardown."""
+def tmpfs_factory(tmp_path):
+    """``make(size, name)``: a real tmpfs of ``size`` (e.g. "2m") under tmp_path, for disk-full
+    tests; every one is unmounted in teardown."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m,mode=0700", "tmpfs", str(mnt)], check=True)
+        pytest.skip("mounting a tmpfs (disk-full test) needs root")
+    mounted: list = []
+
+    def make(size: str = "5m", name: str = "mnt"):
+        mnt = tmp_path / name
+        mnt.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mnt)], check=True)
+        mounted.append(mnt)
+        return mnt
+
     try:
-        yield mnt
+        yield make
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        for mnt in mounted:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def tmpfs(tmpfs_factory):
+    """A real 5 MB tmpfs (disk-full tests), unmounted in teardown."""
+    return tmpfs_factory("5m")

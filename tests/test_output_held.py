@@ -26,17 +26,9 @@ from test_live_runner import FakeSource, execve_event, outputs_of
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(tmpfs_factory):
     """A 1 MiB tmpfs, unmounted in teardown."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs for the disk-full test needs root")
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    return tmpfs_factory("1m", "disk")
 
 
 def fill(mnt, leave: int) -> str:

@@ -207,16 +207,8 @@ def test_msgpack_415_and_unknown_shapes_400(serve):
 
 
 @pytest.fixture
-def tiny_tmpfs(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def tiny_tmpfs(tmpfs_factory):
+    return tmpfs_factory("2m", "tmpfs")
 
 
 def test_output_disk_full_503_then_everything_once(serve, tiny_tmpfs):
