@@ -160,6 +160,12 @@ class Reassembler:
                 return False
         return True
 
+    def recently_ended(self) -> list[tuple[tuple, bool]]:
+        """The keys whose events ended recently (oldest first), each with whether a later record
+        of that key would be late: what a reassembler started afresh at this point would not know
+        (a parallel parse checks the next part of its input against it)."""
+        return list(self._ended.items())
+
     def feed(self, record, now: float | None = None) -> list:
         self.records += 1
         t = record.type_num
