@@ -1,12 +1,15 @@
-"""`parse --jobs N` writes what `--jobs 1` writes, byte for byte, with the same totals."""
+"""`parse --jobs N` writes what `--jobs 1` writes, and the compiled build what the pure-Python
+one writes: byte for byte, with the same totals."""
 
 from __future__ import annotations
 
 import functools
+import os
 import random
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from tests.conftest import shared_path
@@ -22,9 +25,11 @@ _PER_RUN = re.compile(rb'"p_parse_time":"[^"]*","p_row_id":"[^"]*"')
 _TOTALS = re.compile(r"auditpipe parse: (.*);")
 
 
-def _parse(path, fmt: str, jobs: int, out) -> tuple[bytes, str]:
+def _parse(path, fmt: str, jobs: int, out, pure: bool = False) -> tuple[bytes, str]:
+    env = {**os.environ, "AUDITPIPE_PURE": "1"} if pure else {k: v for k, v in os.environ.items()
+                                                               if k != "AUDITPIPE_PURE"}
     proc = subprocess.run([sys.executable, "-m", "auditpipe", "parse", str(path), "--format", fmt, "-o", str(out),
-                           "--no-progress", "--jobs", str(jobs)], capture_output=True, text=True, check=True)
+                           "--no-progress", "--jobs", str(jobs)], capture_output=True, text=True, check=True, env=env)
     totals = _TOTALS.search(proc.stderr)
     assert totals, proc.stderr
     return _PER_RUN.sub(b"", out.read_bytes()), totals.group(1)
@@ -39,6 +44,38 @@ def test_jobs_output_equals_one_job(tmp_path, corpus, fmt):
     assert one.count(b"\n") > 500
     assert two == one
     assert two_totals == one_totals
+
+
+def _compiled_modules() -> list[str]:
+    code = ("import importlib, pathlib; mods = [l for l in pathlib.Path('../scripts/compiled_modules.txt')"
+            ".read_text().split() if l.endswith('.py')]; print(' '.join(m for m in mods if importlib.import_module("
+            "m[:-3].replace('/', '.')).__file__.endswith('.so')))")
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "AUDITPIPE_PURE"}
+    return subprocess.run([sys.executable, "-c", code], cwd=root / "src", capture_output=True, text=True,
+                          check=True, env=env).stdout.split()
+
+
+@pytest.mark.parametrize("fmt", ["ecs", "coalesced", "panther"])
+@pytest.mark.parametrize("corpus", ["enriched.log", "raw-node.log", "bench.log.gz"])
+def test_compiled_build_output_equals_pure_python(tmp_path, corpus, fmt):
+    compiled = _compiled_modules()
+    if not compiled:
+        pytest.skip("no compiled build here (scripts/build_compiled.sh found no compiler): nothing to compare")
+    path = shared_path("corpus", corpus)
+    pure, pure_totals = _parse(path, fmt, 1, tmp_path / "pure.json", pure=True)
+    fast, fast_totals = _parse(path, fmt, 1, tmp_path / "compiled.json")
+    assert pure.count(b"\n") > 500
+    assert fast == pure
+    assert fast_totals == pure_totals
+
+
+def test_pure_switch_really_loads_the_source():
+    if not _compiled_modules():
+        pytest.skip("no compiled build here (scripts/build_compiled.sh found no compiler)")
+    out = subprocess.run([sys.executable, "-c", "import auditpipe.parsing.record as r; print(r.__file__)"],
+                         env={**os.environ, "AUDITPIPE_PURE": "1"}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("record.py")
 
 
 def _messy_lines() -> list[str]:

@@ -90,9 +90,8 @@ class SegmentRun:
                 out.newest = ts
             return normalize(ev)
 
-        self.reassembler = Reassembler(timeout=timeout, max_in_flight=max_in_flight)
         self.serials = _SerialLog()
-        self.reassembler.serials = self.serials  # type: ignore[assignment]
+        self.reassembler = Reassembler(timeout=timeout, max_in_flight=max_in_flight, serials=self.serials)
         self.pipeline = Pipeline(noting, self.reassembler,
                                  on_reject=lambda w, line, why: out.rejects.append((w, line, why)))
         self.buf = io.BytesIO()
