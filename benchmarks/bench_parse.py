@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CORPUS = ROOT.parent / "shared" / "corpus" / "bench.log.gz"
+DEFAULT_CORPUS = Path(os.environ.get("AUDITPIPE_SHARED", ROOT.parent / "shared")) / "corpus" / "bench.log.gz"
 
 LAUREL_CONFIG = """directory = "{dir}"
 user = "root"
@@ -52,8 +52,17 @@ script = false
 """
 
 
+TIME = shutil.which("time", path="/usr/bin:/bin")
+
+
 def timed(cmd, stdin_path=None, cwd=None) -> tuple[float, float, float]:
-    """(wall seconds, CPU seconds, peak MiB) of one run of ``cmd`` and the processes it waited for."""
+    """(wall seconds, CPU seconds, peak MiB) of one run of ``cmd`` and the processes it waited for.
+    The peak comes from /usr/bin/time around the command (a child forked from this process would
+    count this process's pages in its own peak); without it, peak is 0."""
+    peak_file = tempfile.NamedTemporaryFile(prefix="bench-peak-", delete=False)
+    peak_file.close()
+    if TIME:
+        cmd = [TIME, "-f", "%M", "-o", peak_file.name, *cmd]
     with open(stdin_path, "rb") if stdin_path else open(os.devnull, "rb") as stdin:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
@@ -62,7 +71,10 @@ def timed(cmd, stdin_path=None, cwd=None) -> tuple[float, float, float]:
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise subprocess.CalledProcessError(proc.returncode, cmd)
-    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
+    text = Path(peak_file.name).read_text().strip()
+    os.unlink(peak_file.name)
+    peak = int(text.split()[-1]) / 1024 if TIME and text else 0.0
+    return wall, ru.ru_utime + ru.ru_stime, peak
 
 
 LAUREL = "laurel (translate on)"
