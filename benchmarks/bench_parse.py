@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Throughput of `auditpipe parse` against its peers, on the same corpus, in one run.
 
-    .venv/bin/python benchmarks/bench_parse.py [--corpus ../shared/corpus/bench.log.gz] [--runs 3]
+    .venv/bin/python benchmarks/bench_parse.py [--corpus ../shared/corpus/bench.log.gz] [--runs 9]
 
 Every program reads the same decompressed copy of the corpus (ausearch cannot read gzip) and
-writes to /dev/null; wall and CPU time of the whole process, median of --runs. Prints records/s
-and each program's wall time relative to laurel's. Speed targets live here, not in the tests:
-issue 2 asks coalesced ≤ 1.5× laurel's wall time, issue 5 the same for ECS.
+writes to /dev/null; wall, CPU and peak memory of the whole process (workers included).
+Pairwise and interleaved: each round runs laurel and then every program (in an order that
+rotates), and each program's ratio to laurel is taken within its round, so a busy neighbour
+on a shared machine weighs on both sides of a ratio. Prints per program the median and the
+min/median/max of the CPU (and wall) ratios, and checks the targets of issue 14:
+`parse --format ecs` CPU ≤ 1.0× laurel's on one core (``--jobs 1``), coalesced ≤ 0.8×, panther
+≤ 1.0× with peak memory ≤ 64 MiB, and `parse --jobs 2` wall time ≤ 0.6× laurel's.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -24,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CORPUS = ROOT.parent / "shared" / "corpus" / "bench.log.gz"
+DEFAULT_CORPUS = Path(os.environ.get("AUDITPIPE_SHARED", ROOT.parent / "shared")) / "corpus" / "bench.log.gz"
 
 LAUREL_CONFIG = """directory = "{dir}"
 user = "root"
@@ -49,64 +52,109 @@ script = false
 """
 
 
-def timed(cmd, stdin_path=None, cwd=None) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of the child) for one run."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
+TIME = shutil.which("time", path="/usr/bin:/bin")
+
+
+def timed(cmd, stdin_path=None, cwd=None) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak MiB) of one run of ``cmd`` and the processes it waited for.
+    The peak comes from /usr/bin/time around the command (a child forked from this process would
+    count this process's pages in its own peak); without it, peak is 0."""
+    peak_file = tempfile.NamedTemporaryFile(prefix="bench-peak-", delete=False)
+    peak_file.close()
+    if TIME:
+        cmd = [TIME, "-f", "%M", "-o", peak_file.name, *cmd]
     with open(stdin_path, "rb") if stdin_path else open(os.devnull, "rb") as stdin:
-        subprocess.run(cmd, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, cwd=cwd)
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    text = Path(peak_file.name).read_text().strip()
+    os.unlink(peak_file.name)
+    peak = int(text.split()[-1]) / 1024 if TIME and text else 0.0
+    return wall, ru.ru_utime + ru.ru_stime, peak
+
+
+LAUREL = "laurel (translate on)"
+#: program → (measure, bound): the targets of issue 14, as ratios to laurel in the same round
+TARGETS = {
+    "auditpipe parse --format ecs --jobs 1": ("cpu", 1.0),
+    "auditpipe parse --format coalesced --jobs 1": ("cpu", 0.8),
+    "auditpipe parse --format panther --jobs 1": ("cpu", 1.0),
+    "auditpipe parse --format ecs --jobs 2": ("wall", 0.6),
+}
+PANTHER_PEAK_MIB = 64
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.2f}/{statistics.median(values):.2f}/{max(values):.2f}"
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--no-ausearch", action="store_true", help="Leave out ausearch (quicker).")
     args = ap.parse_args()
     auditpipe = shutil.which("auditpipe", path=str(ROOT / ".venv" / "bin")) or shutil.which("auditpipe")
+    if not auditpipe or not shutil.which("laurel"):
+        print("bench_parse: needs auditpipe (scripts/setup.sh) and laurel (apt install laurel)", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory() as tmp:
         plain = Path(tmp) / "bench.log"
         data = gzip.decompress(args.corpus.read_bytes()) if args.corpus.suffix == ".gz" else args.corpus.read_bytes()
         plain.write_bytes(data)
         records = data.count(b"\n")
+        del data  # a forked child counts the parent's pages in its peak until it execs
+        (Path(tmp) / "laurel.toml").write_text(LAUREL_CONFIG.format(dir=tmp))
         progs: list[tuple[str, list[str], str | None]] = []
-        if auditpipe:
-            progs += [
-                ("auditpipe parse --format coalesced", [auditpipe, "parse", str(plain), "-o", os.devnull, "--no-progress"], None),
-                ("auditpipe parse --format ecs", [auditpipe, "parse", str(plain), "--format", "ecs", "-o", os.devnull, "--no-progress"], None),
-                ("auditpipe parse --format panther", [auditpipe, "parse", str(plain), "--format", "panther", "-o", os.devnull, "--no-progress"], None),
-            ]
-        if shutil.which("laurel"):
-            (Path(tmp) / "laurel.toml").write_text(LAUREL_CONFIG.format(dir=tmp))
-            progs.append(("laurel (translate on)", ["laurel", "-c", str(Path(tmp) / "laurel.toml")], str(plain)))
-        if shutil.which("ausearch"):
+        for fmt, jobs in (("ecs", 1), ("coalesced", 1), ("panther", 1), ("ecs", 2), ("coalesced", 2)):
+            progs.append((f"auditpipe parse --format {fmt} --jobs {jobs}",
+                          [auditpipe, "parse", str(plain), "--format", fmt, "--jobs", str(jobs), "-o", os.devnull,
+                           "--no-progress"], None))
+        if shutil.which("ausearch") and not args.no_ausearch:
             progs += [
                 ("ausearch --format raw", ["ausearch", "--input", str(plain), "--format", "raw"], None),
                 ("ausearch -i", ["ausearch", "-i", "--input", str(plain)], None),
             ]
-        results = {}
-        for name, cmd, stdin in progs:
-            runs = []
-            for _ in range(args.runs):
-                try:
-                    runs.append(timed(cmd, stdin))
-                except subprocess.CalledProcessError as e:
-                    print(f"{name}: failed ({e})", file=sys.stderr)
-                    break
-                (Path(tmp) / "laurel.log").unlink(missing_ok=True)
-            if runs:
-                results[name] = (statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs),
-                                 min(w for w, _ in runs))
-    ref, _, ref_best = results.get("laurel (translate on)", (None, None, None))
-    print(f"corpus: {args.corpus} ({records:,} records), {args.runs} runs each, output discarded")
-    print("(wall/cpu: median; best: the fastest run — on a shared VM the best is the steadier figure)")
-    print(f"{'program':38} {'wall s':>7} {'cpu s':>7} {'best s':>7} {'records/s':>11} {'× laurel':>9} {'best ×':>7}")
-    for name, (wall, cpu, best) in results.items():
-        ratio = f"{wall / ref:.2f}" if ref else "-"
-        best_ratio = f"{best / ref_best:.2f}" if ref_best else "-"
-        print(f"{name:38} {wall:7.2f} {cpu:7.2f} {best:7.2f} {records / wall:11,.0f} {ratio:>9} {best_ratio:>7}")
+        laurel = [LAUREL, ["laurel", "-c", str(Path(tmp) / "laurel.toml")], str(plain)]
+        runs: dict[str, list[tuple[float, float, float]]] = {LAUREL: []}
+        ratios: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in progs}
+        for r in range(args.runs):
+            ref = timed(laurel[1], laurel[2])
+            (Path(tmp) / "laurel.log").unlink(missing_ok=True)
+            runs[LAUREL].append(ref)
+            order = progs[r % len(progs):] + progs[:r % len(progs)]
+            for name, cmd, stdin in order:
+                m = timed(cmd, stdin)
+                runs.setdefault(name, []).append(m)
+                ratios[name].append((m[0] / ref[0], m[1] / ref[1]))
+    print(f"corpus: {args.corpus} ({records:,} records), {args.runs} rounds, output discarded, "
+          f"{os.cpu_count()} cores")
+    print("wall/cpu/peak: medians; ratios to laurel's run of the same round as min/median/max")
+    print(f"{'program':44} {'wall s':>6} {'cpu s':>6} {'MiB':>5} {'rec/s':>8} {'cpu × laurel':>15} "
+          f"{'wall × laurel':>15}  target")
+    failed = 0
+    for name, ms in runs.items():
+        wall = statistics.median(m[0] for m in ms)
+        cpu = statistics.median(m[1] for m in ms)
+        peak = statistics.median(m[2] for m in ms)
+        rs = ratios.get(name)
+        cpu_r = _spread([c for _, c in rs]) if rs else "1"
+        wall_r = _spread([w for w, _ in rs]) if rs else "1"
+        verdict = ""
+        if name in TARGETS and rs:
+            measure, bound = TARGETS[name]
+            got = statistics.median(c if measure == "cpu" else w for w, c in rs)
+            ok = got <= bound and (not name.endswith("panther --jobs 1") or peak <= PANTHER_PEAK_MIB)
+            verdict = f"{measure} ≤ {bound}×" + (f", ≤ {PANTHER_PEAK_MIB} MiB" if "panther" in name else "")
+            verdict += " ok" if ok else " MISSED"
+            failed += not ok
+        print(f"{name:44} {wall:6.2f} {cpu:6.2f} {peak:5.0f} {records / wall:8,.0f} {cpu_r:>15} {wall_r:>15}  "
+              f"{verdict}")
+    print(f"targets missed: {failed}" if failed else "all targets met")
     return 0
 
 

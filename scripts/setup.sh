@@ -37,3 +37,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -e '.[test]'
+# the compiled hot path (optional: plain Python when it cannot be built)
+bash scripts/build_compiled.sh

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import zlib
+from collections.abc import Iterable
 from typing import Literal, cast
 
 import click
@@ -57,40 +58,28 @@ def _open_output(output: str):
 
 
 def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_flight=4096, progress=False,
-              lake=None, max_line=None) -> dict:
+              lake=None, max_line=None, jobs: int = 1, make_normalize=None) -> dict:
     """Parse `paths` in order (one stream: a rotated set continues across files) and write JSON lines
-    (or hand them to ``lake``, a Transport, one batch per chunk)."""
+    (or hand them to ``lake``, a Transport, one batch per chunk). With ``jobs`` > 1 and
+    ``make_normalize`` (each worker builds its own normalizer), segments are parsed by that many
+    processes, the output the same byte for byte (see pipeline/parallel.py)."""
     reject = RejectWriter(rejects)
     cfg = Config(reassembly=ReassemblyConfig(timeout=timeout, max_in_flight=max_in_flight))
     pipeline = assembly.build_pipeline(cfg, reject, normalize=normalize, role="parse")
+    parallel = jobs > 1 and make_normalize is not None and lake is None and not pipeline.stages and max_in_flight > 1
     out, close_out = _open_output("-" if lake is not None else output)
     feed = _LakeFeed(lake) if lake is not None else None
-    write = out.write if feed is None else feed.write
+    # a line at a time into the buffered output: orjson's results are freed one by one (a chunk's
+    # worth of them held at once doubled the peak memory of panther's row per record)
+    write = out.writelines if feed is None else feed.write
     bar = _Progress(paths) if progress else None
-    read_errors = 0
+    read_errors = [0]
+    chunks = _chunks(paths, bar, max_line, read_errors)
     try:
-        for path in paths:
-            stream = open_audit_file(path)
-            raw = getattr(stream, "fileobj", None) or stream
-            where = "<stdin>" if path == "-" else path
-            lineno = 1
-            try:
-                on_progress = bar.updater(path, raw) if bar else None
-                for lines in iter_line_chunks(stream, on_progress=on_progress, max_line=max_line):
-                    docs = pipeline.feed_lines(lines, where, lineno)
-                    lineno += len(lines)
-                    if docs:
-                        write(b"".join(map(dumps_line, docs)))
-            except (OSError, EOFError, zlib.error) as e:
-                # a truncated or corrupt .gz, an I/O error: keep what was read, go on to the next file
-                read_errors += 1
-                click.echo(f"{where}: read error after line {lineno - 1}: {e}", err=True)
-            finally:
-                if stream is not sys.stdin.buffer:
-                    stream.close()
-        docs = pipeline.flush()
-        if docs:
-            write(b"".join(map(dumps_line, docs)))
+        if parallel:
+            stats = _run_parallel(chunks, make_normalize, jobs, pipeline, write, out.write, timeout, max_in_flight)
+        else:
+            stats = _run_serial(chunks, pipeline, write)
         if feed is not None:
             feed.flush()
         out.flush()
@@ -100,7 +89,60 @@ def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_fl
         if close_out:
             out.close()
         reject.close()
-    return {**pipeline.stats(), "read_errors": read_errors}
+    return {**stats, "read_errors": read_errors[0]}
+
+
+def _chunks(paths, bar, max_line, read_errors: list[int]):
+    """(where, first line number, lines) of every file in turn; a read error is reported and
+    counted, and the next file follows."""
+    for path in paths:
+        stream = open_audit_file(path)
+        raw = getattr(stream, "fileobj", None) or stream
+        where = "<stdin>" if path == "-" else path
+        lineno = 1
+        try:
+            on_progress = bar.updater(path, raw) if bar else None
+            for lines in iter_line_chunks(stream, on_progress=on_progress, max_line=max_line):
+                yield where, lineno, lines
+                lineno += len(lines)
+        except (OSError, EOFError, zlib.error) as e:
+            # a truncated or corrupt .gz, an I/O error: keep what was read, go on to the next file
+            read_errors[0] += 1
+            click.echo(f"{where}: read error after line {lineno - 1}: {e}", err=True)
+        finally:
+            if stream is not sys.stdin.buffer:
+                stream.close()
+
+
+def _run_serial(chunks, pipeline, write) -> dict:
+    for where, lineno, lines in chunks:
+        docs = pipeline.feed_lines(lines, where, lineno)
+        if docs:
+            write(map(dumps_line, docs))
+    docs = pipeline.flush()
+    if docs:
+        write(map(dumps_line, docs))
+    return pipeline.stats()
+
+
+def _run_parallel(chunks, make_normalize, jobs, pipeline, write_lines, write, timeout, max_in_flight) -> dict:
+    """Segments to worker processes; a single segment (a small input) is parsed here."""
+    from auditpipe.pipeline.parallel import ParallelParse, cut_segments
+
+    segments = cut_segments(chunks)
+    first = next(segments, None)
+    second = next(segments, None)
+    if first is None or second is None:
+        return _run_serial([first] if first else [], pipeline, write_lines)
+    par = ParallelParse(make_normalize, jobs, write, pipeline.on_reject, timeout=timeout, max_in_flight=max_in_flight)
+    try:
+        par.feed(first)
+        par.feed(second)
+        for seg in segments:
+            par.feed(seg)
+        return par.finish()
+    finally:
+        par.close()
 
 
 class _LakeFeed:
@@ -110,8 +152,8 @@ class _LakeFeed:
         self.lake, self.size = lake, size
         self.pending: list[bytes] = []
 
-    def write(self, lines: bytes) -> None:
-        self.pending.extend(lines.splitlines())
+    def write(self, lines: Iterable[bytes]) -> None:
+        self.pending.extend(line[:-1] for line in lines)
         if len(self.pending) >= self.size:
             self.flush()
 

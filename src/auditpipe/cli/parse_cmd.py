@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 import time
 
@@ -33,15 +35,22 @@ __all__ = ["parse"]
               help="Write the events into this Parquet lake (ecs or panther; see docs/lake.md) instead of JSON lines.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--process-context", is_flag=True, help="ecs/coalesced: parents, ancestors and leaders from the input itself (docs/process.md).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: the number of cores); the output is the same as with 1.")
 @click.option("--max-line-bytes", type=click.IntRange(min=8970), default=MAX_LINE, show_default=True,
               help="Skip (and report) input lines longer than this; memory stays bounded by it.")
-def parse(paths, fmt, output, rejects, strict, timeout, max_in_flight, resolve_ids, passwd, group, include_raw, progress,
-          process_context, lake, max_line_bytes):
+def parse(paths, fmt, output, rejects, strict, timeout, max_in_flight, resolve_ids, passwd, group, include_raw,
+          progress, process_context, lake, max_line_bytes, jobs):
     """Parse audit.log files (plain or .gz, in the order given; `-` or none for stdin) into events."""
     from auditpipe.cli.common import build_normalizer, run_files
 
-    normalize = build_normalizer(fmt, resolve_ids=resolve_ids, passwd=passwd, group=group, include_raw=include_raw)
-    if process_context:
+    make_normalize = functools.partial(build_normalizer, fmt, resolve_ids=resolve_ids, passwd=passwd, group=group,
+                                       include_raw=include_raw)
+    normalize = make_normalize()
+    if jobs is None:
+        jobs = len(os.sched_getaffinity(0))
+    if process_context:  # the process table follows the whole input in order: one process
+        make_normalize = None
         from auditpipe.process.stage import from_records_only
         normalize = from_records_only(normalize, fmt)
     paths = list(paths) or ["-"]
@@ -54,7 +63,7 @@ def parse(paths, fmt, output, rejects, strict, timeout, max_in_flight, resolve_i
     try:
         stats = run_files(paths, normalize, output=output, rejects=rejects, timeout=timeout,
                           max_in_flight=max_in_flight, progress=progress, lake=writer,
-                          max_line=max_line_bytes)
+                          max_line=max_line_bytes, jobs=jobs, make_normalize=make_normalize)
     finally:
         if writer is not None:
             writer.close()

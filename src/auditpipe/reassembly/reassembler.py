@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections import deque
 
 from auditpipe import tables
-from auditpipe.reassembly.serials import SerialTracker
+from auditpipe.reassembly.serials import SerialSink, SerialTracker
 
 __all__ = ["Event", "Reassembler", "ends_event", "is_standalone"]
 
@@ -120,7 +120,7 @@ class Reassembler:
     """
 
     def __init__(self, timeout: float = 2.0, max_in_flight: int = 4096, wall_timeout: float | None = None,
-                 recent_ids: int = 8192, grace: int = 0):
+                 recent_ids: int = 8192, grace: int = 0, serials: SerialSink | None = None):
         self.timeout = timeout
         self.grace = grace
         self.max_in_flight = max_in_flight
@@ -131,7 +131,7 @@ class Reassembler:
         self._held: _Pending | None = None  # the event the last record (a PROCTITLE) ended, open for its EOE
         self._recent_ids = recent_ids
         self._newest = 0.0
-        self.serials = SerialTracker()
+        self.serials: SerialSink = serials if serials is not None else SerialTracker()
         self.events = 0  # emitted
         self.created = 0  # opened; events leave in the order they were opened
         self.records = 0
@@ -159,6 +159,12 @@ class Reassembler:
             if not ev.done:
                 return False
         return True
+
+    def recently_ended(self) -> list[tuple[tuple, bool]]:
+        """The keys whose events ended recently (oldest first), each with whether a later record
+        of that key would be late: what a reassembler started afresh at this point would not know
+        (a parallel parse checks the next part of its input against it)."""
+        return list(self._ended.items())
 
     def feed(self, record, now: float | None = None) -> list:
         self.records += 1

@@ -9,7 +9,9 @@ taken off the count again. A jump backwards far beyond the window is a restart o
 
 from __future__ import annotations
 
-__all__ = ["SerialTracker"]
+from typing import Any, Protocol
+
+__all__ = ["SerialTracker", "SerialSink"]
 
 _MOD = 1 << 32
 _HALF = 1 << 31
@@ -22,6 +24,17 @@ class _Sequence:
         self.expected = (serial + 1) % _MOD
         self.ahead: set[int] = set()
         self.recent_lost: set[int] = set()
+
+
+class SerialSink(Protocol):
+    """What the reassembler tells about serials: a SerialTracker, or a stand-in that notes them
+    (a parallel parse's worker, whose parent counts the whole input)."""
+
+    lost: int
+
+    def see(self, node: Any, serial: int) -> None: ...
+
+    def flush(self) -> None: ...
 
 
 class SerialTracker:

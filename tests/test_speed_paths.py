@@ -1,0 +1,63 @@
+"""The fast paths give exactly what the general paths give, on every shared corpus."""
+
+from __future__ import annotations
+
+import gzip
+
+import pytest
+from tests.conftest import shared_path
+
+from auditpipe.parsing import record
+
+CORPORA = ("enriched.log", "raw-node.log", "bench.log.gz")
+
+
+def _lines(name: str) -> list[str]:
+    path = shared_path("corpus", name)
+    data = gzip.decompress(path.read_bytes()) if name.endswith(".gz") else path.read_bytes()
+    return data.decode("utf-8", "surrogateescape").splitlines()
+
+
+def _syscall_bodies(name: str) -> list[str]:
+    bodies = []
+    for line in _lines(name):
+        m = record._HEADER.match(line)
+        if m and m.group(2) == "SYSCALL":
+            bodies.append(line[m.end():].partition(record.GS)[0])
+    return bodies
+
+
+@pytest.mark.parametrize("name", CORPORA)
+def test_syscall_fixed_keys_equal_general_path(name):
+    bodies = _syscall_bodies(name)
+    assert bodies, f"no SYSCALL records in {name}"
+    for body in bodies:
+        fast = record._syscall_fields(body)
+        assert fast is not None, f"usual SYSCALL shape not matched: {body}"
+        general = record._parse_fields(body, record._SYSCALL)
+        assert list(fast.items()) == list(general.items()), body
+
+
+@pytest.mark.parametrize("body", [
+    # hex-encoded comm / exe / key, quotes in odd places, a missing key, an extra word: general path
+    'arch=c000003e syscall=59 success=yes exit=0 a0=1 a1=2 a2=3 a3=4 items=2 ppid=1 pid=2 auid=0 uid=0 gid=0 '
+    'euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=(none) ses=1 comm=6120622063 exe="/bin/x" key=(null)',
+    'arch=c000003e syscall=59 success=yes exit=0 a0=1 a1=2 a2=3 a3=4 items=2 ppid=1 pid=2 auid=0 uid=0 gid=0 '
+    'euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=(none) ses=1 comm="x" exe="/bin/x" key=6B31016B32',
+    'arch=c000003e syscall=59 success=yes exit=0 a0=1 a1=2 a2=3 a3=4 items=2 ppid=1 pid=2 auid=0 uid=0 gid=0 '
+    'euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=(none) ses=1 comm="x" exe="/bin/x" subj=unconfined key="k"',
+    'arch="c000003e" syscall=59 success=yes exit=0 a0=1 a1=2 a2=3 a3=4 items=2 ppid=1 pid=2 auid=0 uid=0 '
+    'gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=(none) ses=1 comm="x" exe="/bin/x" key=(null)',
+    'arch=c000003e syscall=59 a0=1 a1=2 a2=3 a3=4 items=2 ppid=1 pid=2 auid=0 uid=0 gid=0 euid=0 suid=0 '
+    'fsuid=0 egid=0 sgid=0 fsgid=0 tty=(none) ses=1 comm="x" exe="/bin/x" key=(null)',
+    'arch=c000003e syscall=59 success=yes exit=0 a0=1 a1=2 a2=3 a3=4 items=2 ppid=1 pid=2 auid=0 uid=0 gid=0 '
+    'euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 tty=(none) ses=1 comm="x" exe="/bin/x" key=(null) extra',
+])
+def test_syscall_odd_shapes_parse_as_before(body):
+    fields, _ = record.parse_body(body, record._SYSCALL)
+    assert list(fields.items()) == list(record._parse_fields(body, record._SYSCALL).items())
+    if "subj=" in body:
+        assert record._syscall_fields(body) == {**fields}
+        assert fields["key"] == "k"
+    if "6120622063" in body:
+        assert record._syscall_fields(body) is None and fields["comm"] == "a b c"
