@@ -301,3 +301,15 @@ def test_run_check_rejects_output_options_that_cannot_work(tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
     assert f"{p}:4: [[outputs]] #1 queue_max_bytes" in r.stderr
+
+
+def test_run_check_names_every_default_output(tmp_path):
+    """`run --check` says where each output writes (the lake by its folder, not as stdout)."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "a.toml"
+    cfg.write_text(f'[status]\npath = "{tmp_path / "status.json"}"\n')
+    out = subprocess.run([sys.executable, "-m", "auditpipe", "run", "--check", "--config", str(cfg)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "output: lake ./auditpipe-data" in out and "stdout" not in out

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from auditpipe.config import Config, ConfigError, FileOutput, HttpOutput, OutputConfig
+from auditpipe.config import Config, ConfigError, ElasticsearchOutput, FileOutput, HttpOutput, LakeOutput, OutputConfig
 from auditpipe.pipeline.stages import route
 from auditpipe.sinks.encode import dumps_line
 
@@ -42,6 +42,10 @@ def describe_output(cfg: OutputConfig) -> str:
         return cfg.path
     if isinstance(cfg, HttpOutput):
         return cfg.url
+    if isinstance(cfg, LakeOutput):
+        return cfg.path
+    if isinstance(cfg, ElasticsearchOutput):
+        return ", ".join(cfg.hosts)
     return "stdout"
 
 
