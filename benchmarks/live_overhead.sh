@@ -6,7 +6,8 @@
 #   sudo bash benchmarks/live_overhead.sh --sweep 2000 3000 4000   (auditpipe alone at each rate)
 #   sudo bash benchmarks/live_overhead.sh --process [RATE] [ROUNDS] (auditpipe alone, [process]
 #        enabled = true vs false, alternating, ROUNDS each (default 1000 3); then min/median CPU
-#        of each and the ratio on/off)
+#        of each and the ratio on/off; PROCESS_EXTRA='read_proc = false' adds lines to the on
+#        run's [process] section)
 #
 # Everything it writes goes to a temporary directory (execload is built by live_overhead.py into
 # /tmp, never into the repo). It takes the kernel-test lock so it never runs beside the kernel
@@ -74,7 +75,8 @@ run_auditpipe() {  # RATE [CONFIG]
 
 if [ "$PROCESS_ROUNDS" -gt 0 ]; then  # the process table's cost: the same run with it on and off
   for on in true false; do
-    { cat "$WORK/auditpipe.toml"; printf '[process]\nenabled = %s\nstate_dir = "%s"\n' "$on" "$WORK/state-$on"; } \
+    extra=; [ "$on" = true ] && extra=${PROCESS_EXTRA:-}
+    { cat "$WORK/auditpipe.toml"; printf '[process]\nenabled = %s\nstate_dir = "%s"\n%s\n' "$on" "$WORK/state-$on" "$extra"; } \
       > "$WORK/process-$on.toml"
   done
   for i in $(seq "$PROCESS_ROUNDS"); do
