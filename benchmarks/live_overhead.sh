@@ -4,6 +4,10 @@
 #
 #   sudo bash benchmarks/live_overhead.sh [RATE] [SECONDS]        (default 1000 15)
 #   sudo bash benchmarks/live_overhead.sh --sweep 2000 3000 4000   (auditpipe alone at each rate)
+#   sudo bash benchmarks/live_overhead.sh --process [RATE] [ROUNDS] (auditpipe alone, [process]
+#        enabled = true vs false, alternating, ROUNDS each (default 1000 3); then min/median CPU
+#        of each and the ratio on/off; PROCESS_EXTRA='read_proc = false' adds lines to the on
+#        run's [process] section)
 #
 # Everything it writes goes to a temporary directory (execload is built by live_overhead.py into
 # /tmp, never into the repo). It takes the kernel-test lock so it never runs beside the kernel
@@ -24,7 +28,9 @@ AUDITPIPE=$ROOT/.venv/bin/auditpipe
 [ -x "$AUDITPIPE" ] || { echo "live_overhead: run scripts/setup.sh first" >&2; exit 1; }
 
 SWEEP=()
+PROCESS_ROUNDS=0
 if [ "${1:-}" = --sweep ]; then shift; SWEEP=("$@"); RATE=0; SECS=${SECS:-15}
+elif [ "${1:-}" = --process ]; then RATE=${2:-1000}; PROCESS_ROUNDS=${3:-3}; SECS=${SECS:-15}
 else RATE=${1:-1000}; SECS=${2:-15}; fi
 
 exec 9>>"$LOCK"
@@ -58,14 +64,37 @@ max_bytes = 0
 path = "$WORK/auditpipe-status.json"
 EOF
 
-run_auditpipe() {  # RATE
+run_auditpipe() {  # RATE [CONFIG]
   rm -f "$WORK/auditpipe-events.jsonl"
   local res
-  res=$(python3 "$BENCH" --rate "$1" --seconds "$SECS" -- "$AUDITPIPE" run --config "$WORK/auditpipe.toml")
+  res=$(python3 "$BENCH" --rate "$1" --seconds "$SECS" -- "$AUDITPIPE" run --config "${2:-$WORK/auditpipe.toml}")
   local n; n=$(wc -l < "$WORK/auditpipe-events.jsonl")
   local drops; drops=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["counters"]; print(c["userspace_drops"], c["enobufs"], c["serial_gaps"])' "$WORK/auditpipe-status.json")
   echo "{\"collector\": \"auditpipe run (ecs)\", \"result\": $res, \"events_in_output\": $n, \"userspace_drops_enobufs_serial_gaps\": \"$drops\"}"
 }
+
+if [ "$PROCESS_ROUNDS" -gt 0 ]; then  # the process table's cost: the same run with it on and off
+  for on in true false; do
+    extra=; [ "$on" = true ] && extra=${PROCESS_EXTRA:-}
+    { cat "$WORK/auditpipe.toml"; printf '[process]\nenabled = %s\nstate_dir = "%s"\n%s\n' "$on" "$WORK/state-$on" "$extra"; } \
+      > "$WORK/process-$on.toml"
+  done
+  for i in $(seq "$PROCESS_ROUNDS"); do
+    for on in true false; do
+      run_auditpipe "$RATE" "$WORK/process-$on.toml" | sed "s/^{/{\"process\": $on, /" | tee -a "$WORK/process.jsonl"
+    done
+  done
+  python3 - "$WORK/process.jsonl" <<'PY'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+cpu = {on: [r["result"]["cpu_s"] for r in rows if r["process"] is on] for on in (True, False)}
+fig = {on: (min(v), statistics.median(v)) for on, v in cpu.items()}
+print(json.dumps({"process_on_cpu_s": cpu[True], "process_off_cpu_s": cpu[False],
+                  "ratio_min": round(fig[True][0] / fig[False][0], 3),
+                  "ratio_median": round(fig[True][1] / fig[False][1], 3)}))
+PY
+  exit 0
+fi
 
 if [ ${#SWEEP[@]} -gt 0 ]; then
   for r in "${SWEEP[@]}"; do run_auditpipe "$r"; done
