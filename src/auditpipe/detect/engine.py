@@ -10,6 +10,7 @@ ECS document they read is built only then when the pipeline's format is not ECS.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -101,8 +102,8 @@ class _Dispatch:
     (bounded); busy hosts repeat the same commands. Per-record verdicts are not memoized: records
     carry pids, pointers and counters, and building the key cost more than it saved (measured)."""
 
-    __slots__ = ("always", "by_field", "hits", "key_fields", "literals", "memo", "misses", "records", "rest",
-                 "uses_text")
+    __slots__ = ("always", "by_field", "gates", "hits", "key_fields", "literals", "memo", "misses", "records",
+                 "rest", "uses_text")
 
     def __init__(self, entries: list[tuple[SigmaDetection, Any, tuple[str, frozenset[str]] | None, Any]],
                  records: bool = False) -> None:
@@ -143,15 +144,18 @@ class _Dispatch:
                 bucket = self.literals.setdefault(field, {}).setdefault(lit, [])
                 if entry not in bucket:
                     bucket.append(entry)
+        #: per field, one regex of all its literals: a value holding none (most records) is
+        #: rejected by one C-level search instead of a Python loop over every literal
+        self.gates = [(field, _any_of(lits), lits) for field, lits in self.literals.items()]
 
     def __bool__(self) -> bool:
         return bool(self.rest or self.by_field)
 
     def candidates(self, view: Any) -> list[tuple[SigmaDetection, Any]]:
         out = self.always
-        if self.literals:
+        if self.gates:
             seen: dict[int, tuple[SigmaDetection, Any]] = {}
-            for field, lits in self.literals.items():
+            for field, gate, lits in self.gates:
                 if field == TEXT:
                     v = view.text()
                 elif field == _CONTEXT:
@@ -162,6 +166,8 @@ class _Dispatch:
                     continue
                 if v.__class__ is not str:
                     v = "\n".join(v)
+                if gate(v) is None:
+                    continue
                 for lit, entries in lits.items():
                     if lit in v:
                         for e in entries:
@@ -192,6 +198,11 @@ class _Dispatch:
             memo.clear()
         memo[key] = found
         return found
+
+
+def _any_of(literals: dict[str, Any]) -> Callable[[str], Any]:
+    """``search`` of a regex that finds any of the literals (None: none occurs)."""
+    return re.compile("|".join(re.escape(lit) for lit in sorted(literals, key=len, reverse=True))).search
 
 
 def _union_literals(trees: list[Any]) -> frozenset[tuple[str, str]] | None:
