@@ -137,6 +137,10 @@ class RecordView:
 
 
 def _values(fields: dict) -> list[str]:
+    """The record's string values in order, those of a nested ``msg`` dict in its place."""
+    out = [v for v in fields.values() if v.__class__ is str]
+    if len(out) == len(fields):  # the common case: all plain strings
+        return out
     out = []
     for v in fields.values():
         if isinstance(v, str):
