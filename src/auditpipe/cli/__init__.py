@@ -26,19 +26,24 @@ def main(ctx: click.Context, log_format: str) -> None:
 
 def _register() -> None:
     # Imported here so that `auditpipe --help` stays cheap and each command owns its module.
-    from auditpipe.cli import parse_cmd
+    from auditpipe.cli import (
+        detect_cmd,
+        es_cmd,
+        install_cmd,
+        lake_cmd,
+        parse_cmd,
+        query_cmd,
+        report_cmd,
+        rules_cmd,
+        run_cmd,
+        serve_cmd,
+        status_cmd,
+    )
 
-    main.add_command(parse_cmd.parse)
-    from auditpipe.cli import serve_cmd; main.add_command(serve_cmd.serve)  # noqa: E702
-    from auditpipe.cli import rules_cmd; main.add_command(rules_cmd.rules)  # noqa: E702
-    from auditpipe.cli import run_cmd; main.add_command(run_cmd.run)  # noqa: E702
-    from auditpipe.cli import status_cmd; main.add_command(status_cmd.status)  # noqa: E702
-    from auditpipe.cli import install_cmd; main.add_command(install_cmd.install)  # noqa: E702
-    from auditpipe.cli import es_cmd; es_cmd.register(main)  # noqa: E702
-    from auditpipe.cli import query_cmd; main.add_command(query_cmd.query)  # noqa: E702
-    from auditpipe.cli import lake_cmd; main.add_command(lake_cmd.lake)  # noqa: E702
-    from auditpipe.cli import report_cmd; main.add_command(report_cmd.report)  # noqa: E702
-    from auditpipe.cli import detect_cmd; main.add_command(detect_cmd.detect)  # noqa: E702
+    for command in (parse_cmd.parse, serve_cmd.serve, rules_cmd.rules, run_cmd.run, status_cmd.status,
+                    install_cmd.install, query_cmd.query, lake_cmd.lake, report_cmd.report, detect_cmd.detect):
+        main.add_command(command)
+    es_cmd.register(main)
 
 
 _register()

@@ -30,11 +30,13 @@ __all__ = ["parse"]
               help="ecs: resolve uid/gid to names.")
 @click.option("--passwd", type=click.Path(exists=True, dir_okay=False), help="ecs: resolve uids from this passwd file.")
 @click.option("--group", type=click.Path(exists=True, dir_okay=False), help="ecs: resolve gids from this group file.")
-@click.option("--include-raw", is_flag=True, help="Keep each record's line as read (ecs: event.original; coalesced: records[].raw).")
+@click.option("--include-raw", is_flag=True,
+              help="Keep each record's line as read (ecs: event.original; coalesced: records[].raw).")
 @click.option("--lake", type=click.Path(file_okay=False),
               help="Write the events into this Parquet lake (ecs or panther; see docs/lake.md) instead of JSON lines.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-@click.option("--process-context", is_flag=True, help="ecs/coalesced: parents, ancestors and leaders from the input itself (docs/process.md).")
+@click.option("--process-context", is_flag=True,
+              help="ecs/coalesced: parents, ancestors and leaders from the input itself (docs/process.md).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Worker processes (default: the number of cores); the output is the same as with 1.")
 @click.option("--max-line-bytes", type=click.IntRange(min=8970), default=MAX_LINE, show_default=True,

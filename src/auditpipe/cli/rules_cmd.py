@@ -13,8 +13,8 @@ import sys
 import click
 
 from auditpipe.kernel.immutable import DEFAULT_PENDING_PATH, LOCKED_MESSAGE, kernel_locked, write_pending
-from auditpipe.kernel.rules.lint import lint
 from auditpipe.kernel.rules import RuleData, RuleItem, expected_listing, format_rule, parse_rules
+from auditpipe.kernel.rules.lint import lint
 from auditpipe.tables import MACHINES, K
 
 __all__ = ["rules"]

@@ -22,7 +22,12 @@ from auditpipe import tables
 from auditpipe.normalize.agent import document_id
 from auditpipe.normalize.coalesced import IsoTimestamps
 from auditpipe.normalize.ecs_fields import (
-    Names, apply_entities, build_address, build_file, build_user, drop_redundant_effective,
+    Names,
+    apply_entities,
+    build_address,
+    build_file,
+    build_user,
+    drop_redundant_effective,
 )
 from auditpipe.normalize.ecs_table import DEFAULT_SYSCALL_NORM, RECORD_NORMS, SYSCALL_NORMS
 from auditpipe.normalize.ecs_walk import DROP, execve_args, merge_fields, split_context, walk_main
@@ -84,7 +89,8 @@ def _syscall_facts(_facts_cache: dict, arch_hex: str | None, num: str | None,
             if f is None:
                 if len(_facts_cache) > 16384:
                     _facts_cache.clear()
-                f = _facts_cache[key] = _SyscallFacts(arch_name, sc_name, SYSCALL_NORMS.get(sc_name, DEFAULT_SYSCALL_NORM))
+                norm = SYSCALL_NORMS.get(sc_name, DEFAULT_SYSCALL_NORM)
+                f = _facts_cache[key] = _SyscallFacts(arch_name, sc_name, norm)
             return f
     key = (arch_hex, num)
     f = _facts_cache.get(key)

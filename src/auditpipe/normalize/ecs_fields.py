@@ -12,7 +12,7 @@ import time
 
 from auditpipe.normalize.idresolve import is_real_name
 
-__all__ = ["Names", "build_user", "apply_entities", "drop_redundant_effective", "build_file", "build_address", "split_context"]
+__all__ = ["Names", "apply_entities", "build_address", "build_file", "build_user", "drop_redundant_effective"]
 
 # uid/gid field → (user.<sub>, under .group)
 _ID_SLOT = {
@@ -26,11 +26,6 @@ _ID_SLOT = {
 _ID_INFO = {k: (sub, grp, k.upper(), k[-3:] == "gid") for k, (sub, grp) in _ID_SLOT.items()}
 _UNSET_VALUES = frozenset(("", "unset", "4294967295", "-1"))
 _CONTEXT_PARTS = ("user", "role", "domain", "level", "category")
-
-
-def split_context(ctx: str) -> dict:
-    """SELinux `user:role:domain:level[:category]` → {user, role, domain, level, category}."""
-    return dict(zip(_CONTEXT_PARTS, ctx.split(":", 4)))
 
 
 _MISS = object()
@@ -175,7 +170,7 @@ def _build_std_user(ids, names, enriched, selinux, id_names):
     hit = memo.get(key)
     if hit is None:
         got = _std_names(ids, names, enriched)
-        hit = memo[key] = (got, {k: n for k, n in zip(_STD_IDS, got) if n is not None})
+        hit = memo[key] = (got, {k: n for k, n in zip(_STD_IDS, got, strict=True) if n is not None})
     got, named = hit
     id_names.update(named)
     n_auid, n_uid, n_gid, n_euid, n_suid, n_fsuid, n_egid, n_sgid, n_fsgid = got

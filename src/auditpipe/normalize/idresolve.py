@@ -94,7 +94,7 @@ class _Cache:
 
     __slots__ = ("lookup", "answers", "pending", "owner")
 
-    def __init__(self, lookup, owner: "IdResolver"):
+    def __init__(self, lookup, owner: IdResolver):
         self.lookup = lookup
         self.answers: dict[str, tuple[str | None, float]] = {}
         self.pending: dict[str, Future] = {}

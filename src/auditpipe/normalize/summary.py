@@ -115,13 +115,15 @@ def summarize(norm, data: dict, proc: dict, ids: dict, paths: list, sock: dict |
         if v is not None:
             obj_p, obj_p_key = v, k
         elif warnings is not None:
-            warnings.append(f"failed to set object primary using keys={list(norm.object_primary)} because they were not found")
+            warnings.append("failed to set object primary using keys="
+                             f"{list(norm.object_primary)} because they were not found")
     if norm.object_secondary:
         v, k = find_value(norm.object_secondary, data, proc, ids)
         if v is not None:
             obj_s, obj_s_key = v, k
         elif warnings is not None:
-            warnings.append(f"failed to set object secondary using keys={list(norm.object_secondary)} because they were not found")
+            warnings.append("failed to set object secondary using keys="
+                             f"{list(norm.object_secondary)} because they were not found")
     s.object_primary, s.object_primary_key = obj_p, obj_p_key
     s.object_secondary, s.object_secondary_key = obj_s, obj_s_key
 
@@ -141,5 +143,6 @@ def summarize(norm, data: dict, proc: dict, ids: dict, paths: list, sock: dict |
                 break
         else:
             if warnings is not None:
-                warnings.append(f"failed to set source IP using keys={list(norm.source_ip)} because they were not found")
+                warnings.append("failed to set source IP using keys="
+                                 f"{list(norm.source_ip)} because they were not found")
     return s

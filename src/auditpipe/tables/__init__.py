@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from types import SimpleNamespace
 
+from .generated import *  # noqa: F401,F403  (AUDIT_FIRST_*/AUDIT_LAST_* range constants)
 from .generated import (
     ARCH_NAMES,
     ARCH_NUMBERS,
@@ -33,7 +34,6 @@ from .generated import (
     TABLE_SOURCES,
     URING_OPS,
 )
-from .generated import *  # noqa: F401,F403  (AUDIT_FIRST_*/AUDIT_LAST_* range constants)
 
 __all__ = [
     "ARCH_NAMES", "ARCH_NUMBERS", "AUDIT_CONSTANTS", "CAPABILITIES", "ENCODED_FIELDS",

@@ -9,8 +9,16 @@ list after loading the items.
 from __future__ import annotations
 
 from .listing import format_rule, is_watch, list_order
-from .parser import (RuleError, RuleErrors, RuleItem, compile_line, compile_rules,
-                     default_resolver, parse_rules, split_line)
+from .parser import (
+    RuleError,
+    RuleErrors,
+    RuleItem,
+    compile_line,
+    compile_rules,
+    default_resolver,
+    parse_rules,
+    split_line,
+)
 from .ruledata import Field, RuleData
 
 __all__ = [

@@ -117,7 +117,7 @@ def _catches(first: RuleData, later: RuleData) -> bool:
     covering it, and no condition ``later`` does not also test."""
     if first.list != later.list or _inode_rule(first) or _inode_rule(later):
         return False
-    if any(a & b != b for a, b in zip(first.mask, later.mask)):
+    if any(a & b != b for a, b in zip(first.mask, later.mask, strict=True)):
         return False
     return _conditions(first) <= _conditions(later)
 

@@ -18,8 +18,19 @@ import platform
 
 from auditpipe.tables import ERRNO_NAMES, FSTYPES, RECORD_TYPE_NAMES, SYSCALLS, URING_OPS, K
 
-from .names import (ACTION_BY_NUM, ARG_FIELDS, COMPARISON_NAMES, FIELD_BY_NUM, LIST_BY_NUM,
-                    LSM_FIELDS, OP_SYMBOLS, PERM_LETTERS, is_64bit, machine_key, table_of)
+from .names import (
+    ACTION_BY_NUM,
+    ARG_FIELDS,
+    COMPARISON_NAMES,
+    FIELD_BY_NUM,
+    LIST_BY_NUM,
+    LSM_FIELDS,
+    OP_SYMBOLS,
+    PERM_LETTERS,
+    is_64bit,
+    machine_key,
+    table_of,
+)
 from .ruledata import RuleData
 
 _FSTYPE_NAMES = {v: k for k, v in FSTYPES.items()}

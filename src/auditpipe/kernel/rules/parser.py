@@ -19,19 +19,42 @@ import os
 import platform
 import pwd
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from auditpipe.tables import (ARCH_NAMES, ERRNO_NUMBERS, FSTYPES, RECORD_TYPE_NUMBERS,
-                              SYSCALL_NUMBERS, URING_OP_NUMBERS, K)
+from auditpipe.tables import (
+    ARCH_NAMES,
+    ERRNO_NUMBERS,
+    FSTYPES,
+    RECORD_TYPE_NUMBERS,
+    SYSCALL_NUMBERS,
+    URING_OP_NUMBERS,
+    K,
+)
 
-from .names import (ACTION_NAMES, ARG_FIELDS, COMPAT_32, COMPARISONS, EXCLUDE_FIELDS,
-                    EXIT_ONLY_FIELDS, FIELD_NAMES, FILETYPES, GID_FIELDS, LIST_NAMES,
-                    OPERATORS, PERM_ALL, PERM_LETTERS, STRING_FIELDS, UID_FIELDS, arch_of,
-                    is_64bit, machine_key, table_of)
+from .names import (
+    ACTION_NAMES,
+    ARG_FIELDS,
+    COMPARISONS,
+    COMPAT_32,
+    EXCLUDE_FIELDS,
+    EXIT_ONLY_FIELDS,
+    FIELD_NAMES,
+    FILETYPES,
+    GID_FIELDS,
+    LIST_NAMES,
+    OPERATORS,
+    PERM_ALL,
+    PERM_LETTERS,
+    STRING_FIELDS,
+    UID_FIELDS,
+    arch_of,
+    is_64bit,
+    machine_key,
+    table_of,
+)
 from .ruledata import MAX_FIELDS, MAX_SYSCALL, Field, RuleData
-from .syntax import (CONTROL_OPTS, NOT_IN_FILES, Problem, c_number, control, options,
-                     split_line, u32)
+from .syntax import CONTROL_OPTS, NOT_IN_FILES, Problem, c_number, control, options, split_line, u32
 
 Resolver = Callable[[str, str], "int | None"]
 PATH_MAX = 4096  # linux/limits.h, as auditctl checks it
@@ -184,7 +207,7 @@ class _Builder:
         if pair.startswith("key="):
             self.key(pair[4:], checked=False)
             return
-        for sym, op in OPERATORS:
+        for sym, op in OPERATORS:  # noqa: B007 - the operator found is used after the loop
             name, found, value = pair.partition(sym)
             if found:
                 break
@@ -332,7 +355,7 @@ class _Builder:
     def compare(self, pair: str) -> None:
         if self.op is None:
             raise Problem("a list (-a, -A or -d) must be given before -C")
-        for sym, op in (("!=", K.NOT_EQUAL), ("=", K.EQUAL)):
+        for sym, op in (("!=", K.NOT_EQUAL), ("=", K.EQUAL)):  # noqa: B007 - used after the loop
             a, found, b = pair.partition(sym)
             if found:
                 break

@@ -78,7 +78,7 @@ class RuleData:
         return head + buf + b"\0" * (-len(buf) % 4)
 
     @classmethod
-    def from_bytes(cls, blob: bytes) -> "RuleData":
+    def from_bytes(cls, blob: bytes) -> RuleData:
         if len(blob) < HEADER_SIZE:
             raise ValueError(f"audit_rule_data too short: {len(blob)} < {HEADER_SIZE} bytes")
         v = _HEAD.unpack_from(blob, 0)
@@ -93,7 +93,7 @@ class RuleData:
         if len(buf) < buflen:
             raise ValueError(f"audit_rule_data buf truncated: {len(buf)} < {buflen} bytes")
         fields, off = [], 0
-        for num, val, op in zip(nums, vals, ops):
+        for num, val, op in zip(nums, vals, ops, strict=True):
             if (num & ~K.OPERATORS) in STRING_FIELDS:  # legacy: op bits in fields[]
                 text = bytes(buf[off:off + val])
                 if len(text) < val:
