@@ -215,6 +215,7 @@ def _run(cfg: Any, rcfg: Any) -> int:
         # back to this process, which writes them to the outputs
         pool = WorkerPool(_worker_count(cfg), make_receiver)
         pool.start()
+        click.echo(f"auditpipe serve: {pool.n} worker processes (pids {', '.join(map(str, pool.pids))})", err=True)
     outputs = open_outputs(cfg)
     receiver = make_receiver(outputs) if pool is None else Receiver(rcfg, None, outputs, pool=pool)
     metrics = None

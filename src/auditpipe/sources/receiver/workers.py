@@ -196,7 +196,10 @@ class WorkerPool:
             back.close()
             fronts.append(front)
             self.workers.append(_Worker(i, proc, front))
-        log.info("serve: %d workers (pids %s)", self.n, ", ".join(str(w.proc.pid) for w in self.workers))
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self.workers]
 
     async def connect(self, wants_raw: bool) -> None:
         for w in self.workers:
