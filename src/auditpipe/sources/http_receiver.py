@@ -394,7 +394,8 @@ class Receiver:
         parts: list[dict] = [{} for _ in range(pool.n)]
         for key, v in state.items():
             parts[pool.index(key)][key] = v
-        loaded = sum(r[1] for r in await asyncio.gather(*(pool.call(i, ("load", p)) for i, p in enumerate(parts))))
+        loaded = sum(r[1] for r in await asyncio.gather(*(pool.call(i, ("load", part))
+                                                            for i, part in enumerate(parts))))
         self._state_loaded(loaded, len(state))
 
     async def _flush_pool(self, pool: WorkerPool) -> None:
@@ -402,10 +403,9 @@ class Receiver:
         ``state`` is set) through the outputs, then the outputs are drained and flushed."""
         keep = bool(self.cfg.state)
         state: dict[str, Any] = {}
-        for reply in await asyncio.gather(*(pool.call(w.index, ("flush", keep)) for w in pool.workers
-                                            if w.dead is None), return_exceptions=True):
-            if isinstance(reply, BaseException):
-                log.error("flushing a worker at shutdown: %s", reply)
+        for w, reply in await pool.gather(("flush", keep)):
+            if reply is None:
+                log.error("serve worker %d could not be flushed at shutdown", w.index)
             else:
                 state.update(reply[1])
         if keep:

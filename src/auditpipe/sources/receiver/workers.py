@@ -184,6 +184,7 @@ class WorkerPool:
         self.workers: list[_Worker] = []
         self.deliver: Callable[[list, list[str]], Awaitable[None]] | None = None
         self.on_lost: Callable[[str], None] | None = None
+        self.closing = False
 
     def start(self) -> None:
         ctx = multiprocessing.get_context("fork")
@@ -205,7 +206,7 @@ class WorkerPool:
         for w in self.workers:
             w.reader, w.writer = await asyncio.open_connection(sock=w.sock, limit=1 << 20)
             w.task = asyncio.create_task(self._read(w))
-        await self.broadcast(("init", wants_raw))
+        await self.gather(("init", wants_raw))
 
     def index(self, key: str) -> int:
         return worker_index(key, self.n)
@@ -232,25 +233,22 @@ class WorkerPool:
                 pass  # the reader sees the worker's end and fails the future
         return await fut
 
-    async def broadcast(self, msg: tuple) -> list[tuple | None]:
-        """``msg`` to every live worker; None for a dead one."""
-        futs = [self.call(w.index, msg) for w in self.workers if w.dead is None]
-        return list(await asyncio.gather(*futs, return_exceptions=False)) if futs else []
-
-    async def refresh(self) -> None:
-        """Each live worker's counters, now."""
-        for w, reply in zip([w for w in self.workers if w.dead is None], await self._gather(("stats",)), strict=True):
-            if reply is not None:
-                w.snapshot = reply[1]
-
-    async def _gather(self, msg: tuple) -> list[tuple | None]:
+    async def gather(self, msg: tuple) -> list[tuple[_Worker, tuple | None]]:
+        """``msg`` to every live worker at once: (worker, answer or None if it failed)."""
         live = [w for w in self.workers if w.dead is None]
         got = await asyncio.gather(*(self.call(w.index, msg) for w in live), return_exceptions=True)
-        return [None if isinstance(r, BaseException) else r for r in got]
+        return [(w, None if isinstance(r, BaseException) else r) for w, r in zip(live, got, strict=True)]
+
+    async def refresh(self) -> None:
+        """Each live worker's counters and gauges, now."""
+        await self._snapshots(("stats",))
 
     async def tick(self, now: float) -> None:
-        for w, reply in zip([w for w in self.workers if w.dead is None], await self._gather(("tick", now)),
-                            strict=True):
+        """Each worker releases what is due and forgets idle senders (and reports its counters)."""
+        await self._snapshots(("tick", now))
+
+    async def _snapshots(self, msg: tuple) -> None:
+        for w, reply in await self.gather(msg):
             if reply is not None:
                 w.snapshot = reply[1]
 
@@ -267,12 +265,24 @@ class WorkerPool:
             while True:
                 head = await w.reader.readexactly(_LEN.size)
                 reply, docs, raw = pickle.loads(await w.reader.readexactly(_LEN.unpack(head)[0]))
+                failed: Exception | None = None
                 if (docs or raw) and self.deliver is not None:
-                    await self.deliver(docs, raw)
+                    try:
+                        await self.deliver(docs, raw)
+                    except Exception as e:  # noqa: BLE001 -- that request fails (500, not acknowledged)
+                        log.exception("writing the documents of serve worker %d failed", w.index)
+                        failed = e
                 fut = w.inflight.popleft()
                 if not fut.done():
-                    fut.set_result(reply)
+                    if failed is None:
+                        fut.set_result(reply)
+                    else:
+                        fut.set_exception(failed)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            self._lost(w)
+        except Exception:  # a garbled answer: the worker cannot be trusted any more
+            log.exception("reading from serve worker %d failed", w.index)
+            w.proc.kill()
             self._lost(w)
 
     def _lost(self, w: _Worker) -> None:
@@ -286,11 +296,12 @@ class WorkerPool:
             fut = w.inflight.popleft()
             if not fut.done():
                 fut.set_exception(WorkerLost(w.dead))
-        if self.on_lost is not None:
+        if self.on_lost is not None and not self.closing:
             self.on_lost(w.dead)
 
     async def close(self) -> None:
         """Close every worker's socket (it exits) and reap it."""
+        self.closing = True
         for w in self.workers:
             if w.writer is not None:
                 w.writer.close()
