@@ -433,16 +433,16 @@ class Receiver:
         return value
 
     def _gauge(self, name: str) -> int:
-        if self.pool is not None:
-            return self.pool.total(name)
-        return int(self.snapshot()[name])
+        return self.pool.total(name) if self.pool is not None else self._gauges()[name]
+
+    def _gauges(self) -> dict[str, int]:
+        senders = list(self.senders.values())
+        return {"senders": len(senders), "open_events": sum(s.reorder.in_flight for s in senders),
+                "held_records": sum(s.reorder.buffer.held_records for s in senders)}
 
     def snapshot(self) -> dict[str, Any]:
         """What a worker reports to the front: its pipeline counters and its gauges."""
-        senders = list(self.senders.values())
-        return {"counters": self.pipeline_counters(), "senders": len(senders),
-                "open_events": sum(s.reorder.in_flight for s in senders),
-                "held_records": sum(s.reorder.buffer.held_records for s in senders)}
+        return {"counters": self.pipeline_counters(), **self._gauges()}
 
     def refused(self, key: str, at: float) -> None:
         s = self.senders.get(key)
