@@ -687,9 +687,11 @@ class Receiver:
     async def healthz(self, request: web.Request) -> web.Response:
         if self.fatal:
             return web.json_response({"status": "failed", "error": self.fatal}, status=503)
+        senders = len(self.senders)
         if self.pool is not None:
             await self.pool.refresh()
-        return web.json_response({"status": "ok", "senders": self._gauge("senders"), "connections": self.limits.open,
+            senders = self.pool.total("senders")
+        return web.json_response({"status": "ok", "senders": senders, "connections": self.limits.open,
                                   "output": "unavailable" if self.unavailable else "ok"})
 
     async def metrics(self, request: web.Request) -> web.Response:

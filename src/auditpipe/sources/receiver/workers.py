@@ -158,14 +158,15 @@ def _handle(rx: Any, collector: Collector, msg: tuple) -> tuple:
 # ---- the front ---------------------------------------------------------------------------------
 
 class _Worker:
-    __slots__ = ("dead", "index", "inflight", "proc", "reader", "snapshot", "sock", "task", "writer")
+    __slots__ = ("answered", "dead", "index", "inflight", "proc", "reader", "snapshot", "sock", "tasks", "writer")
 
     def __init__(self, index: int, proc: Any, sock: socket.socket) -> None:
         self.index, self.proc, self.sock = index, proc, sock
         self.inflight: deque[asyncio.Future] = deque()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self.task: asyncio.Task | None = None
+        self.answered: asyncio.Queue[tuple[asyncio.Future, tuple, list, list[str]]] = asyncio.Queue()
+        self.tasks: list[asyncio.Task] = []
         self.snapshot: dict[str, Any] = {}
         self.dead: str | None = None
 
@@ -205,7 +206,7 @@ class WorkerPool:
     async def connect(self, wants_raw: bool) -> None:
         for w in self.workers:
             w.reader, w.writer = await asyncio.open_connection(sock=w.sock, limit=1 << 20)
-            w.task = asyncio.create_task(self._read(w))
+            w.tasks = [asyncio.create_task(self._read(w)), asyncio.create_task(self._deliver(w))]
         await self.gather(("init", wants_raw))
 
     def index(self, key: str) -> int:
@@ -265,25 +266,28 @@ class WorkerPool:
             while True:
                 head = await w.reader.readexactly(_LEN.size)
                 reply, docs, raw = pickle.loads(await w.reader.readexactly(_LEN.unpack(head)[0]))
-                failed: Exception | None = None
-                if (docs or raw) and self.deliver is not None:
-                    try:
-                        await self.deliver(docs, raw)
-                    except Exception as e:  # noqa: BLE001 -- that request fails (500, not acknowledged)
-                        log.exception("writing the documents of serve worker %d failed", w.index)
-                        failed = e
-                fut = w.inflight.popleft()
-                if not fut.done():
-                    if failed is None:
-                        fut.set_result(reply)
-                    else:
-                        fut.set_exception(failed)
+                w.answered.put_nowait((w.inflight.popleft(), reply, docs, raw))
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             self._lost(w)
         except Exception:  # a garbled answer: the worker cannot be trusted any more
             log.exception("reading from serve worker %d failed", w.index)
             w.proc.kill()
             self._lost(w)
+
+    async def _deliver(self, w: _Worker) -> None:
+        """Write each answer's documents, then hand the answer over, in the worker's order; apart
+        from the reading, so that the worker never waits for the outputs."""
+        while True:
+            fut, reply, docs, raw = await w.answered.get()
+            try:
+                if (docs or raw) and self.deliver is not None:
+                    await self.deliver(docs, raw)
+            except Exception as e:  # noqa: BLE001 -- that request fails (500, not acknowledged)
+                log.exception("writing the documents of serve worker %d failed", w.index)
+                if not fut.done():
+                    fut.set_exception(e)
+            if not fut.done():
+                fut.set_result(reply)
 
     def _lost(self, w: _Worker) -> None:
         w.proc.join(timeout=1)
@@ -305,8 +309,8 @@ class WorkerPool:
         for w in self.workers:
             if w.writer is not None:
                 w.writer.close()
-            if w.task is not None:
-                w.task.cancel()
+            for task in w.tasks:
+                task.cancel()
         loop = asyncio.get_running_loop()
         for w in self.workers:
             await loop.run_in_executor(None, w.proc.join, 10)
