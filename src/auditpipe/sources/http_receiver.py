@@ -420,10 +420,7 @@ class Receiver:
         if self.outputs.held and not await asyncio.get_running_loop().run_in_executor(self._worker,
                                                                                         self._drain_pending):
             raise _Unavailable
-        reply = await pool.call(pool.index(ident.key), ("body", wire, encoding, content_type, ident))
-        if reply[0] == "crash":
-            raise RuntimeError(f"serve worker: {reply[1]}")
-        status, value, inflated = reply
+        status, value, inflated = await pool.call(pool.index(ident.key), ("body", wire, encoding, content_type, ident))
         self.inflated_bytes += inflated
         self.m_inflated.inc(inflated)
         if status == "err":

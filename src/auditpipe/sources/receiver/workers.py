@@ -225,6 +225,8 @@ class WorkerPool:
         return fut
 
     async def call(self, i: int, msg: tuple) -> tuple:
+        """``msg``'s answer from worker ``i``; RuntimeError if the request failed there (a bug:
+        the worker logged it and goes on), WorkerLost if the worker died."""
         fut = self.send(i, msg)
         w = self.workers[i]
         if w.writer is not None and w.dead is None:
@@ -232,7 +234,10 @@ class WorkerPool:
                 await w.writer.drain()
             except (ConnectionError, OSError):
                 pass  # the reader sees the worker's end and fails the future
-        return await fut
+        reply = await fut
+        if reply[0] == "crash":
+            raise RuntimeError(f"serve worker {i}: {reply[1]}")
+        return reply
 
     async def gather(self, msg: tuple) -> list[tuple[_Worker, tuple | None]]:
         """``msg`` to every live worker at once: (worker, answer or None if it failed)."""
@@ -255,10 +260,6 @@ class WorkerPool:
 
     def total(self, name: str) -> int:
         return sum(int(w.snapshot.get(name, 0)) for w in self.workers)
-
-    @property
-    def lost(self) -> list[str]:
-        return [w.dead for w in self.workers if w.dead is not None]
 
     async def _read(self, w: _Worker) -> None:
         assert w.reader is not None
