@@ -229,6 +229,7 @@ listen = "127.0.0.1:0"
     ('[serve]\nlisten = "127.0.0.1:0"\nauth = "none"\nmax_conections = 3\n', ":4: [serve] max_conections: unknown"),
     ('[serve]\nlisten = "127.0.0.1:0"\nauth = "none"\ntls_key = "k"\n', "[serve] tls_key: needs tls_cert"),
     ('[serve]\nlisten = "127.0.0.1:0"\nauth = "none"\nmax_body = "lots"\n', ":4: [serve] max_body: could not"),
+    ('[serve]\nlisten = "127.0.0.1:0"\nauth = "none"\nworkers = -1\n', "[serve] workers: workers must be 0"),
 ])
 def test_config_errors(tmp_path, toml, msg):
     (tmp_path / "c.toml").write_text(toml)
