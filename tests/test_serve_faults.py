@@ -210,6 +210,31 @@ def test_a_dead_worker_is_never_a_silent_loss(serve):
     assert set(got["w1"]) <= set(map(json.dumps, parse_docs(mine[1])))  # what it had released
 
 
+def test_workers_go_when_the_front_is_killed(serve):
+    """SIGKILL of the front: its workers see their socket close and exit (no orphan keeps
+    parsing); a SIGTERM sent to a worker alone is ignored (the front drains them)."""
+    rx = serve("--workers", "2")
+    pids = [int(p) for p in re.search(r"worker processes \(pids ([\d, ]+)\)", rx.err.read_text()).group(1).split(", ")]
+    os.kill(pids[0], signal.SIGTERM)
+    with httpx.Client(timeout=10) as c:
+        assert c.get(f"http://127.0.0.1:{rx.port}/healthz").json()["status"] == "ok"
+    assert os.path.exists(f"/proc/{pids[0]}")
+    rx.kill()
+    end = time.monotonic() + 10
+    while time.monotonic() < end and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 # ------------------------------------------------------------------ 5. deeply nested JSON
 
 
