@@ -210,6 +210,24 @@ def test_a_dead_worker_is_never_a_silent_loss(serve):
     assert set(got["w1"]) <= set(map(json.dumps, parse_docs(mine[1])))  # what it had released
 
 
+def test_panther_row_ids_unique_across_workers(serve):
+    """Each worker draws its own p_row_id prefix after the fork: rows of two senders on two
+    workers never share an id."""
+    lines = lines_of("raw-node.log")[:2000]
+    rx = serve("--workers", "2", "--format", "panther")
+    names = {}
+    for n in range(100):
+        names.setdefault(worker_index(f"sender:host-{n}/1", 2), f"host-{n}/1")
+    with httpx.Client(timeout=30) as c:
+        for name in names.values():
+            r = c.post(rx.url, content="\n".join(lines).encode(),
+                       headers={**AUTH, "Content-Type": "text/plain", "X-Auditpipe-Sender": name})
+            assert r.status_code == 200, r.text
+    rx.stop()
+    ids = [d["p_row_id"] for d in read_jsonl(rx.out)]
+    assert len(ids) > 400 and len(set(ids)) == len(ids)
+
+
 def test_workers_go_when_the_front_is_killed(serve):
     """SIGKILL of the front: its workers see their socket close and exit (no orphan keeps
     parsing); a SIGTERM sent to a worker alone is ignored (the front drains them)."""
