@@ -31,6 +31,7 @@ def test_split_listen():
     (["--listen", "127.0.0.1:0", "--output", "o", "--auth", "hmac"], "needs --auth-secret"),
     (["--listen", "nope", "--output", "o", "--auth", "none"], "HOST:PORT"),
     (["--listen", "127.0.0.1:0", "--output", "o", "--auth", "none", "--max-body", "0"], "positive"),
+    (["--listen", "127.0.0.1:0", "--output", "o", "--auth", "none", "--workers", "-1"], "--workers"),
 ])
 def test_usage_errors(args, msg):
     r = CliRunner().invoke(main, ["serve", *args], env={"AUDITPIPE_AUTH_SECRET": ""})

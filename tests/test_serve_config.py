@@ -159,7 +159,8 @@ def detect_setup(tmp_path: Path, lines: list[str]) -> tuple[str, list[dict]]:
     return detect, alerts
 
 
-def test_detect_alerts_routed_to_an_alerts_output(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_detect_alerts_routed_to_an_alerts_output(tmp_path, workers):
     """[detect] rules in serve: alerts go only to the `documents = "alerts"` output, events only
     to the events output; one alert per chown event of the corpus."""
     lines = corpus_lines(5215)
@@ -170,7 +171,7 @@ path = "{tmp_path / 'events.jsonl'}"
 [[outputs]]
 path = "{tmp_path / 'alerts.jsonl'}"
 documents = "alerts"
-""", "--metrics-listen", "127.0.0.1:0")
+""", "--metrics-listen", "127.0.0.1:0", "--workers", workers)
     rx.post(lines)
     metrics = httpx.get(f"http://127.0.0.1:{rx.metrics_port}/metrics").text
     rx.stop()
@@ -184,7 +185,8 @@ documents = "alerts"
     assert re.search(r"^auditpipe_receiver_records_total 5215\.0$", metrics, re.M), metrics
 
 
-def test_metrics_of_the_receiver(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_metrics_of_the_receiver(tmp_path, workers):
     """--metrics-listen: the receiver's requests, rejects, bad lines, senders, held records,
     connection actions and the outputs' state, scraped from a second listener."""
     rx = Serve(tmp_path, SERVE + f"""
@@ -192,7 +194,7 @@ def test_metrics_of_the_receiver(tmp_path):
 path = "{tmp_path / 'out.jsonl'}"
 [metrics]
 listen = "127.0.0.1:0"
-""")
+""", "--workers", workers)
     lines = corpus_lines(600)
     rx.post(lines[:300], sender="a/1")
     rx.post(lines[300:], sender="b/1")
@@ -227,6 +229,7 @@ listen = "127.0.0.1:0"
     ('[serve]\nlisten = "127.0.0.1:0"\nauth = "none"\nmax_conections = 3\n', ":4: [serve] max_conections: unknown"),
     ('[serve]\nlisten = "127.0.0.1:0"\nauth = "none"\ntls_key = "k"\n', "[serve] tls_key: needs tls_cert"),
     ('[serve]\nlisten = "127.0.0.1:0"\nauth = "none"\nmax_body = "lots"\n', ":4: [serve] max_body: could not"),
+    ('[serve]\nlisten = "127.0.0.1:0"\nauth = "none"\nworkers = -1\n', "[serve] workers: workers must be 0"),
 ])
 def test_config_errors(tmp_path, toml, msg):
     (tmp_path / "c.toml").write_text(toml)

@@ -34,6 +34,7 @@ from auditpipe.pipeline import Pipeline
 from auditpipe.reassembly import Reassembler
 from auditpipe.sinks.file import FileSink
 from auditpipe.sources.http_receiver import Receiver, ReceiverConfig, start_site
+from auditpipe.sources.receiver.workers import worker_index
 
 SECRET = "faults-s3cret"
 AUTH = {"X-Panther-Secret": SECRET}  # the Panther-style shared-secret header, as Fluent Bit sends it
@@ -124,28 +125,34 @@ def fluent_lines(lines: list[str]) -> bytes:
 # ------------------------------------------------------------------ 3. one state per sender
 
 
-def test_twenty_senders_on_one_address_never_merge(serve):
-    """20 senders on 127.0.0.1 post the same corpus (same node, same serials) at the same time:
-    10 name themselves (X-Auditpipe-Sender) and spread their requests over two connections, 10 are
-    told apart by their keep-alive connection. The output holds parse's events 20 times over —
-    a merge across senders would double records inside an event or lose events."""
-    lines = lines_of("raw-node.log")
-    expect = keys(parse_docs(lines))
-    rx = serve("--reorder-window", "3")
-    chunks = [lines[i:i + 400] for i in range(0, len(lines), 400)]
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_twenty_senders_on_one_address_never_merge(serve, workers):
+    """20 senders on 127.0.0.1 post the same corpus (same serials, times and records; each its own
+    ``node=`` so that its documents can be told apart in the output) at the same time: 10 name
+    themselves (X-Auditpipe-Sender) and spread their requests over two connections, 10 are told
+    apart by their keep-alive connection. Each sender's documents are exactly parse's of its
+    lines — a merge across senders would double records inside an event or lose events. With
+    ``--workers 2`` the senders are spread over two worker processes by their identity."""
+    base = lines_of("raw-node.log")
+    assert all(ln.startswith("node=web-01.example.com ") for ln in base)
+    sender_lines = [[f"node=host-{n}" + ln[len("node=web-01.example.com"):] for ln in base] for n in range(20)]
+    rx = serve("--reorder-window", "3", "--workers", workers)
     failures: list[str] = []
+
+    def chunks(n: int) -> list[list[str]]:
+        return [sender_lines[n][i:i + 400] for i in range(0, len(base), 400)]
 
     def named(n: int) -> None:
         hdr = {**AUTH, "X-Auditpipe-Sender": f"host-{n}/inst-1", "Content-Type": "application/x-ndjson"}
         with httpx.Client(timeout=60) as a, httpx.Client(timeout=60) as b:
-            for i, chunk in enumerate(chunks):
+            for i, chunk in enumerate(chunks(n)):
                 r = (a if i % 2 else b).post(rx.url, content=fluent_lines(chunk), headers=hdr)
                 if r.status_code != 200:
                     failures.append(r.text)
 
     def by_connection(n: int) -> None:
         with httpx.Client(timeout=60) as c:
-            for chunk in chunks:
+            for chunk in chunks(n):
                 r = c.post(rx.url, content="\n".join(chunk).encode(), headers={**AUTH, "Content-Type": "text/plain"})
                 if r.status_code != 200:
                     failures.append(r.text)
@@ -156,9 +163,94 @@ def test_twenty_senders_on_one_address_never_merge(serve):
     for th in threads:
         th.join()
     assert not failures, failures[:3]
+    err = rx.stop()
+    by_node: dict[str, list[str]] = collections.defaultdict(list)
+    for doc in read_jsonl(rx.out):
+        by_node[doc["node"]].append(json.dumps(doc, sort_keys=True))
+    assert sorted(by_node) == sorted(f"host-{n}" for n in range(20))
+    for n in range(20):
+        want = sorted(json.dumps(d, sort_keys=True) for d in parse_docs(sender_lines[n]))
+        assert sorted(by_node[f"host-{n}"]) == want, f"sender {n}"
+    if workers == "2":
+        assert "2 worker processes" in err
+
+
+def test_a_dead_worker_is_never_a_silent_loss(serve):
+    """--workers 2 and one worker SIGKILLed: no request of its senders is answered 200 any more,
+    serve flushes the other worker's senders to the output and exits 1 naming the dead worker."""
+    lines = lines_of("raw-node.log")
+    rx = serve("--workers", "2")
+    pids = [int(p) for p in re.search(r"worker processes \(pids ([\d, ]+)\)", rx.err.read_text()).group(1).split(", ")]
+    names = {}
+    for n in range(100):  # a sender on each worker
+        names.setdefault(worker_index(f"sender:host-{n}/1", 2), f"host-{n}/1")
+    mine = {i: [f"node=w{i}" + ln[len("node=web-01.example.com"):] for ln in lines[:3000]] for i in (0, 1)}
+    with httpx.Client(timeout=30) as c:
+        for i in (0, 1):
+            r = c.post(rx.url, content="\n".join(mine[i]).encode(),
+                       headers={**AUTH, "Content-Type": "text/plain", "X-Auditpipe-Sender": names[i]})
+            assert r.status_code == 200, r.text
+        os.kill(pids[1], signal.SIGKILL)
+        answers = collections.Counter()
+        while rx.proc.poll() is None:
+            try:
+                r = c.post(rx.url, content=b"\n".join(ln.encode() for ln in mine[1][:10]),
+                           headers={**AUTH, "Content-Type": "text/plain", "X-Auditpipe-Sender": names[1]})
+                answers[r.status_code] += 1
+            except httpx.TransportError:
+                time.sleep(0.05)
+    assert rx.proc.wait(30) == 1
+    assert set(answers) <= {503}, answers
+    err = rx.err.read_text()
+    assert f"serve worker 1 (pid {pids[1]}) died (killed by signal 9)" in err, err
+    got = collections.defaultdict(list)
+    for doc in read_jsonl(rx.out):
+        got[doc["node"]].append(json.dumps(doc))
+    assert sorted(got["w0"]) == sorted(map(json.dumps, parse_docs(mine[0])))  # flushed, held events too
+    assert set(got["w1"]) <= set(map(json.dumps, parse_docs(mine[1])))  # what it had released
+
+
+def test_panther_row_ids_unique_across_workers(serve):
+    """Each worker draws its own p_row_id prefix after the fork: rows of two senders on two
+    workers never share an id."""
+    lines = lines_of("raw-node.log")[:2000]
+    rx = serve("--workers", "2", "--format", "panther")
+    names = {}
+    for n in range(100):
+        names.setdefault(worker_index(f"sender:host-{n}/1", 2), f"host-{n}/1")
+    with httpx.Client(timeout=30) as c:
+        for name in names.values():
+            r = c.post(rx.url, content="\n".join(lines).encode(),
+                       headers={**AUTH, "Content-Type": "text/plain", "X-Auditpipe-Sender": name})
+            assert r.status_code == 200, r.text
     rx.stop()
-    got = keys(read_jsonl(rx.out))
-    assert got == collections.Counter({k: 20 * n for k, n in expect.items()})
+    ids = [d["p_row_id"] for d in read_jsonl(rx.out)]
+    assert len(ids) > 400 and len(set(ids)) == len(ids)
+
+
+def test_workers_go_when_the_front_is_killed(serve):
+    """SIGKILL of the front: its workers see their socket close and exit (no orphan keeps
+    parsing); a SIGTERM sent to a worker alone is ignored (the front drains them)."""
+    rx = serve("--workers", "2")
+    pids = [int(p) for p in re.search(r"worker processes \(pids ([\d, ]+)\)", rx.err.read_text()).group(1).split(", ")]
+    os.kill(pids[0], signal.SIGTERM)
+    with httpx.Client(timeout=10) as c:
+        assert c.get(f"http://127.0.0.1:{rx.port}/healthz").json()["status"] == "ok"
+    assert os.path.exists(f"/proc/{pids[0]}")
+    rx.kill()
+    end = time.monotonic() + 10
+    while time.monotonic() < end and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for init to reap it counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 # ------------------------------------------------------------------ 5. deeply nested JSON
@@ -211,7 +303,8 @@ def tiny_tmpfs(tmpfs_factory):
     return tmpfs_factory("2m", "tmpfs")
 
 
-def test_output_disk_full_503_then_everything_once(serve, tiny_tmpfs):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_output_disk_full_503_then_everything_once(serve, tiny_tmpfs, workers):
     """The output on a 2 MB tmpfs, filled up but ~150 KB: the receiver answers 503 with
     Retry-After while a write fails (the partial write is truncated back: never a torn line), the
     sender retries as a shipper does, and once space is back every event is there exactly once."""
@@ -219,7 +312,7 @@ def test_output_disk_full_503_then_everything_once(serve, tiny_tmpfs):
     expect = parse_docs(lines)
     out = tiny_tmpfs / "out.jsonl"
     filler = tiny_tmpfs / "filler"
-    rx = serve("--format", "coalesced", "--rotate-size", "0", out=out)
+    rx = serve("--format", "coalesced", "--rotate-size", "0", "--workers", workers, out=out)
     free = os.statvfs(tiny_tmpfs).f_bavail * os.statvfs(tiny_tmpfs).f_frsize
     filler.write_bytes(b"\0" * (free - 150_000))
     statuses = collections.Counter()
@@ -457,13 +550,14 @@ def test_fluent_bit_backlog_of_the_bench_corpus(serve):
     assert sum(got.values()) == 20_649 and got == expect
 
 
-def test_a_retried_chunk_adds_nothing(serve):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_retried_chunk_adds_nothing(serve, workers):
     """A shipper that timed out waiting for the answer sends a chunk again (Fluent Bit retries
     it): chunks already taken, held or released, arrive a second time — in the middle of the
     stream and after it — and the output is still exactly parse's, no duplicate."""
     lines = lines_of("raw-node.log")
     expect = parse_docs(lines)
-    rx = serve("--reorder-window", "2")
+    rx = serve("--reorder-window", "2", "--workers", workers)
     fb = FluentBitLike(rx.url, headers={**AUTH, "X-Auditpipe-Sender": "node-1/fb"}, chunk_bytes=50_000, workers=2)
     chunks = fb.chunks(lines)
     again = [chunks[3], chunks[4], chunks[len(chunks) // 2]]
@@ -504,14 +598,16 @@ def test_header_and_body_deadlines(serve):
     assert err.count("request bodies not complete") == 1, err
 
 
-def test_receiver_restart_keeps_held_records(serve, tmp_path):
+@pytest.mark.parametrize("workers", [("1", "1", "1"), ("2", "1", "2")])
+def test_receiver_restart_keeps_held_records(serve, tmp_path, workers):
     """The receiver stopped (SIGTERM) half way through a Fluent Bit backlog and started again 7 s
     later with the same --state: the chunks that failed meanwhile are retried, the events cut by
-    the restart are joined from the kept records, and the output is exactly parse's."""
+    the restart are joined from the kept records, and the output is exactly parse's. The state
+    file is the same whatever the number of workers that wrote it or reads it."""
     lines = lines_of("raw-node.log")
     expect = parse_docs(lines)
     out, state = tmp_path / "out.jsonl", tmp_path / "state.json"
-    rx = serve("--state", str(state), out=out)
+    rx = serve("--state", str(state), "--workers", workers[0], out=out)
     port = rx.port
     fb = FluentBitLike(rx.url, headers={**AUTH, "X-Auditpipe-Sender": "node-1/fb"}, chunk_bytes=40_000,
                        retry_base=1.0, timeout=5)
@@ -525,7 +621,7 @@ def test_receiver_restart_keeps_held_records(serve, tmp_path):
     def restart() -> None:
         time.sleep(7)
         nonlocal rx
-        rx = serve("--state", str(state), "--listen", f"127.0.0.1:{port}", out=out)
+        rx = serve("--state", str(state), "--listen", f"127.0.0.1:{port}", "--workers", workers[1], out=out)
         restarted.set()
 
     th = threading.Thread(target=restart)
@@ -536,7 +632,7 @@ def test_receiver_restart_keeps_held_records(serve, tmp_path):
     assert not state.exists()  # taken back
     rx.stop()
     assert state.exists()  # what still waits for its window (events opening a request) is kept again
-    rx = serve("--state", str(state), "--reorder-window", "0", out=out)  # and released at the next start
+    rx = serve("--state", str(state), "--reorder-window", "0", "--workers", workers[2], out=out)  # released
     time.sleep(1.5)
     rx.stop()
     got = read_jsonl(out)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from auditpipe.normalize import make_normalizer
 from auditpipe.pipeline import Pipeline
@@ -64,13 +65,15 @@ def _records_received(port: int) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def test_two_shippers_killed_and_restarted_behind_one_address(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_two_shippers_killed_and_restarted_behind_one_address(tmp_path, workers):
     lines = [ln for ln in CORPUS.read_text(encoding="utf-8", errors="surrogateescape").split("\n") if ln]
     p = Pipeline(make_normalizer("coalesced"), Reassembler())
     expect = coalesced_keys(json.loads(json.dumps(p.feed_lines(lines) + p.flush())))
     out = tmp_path / "out.jsonl"
     rx = subprocess.Popen([sys.executable, "-m", "auditpipe", "serve", "--listen", "127.0.0.1:0", "--auth",
-                           "shared-secret", "--auth-secret", "s", "--output", str(out), "--event-wait", "10"],
+                           "shared-secret", "--auth-secret", "s", "--output", str(out), "--event-wait", "10",
+                           "--workers", workers],
                           stderr=subprocess.PIPE, text=True)
     try:
         port = None

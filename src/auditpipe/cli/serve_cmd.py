@@ -40,7 +40,7 @@ def _is_loopback(host: str) -> bool:
 #: options that override a ``[serve]`` key of the same name
 SERVE_KEYS = ("listen", "tls_cert", "tls_key", "tls_client_ca", "auth", "auth_header", "auth_secret", "max_body",
               "reorder_window", "event_wait", "state", "header_timeout", "body_timeout", "max_connections",
-              "max_connections_per_address")
+              "max_connections_per_address", "workers")
 
 
 def load_serve_config(config_path: str | None, opts: dict[str, Any]) -> Any:
@@ -141,6 +141,10 @@ def _size(text: str) -> int:
               help="Open connections at most (the oldest idle ones give way to new ones). Default 1024.")
 @click.option("--max-connections-per-address", type=click.IntRange(min=1),
               help="Open connections from one address at most. Default 256.")
+@click.option("--workers", type=click.IntRange(min=0),
+              help="Processes that parse, reassemble and normalize; each sender's records go to one of "
+                   "them (by X-Auditpipe-Sender, else connection, else address). 0: one per core. Default 1 "
+                   "(everything in one process).")
 @click.option("--metrics-listen", help="HOST:PORT for Prometheus metrics (also [metrics] listen).")
 def serve(config_path, rotate_size, generations, fsync, **opts):
     """Receive audit records over HTTP (Fluent Bit json_lines, raw text, JSON arrays, or events from
@@ -167,11 +171,35 @@ def serve(config_path, rotate_size, generations, fsync, **opts):
         sys.exit(2)
 
 
-def _run(cfg: Any, rcfg: Any) -> int:
+def _parsing_receiver(cfg: Any, rcfg: Any) -> Any:
+    """``make(outputs)`` → the receiver that parses: one pipeline per sender, built as `run` and
+    `parse` build theirs; the normalizer and the stages (detection rules compiled once) are shared
+    by its senders, which all run on its one worker thread. Built here, before any worker is
+    forked, so a bad [normalize]/[detect] fails at once and every worker starts with them ready."""
     from auditpipe.pipeline.assembly import build_pipeline, build_stages, normalizer_for
+    from auditpipe.sources.http_receiver import Receiver
+
+    normalize = normalizer_for(cfg)
+    stages = build_stages(cfg, "serve")
+    for_host = _host_normalizers(cfg)
+
+    def pipeline_factory(on_reject):
+        return build_pipeline(cfg, on_reject, normalize=normalize, role="serve", stages=stages)
+
+    return lambda outputs: Receiver(rcfg, pipeline_factory, outputs, normalizer_for_host=for_host)
+
+
+def _worker_count(cfg: Any) -> int:
+    import os
+
+    return cfg.serve.workers or len(os.sched_getaffinity(0))
+
+
+def _run(cfg: Any, rcfg: Any) -> int:
     from auditpipe.pipeline.outputs import open_outputs
     from auditpipe.sources.http_receiver import Receiver, make_ssl_context
     from auditpipe.sources.http_receiver import serve as run
+    from auditpipe.sources.receiver.workers import WorkerPool
 
     s = cfg.serve
     host, port = split_listen(s.listen)
@@ -179,17 +207,17 @@ def _run(cfg: Any, rcfg: Any) -> int:
         click.echo(f"auditpipe serve: warning: plain HTTP on {host}; use --tls-cert/--tls-key", err=True)
     if s.auth == "none" and not _is_loopback(host):
         click.echo("auditpipe serve: warning: --auth none on a non-loopback address", err=True)
-    # one pipeline per sender, built as `run` and `parse` build theirs; the normalizer and the
-    # stages (detection rules compiled once) are shared: every sender runs on the one worker thread
-    normalize = normalizer_for(cfg)
-    stages = build_stages(cfg, "serve")
-
-    def pipeline_factory(on_reject):
-        return build_pipeline(cfg, on_reject, normalize=normalize, role="serve", stages=stages)
-
     ssl_context = make_ssl_context(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert else None
+    make_receiver = _parsing_receiver(cfg, rcfg)
+    pool = None
+    if _worker_count(cfg) > 1:
+        # forked before the outputs (and their threads) exist; each worker hands its documents
+        # back to this process, which writes them to the outputs
+        pool = WorkerPool(_worker_count(cfg), make_receiver)
+        pool.start()
+        click.echo(f"auditpipe serve: {pool.n} worker processes (pids {', '.join(map(str, pool.pids))})", err=True)
     outputs = open_outputs(cfg)
-    receiver = Receiver(rcfg, pipeline_factory, outputs, normalizer_for_host=_host_normalizers(cfg))
+    receiver = make_receiver(outputs) if pool is None else Receiver(rcfg, None, outputs, pool=pool)
     metrics = None
     try:
         metrics = _start_metrics(cfg, receiver)
@@ -204,6 +232,9 @@ def _run(cfg: Any, rcfg: Any) -> int:
         if metrics is not None:
             metrics.close()
         outputs.close()
+    if receiver.fatal:
+        click.echo(f"auditpipe serve: error: {receiver.fatal}", err=True)
+        return 1
     return 0
 
 

@@ -5,6 +5,7 @@ means the same thing in each."""
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -67,9 +68,16 @@ STAGE_BUILDERS: tuple[tuple[StageBuilder, tuple[Role, ...]], ...] = (
 
 
 def unique_row_ids() -> Callable[[], str]:
-    """p_row_id values: a random per-process prefix and a counter (unique without a uuid per row)."""
+    """p_row_id values: a random per-process prefix and a counter (unique without a uuid per row).
+    A process forked after it was made (``serve --workers``) draws a prefix of its own."""
     prefix = secrets.token_hex(8)
     counter = itertools.count(1)
+
+    def redraw() -> None:
+        nonlocal prefix
+        prefix = secrets.token_hex(8)
+
+    os.register_at_fork(after_in_child=redraw)
     return lambda: f"{prefix}{next(counter):x}"
 
 

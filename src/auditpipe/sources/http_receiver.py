@@ -59,6 +59,7 @@ from auditpipe.sources.receiver.body import BodyError, decode_body, decode_strea
 from auditpipe.sources.receiver.limits import ConnectionLimits, LimitsConfig
 from auditpipe.sources.receiver.reorder import Chunk, ReorderBuffer
 from auditpipe.sources.receiver.site import make_ssl_context, raise_fd_limit, serve, start_site
+from auditpipe.sources.receiver.workers import WorkerLost, WorkerPool
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -259,12 +260,19 @@ class Receiver:
     ``pipeline.outputs.Outputs`` of ``[[outputs]]``) or a bare sink (``write(items)``, ``flush()``).
     ``normalizer_for_host(host)``: the normalizer for a sender that names its host
     (``X-Auditpipe-Sender: <host>/…``), so its events without ``node=`` carry that host, not ours.
+    ``pool`` (``serve --workers N``, N > 1): the senders live in worker processes, each a Receiver
+    of its own (``receiver/workers.py``); this one is the front: it routes each body to its
+    sender's worker, writes what comes back to ``outputs`` and keeps the request metrics.
     """
 
-    def __init__(self, cfg: ReceiverConfig, pipeline_factory: Callable[[Callable], Any], outputs: Any,
+    def __init__(self, cfg: ReceiverConfig, pipeline_factory: Callable[[Callable], Any] | None, outputs: Any,
                  registry: CollectorRegistry | None = None,
-                 normalizer_for_host: Callable[[str], Any] | None = None) -> None:
+                 normalizer_for_host: Callable[[str], Any] | None = None, pool: WorkerPool | None = None) -> None:
         self.cfg = cfg
+        self.pool = pool
+        self.fatal: str | None = None  # why the front stopped acknowledging (a worker died)
+        self.on_fatal: Callable[[], None] | None = None  # serve(): stop the run loop
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.pipeline_factory = pipeline_factory
         self.normalizer_for_host = normalizer_for_host
         self.outputs: ReceiverOutputs = outputs if hasattr(outputs, "retry") else SingleSink(outputs)
@@ -297,11 +305,11 @@ class Receiver:
         self.m_conn = Counter("auditpipe_receiver_connection_events", "connection limit and deadline actions",
                               ["what"], registry=r)
         senders = Gauge("auditpipe_receiver_senders", "senders with reassembly state", registry=r)
-        senders.set_function(lambda: len(self.senders))
+        senders.set_function(lambda: self._gauge("senders"))
         held = Gauge("auditpipe_receiver_open_events", "events waiting for more records", registry=r)
-        held.set_function(lambda: sum(s.reorder.in_flight for s in list(self.senders.values())))
+        held.set_function(lambda: self._gauge("open_events"))
         held_records = Gauge("auditpipe_receiver_held_records", "records held for reordering", registry=r)
-        held_records.set_function(lambda: sum(s.reorder.buffer.held_records for s in list(self.senders.values())))
+        held_records.set_function(lambda: self._gauge("held_records"))
         conns = Gauge("auditpipe_receiver_connections", "open connections", registry=r)
         conns.set_function(lambda: self.limits.open)
         pending = Gauge("auditpipe_receiver_pending_documents", "documents waiting for the output", registry=r)
@@ -330,6 +338,9 @@ class Receiver:
             self.limits.request_done(conn)
 
     async def _background_ctx(self, app: web.Application):
+        self._loop = loop = asyncio.get_running_loop()
+        if self.pool is not None:
+            await self._start_pool(self.pool)
         tasks = [asyncio.create_task(self._ticker()), asyncio.create_task(self.limits.run_sweeper())]
         yield
         self.limits.close_all()
@@ -339,16 +350,117 @@ class Receiver:
                 await task
             except asyncio.CancelledError:
                 pass
-        await asyncio.get_running_loop().run_in_executor(self._worker, self.flush_all)
+        if self.pool is None:
+            await loop.run_in_executor(self._worker, self.flush_all)
+        else:
+            await self._flush_pool(self.pool)
         self._worker.shutdown(wait=False)
 
     async def _ticker(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.cfg.tick_interval)
             try:
-                await asyncio.get_running_loop().run_in_executor(self._worker, self.tick, time.monotonic())
+                if self.pool is None:
+                    await loop.run_in_executor(self._worker, self.tick, time.monotonic())
+                elif await loop.run_in_executor(self._worker, self._drain_pending, False):
+                    await self.pool.tick(time.monotonic())
             except Exception:
                 log.exception("receiver tick failed")
+
+    # ---- the front of worker processes (``serve --workers N``) ---------------------------------
+    async def _start_pool(self, pool: WorkerPool) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def deliver(docs: list, raw: list[str]) -> None:
+            await loop.run_in_executor(self._worker, self._write, docs, raw or None)
+
+        def lost(why: str) -> None:
+            if self.fatal is None:
+                self.fatal = why
+                log.error("no request is acknowledged any more; serve stops (exit 1) so that its "
+                          "supervisor restarts it")
+                if self.on_fatal is not None:
+                    self.on_fatal()
+
+        pool.deliver, pool.on_lost = deliver, lost
+        await pool.connect(self.outputs.wants_raw)
+        await self._load_state_into(pool)
+
+    async def _load_state_into(self, pool: WorkerPool) -> None:
+        state = self._read_state()
+        if state is None:
+            return
+        parts: list[dict] = [{} for _ in range(pool.n)]
+        for key, v in state.items():
+            parts[pool.index(key)][key] = v
+        loaded = sum(r[1] for r in await asyncio.gather(*(pool.call(i, ("load", part))
+                                                            for i, part in enumerate(parts))))
+        self._state_loaded(loaded, len(state))
+
+    async def _flush_pool(self, pool: WorkerPool) -> None:
+        """At shutdown: every live worker flushes its senders (named ones' held records kept when
+        ``state`` is set) through the outputs, then the outputs are drained and flushed."""
+        keep = bool(self.cfg.state)
+        state: dict[str, Any] = {}
+        for w, reply in await pool.gather(("flush", keep)):
+            if reply is None:
+                log.error("serve worker %d could not be flushed at shutdown", w.index)
+            else:
+                state.update(reply[1])
+        if keep:
+            self._write_state(state)
+        await asyncio.get_running_loop().run_in_executor(self._worker, self._finish_outputs)
+        await pool.close()
+
+    async def _remote(self, pool: WorkerPool, wire: bytearray, encoding: str, content_type: str,
+                      ident: _Ident) -> dict:
+        """``_process`` in the sender's worker; its documents are written (by the pool's reader)
+        before the answer comes back. Raises BodyError, _Unavailable or WorkerLost."""
+        if self.outputs.held and not await asyncio.get_running_loop().run_in_executor(self._worker,
+                                                                                        self._drain_pending):
+            raise _Unavailable
+        status, value, inflated = await pool.call(pool.index(ident.key), ("body", wire, encoding, content_type, ident))
+        self.inflated_bytes += inflated
+        self.m_inflated.inc(inflated)
+        if status == "err":
+            raise BodyError(*value)
+        self._count(value["records"], value["events"], value["rejected"])
+        value["pending"] = self.outputs.pending_documents()
+        return value
+
+    def _gauge(self, name: str) -> int:
+        return self.pool.total(name) if self.pool is not None else self._gauges()[name]
+
+    def _gauges(self) -> dict[str, int]:
+        senders = list(self.senders.values())
+        return {"senders": len(senders), "open_events": sum(s.reorder.in_flight for s in senders),
+                "held_records": sum(s.reorder.buffer.held_records for s in senders)}
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a worker reports to the front: its pipeline counters and its gauges."""
+        return {"counters": self.pipeline_counters(), **self._gauges()}
+
+    def refused(self, key: str, at: float) -> None:
+        s = self.senders.get(key)
+        if s is not None:
+            s.refused_at = at
+
+    def _refresh(self) -> None:
+        """The workers' counters, now (from another thread than the loop's, e.g. the metrics
+        server's); on the loop's own thread the last tick's."""
+        loop = self._loop
+        if self.pool is None or loop is None or not loop.is_running():
+            return
+        try:
+            if asyncio.get_running_loop() is loop:
+                return
+        except RuntimeError:
+            pass
+        try:
+            asyncio.run_coroutine_threadsafe(self.pool.refresh(), loop).result(timeout=5)
+        except Exception as e:  # noqa: BLE001 -- the last known counters serve
+            log.warning("could not refresh the workers' counters: %s", e)
 
     def tick(self, now: float) -> int:
         """Write what the output refused before; release events whose window passed; forget idle
@@ -367,11 +479,25 @@ class Receiver:
         """At shutdown: held records of named senders go to the state file (when one is set), so
         the next start joins them with what those senders send after the restart; everything else
         is written out as it is."""
-        written = 0
-        kept = self._save_state()
+        before = self.m_docs._value.get()
+        state = self.flush_senders(keep_state=bool(self.cfg.state))
+        if self.cfg.state:
+            self._write_state(state)
+        self._finish_outputs()
+        return int(self.m_docs._value.get() - before)
+
+    def flush_senders(self, keep_state: bool) -> dict[str, Any]:
+        """Write out every sender's held events, except (``keep_state``) the held records of
+        named senders, which are returned (the state file's ``senders``)."""
+        now, wall = time.monotonic(), time.time()
+        state = {key: {"held": s.reorder.buffer.dump(now, wall), "range_ends": list(s.range_ends)}
+                 for key, s in self.senders.items() if keep_state and key.startswith("sender:")}
         for key, s in self.senders.items():
-            if key not in kept:
-                written += self._write(s.pipeline.flush())
+            if key not in state:
+                self._write(s.pipeline.flush())
+        return state
+
+    def _finish_outputs(self) -> None:
         if not self._drain_pending():
             log.error("shutting down with %d documents the output never took (%s)",
                       self.outputs.pending_documents(), self.unavailable)
@@ -381,15 +507,10 @@ class Receiver:
                 flush()
             except OSError as e:
                 log.error("output flush failed: %s", e)
-        return written
 
-    def _save_state(self) -> set[str]:
+    def _write_state(self, state: dict[str, Any]) -> None:
         path = self.cfg.state
-        if not path:
-            return set()
-        now, wall = time.monotonic(), time.time()
-        state = {key: {"held": s.reorder.buffer.dump(now, wall), "range_ends": list(s.range_ends)}
-                 for key, s in self.senders.items() if key.startswith("sender:")}
+        assert path
         tmp = f"{path}.tmp"
         with open(tmp, "wb") as f:
             f.write(orjson.dumps({"version": 1, "senders": state}))
@@ -398,25 +519,40 @@ class Receiver:
         os.replace(tmp, path)
         held = sum(len(g[3]) for v in state.values() for g in v["held"])
         log.info("kept %d held records of %d senders in %s for the next start", held, len(state), path)
-        return set(state)
 
     def load_state(self) -> int:
         """At start: take back what the last process kept (then the file is removed: its records
-        are in memory now, and a crash must not bring them back twice). Returns records loaded."""
+        are in memory now, and a crash must not bring them back twice). Returns records loaded.
+        With worker processes this happens when they are connected (``_load_state_into``)."""
+        state = None if self.pool is not None else self._read_state()
+        if state is None:
+            return 0
+        loaded = self.load_senders(state)
+        self._state_loaded(loaded, len(state))
+        return loaded
+
+    def _read_state(self) -> dict[str, Any] | None:
         path = self.cfg.state
         if not path or not os.path.exists(path):
-            return 0
+            return None
         with open(path, "rb") as f:
-            state = orjson.loads(f.read())
+            senders: dict[str, Any] = orjson.loads(f.read()).get("senders", {})
+        return senders
+
+    def _state_loaded(self, loaded: int, senders: int) -> None:
+        assert self.cfg.state
+        os.unlink(self.cfg.state)
+        log.info("took back %d held records of %d senders from %s", loaded, senders, self.cfg.state)
+
+    def load_senders(self, senders: dict[str, Any]) -> int:
+        """Held records (the state file's ``senders``) back into their senders; returns records."""
         now, wall = time.monotonic(), time.time()
         loaded = 0
-        for key, v in state.get("senders", {}).items():
+        for key, v in senders.items():
             s = self._sender(_Ident(key))
             s.reorder.buffer.load(v["held"], now, wall, parse_line)
             s.range_ends.extend(v["range_ends"])
             loaded += s.reorder.buffer.held_records
-        os.unlink(path)
-        log.info("took back %d held records of %d senders from %s", loaded, len(state.get("senders", {})), path)
         return loaded
 
     # ---- output ------------------------------------------------------------------------------
@@ -454,6 +590,7 @@ class Receiver:
             if len(self.senders) >= self.cfg.max_senders:
                 self._forget_oldest_sender()
             holder: list[_Sender] = []
+            assert self.pipeline_factory is not None, "the front of worker processes holds no senders"
             pipeline = self.pipeline_factory(lambda where, line, reason: holder[0].errors.append((where, reason)))
             cfg = self.cfg
             reorder = _Reordering(ReorderBuffer(cfg.reorder_window, cfg.max_held_records, cfg.event_wait,
@@ -506,16 +643,16 @@ class Receiver:
 
     def counters(self) -> dict[str, int | float]:
         """The pipeline counters of every sender (and of those forgotten), the stages' and the
-        outputs', in the names ``run`` uses (``metrics.prom.METRICS``), for ``--metrics-listen``."""
-        totals: dict[str, int | float] = dict(self.forgotten)
-        senders = list(self.senders.values())
-        for s in senders:
-            for k, v in s.pipeline.stats().items():
-                totals[k] = totals.get(k, 0) + v
-        if senders:
-            totals.update(senders[0].pipeline.stage_metrics())  # the stages are shared
-        totals["reorder_duplicates"] = sum(s.reorder.buffer.duplicates for s in senders)
-        totals["reorder_expired"] = sum(s.reorder.buffer.expired for s in senders)
+        outputs', in the names ``run`` uses (``metrics.prom.METRICS``), for ``--metrics-listen``.
+        With worker processes: the sum of theirs (each worker's stages are its own)."""
+        if self.pool is None:
+            totals = self.pipeline_counters()
+        else:
+            self._refresh()
+            totals = {}
+            for w in self.pool.workers:
+                for k, v in w.snapshot.get("counters", {}).items():
+                    totals[k] = totals.get(k, 0) + v
         outputs = self.outputs
         totals["output_errors"] = getattr(outputs, "write_failures", 0)
         totals["source_held_seconds"] = getattr(outputs, "held_seconds", 0.0)
@@ -530,12 +667,32 @@ class Receiver:
                     totals[f"{name}.{part}"] = st[key]
         return totals
 
+    def pipeline_counters(self) -> dict[str, int | float]:
+        """The senders' pipeline, stage and reorder counters (those of forgotten senders too)."""
+        totals: dict[str, int | float] = dict(self.forgotten)
+        senders = list(self.senders.values())
+        for s in senders:
+            for k, v in s.pipeline.stats().items():
+                totals[k] = totals.get(k, 0) + v
+        if senders:
+            totals.update(senders[0].pipeline.stage_metrics())  # the stages are shared
+        totals["reorder_duplicates"] = sum(s.reorder.buffer.duplicates for s in senders)
+        totals["reorder_expired"] = sum(s.reorder.buffer.expired for s in senders)
+        return totals
+
     # ---- handlers --------------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "senders": len(self.senders), "connections": self.limits.open,
+        if self.fatal:
+            return web.json_response({"status": "failed", "error": self.fatal}, status=503)
+        # with workers: their last report (each tick), so that a health check never waits
+        # behind the bodies queued for a worker
+        senders = len(self.senders) if self.pool is None else self.pool.total("senders")
+        return web.json_response({"status": "ok", "senders": senders, "connections": self.limits.open,
                                   "output": "unavailable" if self.unavailable else "ok"})
 
     async def metrics(self, request: web.Request) -> web.Response:
+        if self.pool is not None:
+            await self.pool.refresh()
         for what, n in self.limits.counts.items():
             c = self.m_conn.labels(what=what)
             c.inc(n - c._value.get())
@@ -556,6 +713,8 @@ class Receiver:
             ident = self._ident(request)
         except BodyError as e:
             return self._fail(e.status, e.reason)
+        if self.fatal:
+            return self._fail(503, self.fatal, headers={"Retry-After": str(self.cfg.retry_after)})
         loop = asyncio.get_running_loop()
         if self.outputs.held and not await loop.run_in_executor(self._worker, self._drain_pending):
             return self._unavailable()
@@ -578,9 +737,14 @@ class Receiver:
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("gzip", "x-gzip", "deflate", "identity", ""):
             return self._refuse(ident, 415, f"unsupported Content-Encoding {encoding!r}")
+        content_type = request.headers.get("Content-Type", "")
         try:
-            result = await loop.run_in_executor(self._worker, self._process, wire, encoding,
-                                                request.headers.get("Content-Type", ""), ident)
+            if self.pool is None:
+                result = await loop.run_in_executor(self._worker, self._process, wire, encoding, content_type, ident)
+            else:
+                result = await self._remote(self.pool, wire, encoding, content_type, ident)
+        except WorkerLost as e:
+            return self._fail(503, str(e), headers={"Retry-After": str(self.cfg.retry_after)})
         except BodyError as e:
             if e.status == 413:
                 self.inflated_bytes += cfg.max_body + 1
@@ -609,9 +773,11 @@ class Receiver:
 
     def _refuse(self, ident: _Ident, status: int, reason: str) -> web.Response:
         """A body refused whole: the sender may send it again later, after newer ones."""
-        s = self.senders.get(ident.key)
-        if s is not None:
-            s.refused_at = time.monotonic()
+        if self.pool is None:
+            self.refused(ident.key, time.monotonic())
+        else:
+            sent = self.pool.send(self.pool.index(ident.key), ("refused", ident.key, time.monotonic()))
+            sent.add_done_callback(lambda f: f.exception())  # a lost worker is reported by the pool
         self.m_refused.labels(reason=str(status)).inc()
         return self._fail(status, reason)
 
@@ -671,15 +837,18 @@ class Receiver:
             s.range_ends.append(ident.end)
         return self._report(s, records, events, written, errors, pipeline.counters.rejects - before + crashed)
 
+    def _count(self, records: int, events: int, rejected: int) -> None:
+        self.m_records.inc(records)
+        self.m_events_in.inc(events)
+        self.m_rejects.inc(rejected)
+        self.m_requests.labels(code="200").inc()
+
     def _report(self, s: _Sender, records: int, events: int, written: int, errors: list, bad: int) -> dict:
         rejected = len(errors) + bad
         report = [{"line": n, "reason": r} for n, r in errors[:MAX_ERRORS_REPORTED]]
         for where, reason in s.errors[:max(0, MAX_ERRORS_REPORTED - len(report))]:
             report.append({"line": where, "reason": reason})
         s.errors.clear()
-        self.m_records.inc(records)
-        self.m_events_in.inc(events)
-        self.m_rejects.inc(rejected)
-        self.m_requests.labels(code="200").inc()
+        self._count(records, events, rejected)
         return {"accepted": records + events - bad, "records": records, "events": events, "documents": written,
                 "rejected": rejected, "pending": self.outputs.pending_documents(), "errors": report}

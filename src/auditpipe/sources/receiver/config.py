@@ -54,6 +54,9 @@ class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     body_timeout: float = 60.0
     max_connections: int = 1024
     max_connections_per_address: int = 256
+    #: processes that parse, reassemble and normalize (each sender's records in one of them);
+    #: 1: all in the receiving process, as before; 0: one per core
+    workers: int = 1
 
     def problems(self) -> list[tuple[str, str]]:
         """(key, what is wrong) for values the types let through but that cannot work."""
@@ -66,6 +69,8 @@ class ServeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             out.append(("header_timeout", "header_timeout and body_timeout must be at least 0.1 s"))
         if min(self.max_connections, self.max_connections_per_address) < 1:
             out.append(("max_connections", "max_connections and max_connections_per_address must be at least 1"))
+        if self.workers < 0:
+            out.append(("workers", "workers must be 0 (one per core) or more"))
         try:
             parse_size(self.max_body)
         except ValueError as e:

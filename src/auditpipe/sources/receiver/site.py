@@ -95,7 +95,8 @@ def raise_fd_limit() -> int:
 
 def serve(receiver: Receiver, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
           ready: Callable[[int], None] | None = None) -> None:
-    """Run until SIGINT/SIGTERM; held events are flushed to the sink on the way out."""
+    """Run until SIGINT/SIGTERM (or a worker process dies: ``receiver.fatal`` says why); held
+    events are flushed to the sink on the way out."""
     import signal
 
     async def main() -> None:
@@ -105,6 +106,7 @@ def serve(receiver: Receiver, host: str, port: int, ssl_context: ssl.SSLContext 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        receiver.on_fatal = stop.set  # a worker process died: drain the others and exit non-zero
         if ready:
             ready(bound)
         try:
