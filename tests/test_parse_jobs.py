@@ -152,7 +152,7 @@ def test_byte_ranges_read_by_the_workers_number_rejects_in_order(tmp_path, size)
     path = _write_lines(tmp_path / "messy.log", lines)
     make = functools.partial(build_normalizer, "coalesced")
     want, want_stats, want_rejects = _serial(lines, make, str(path))
-    pieces = list(file_pieces(str(path), str(path), size))
+    pieces = list(file_pieces(str(path), str(path), size=size))
     assert len(pieces) > 10
     got, stats, rejects, _ = _parallel(pieces, make)
     assert len(want_rejects) > 100  # in every piece (the lines split at 0x1D are rejects too)
@@ -161,10 +161,12 @@ def test_byte_ranges_read_by_the_workers_number_rejects_in_order(tmp_path, size)
     assert stats == want_stats
 
 
-def test_cuts_inside_events_are_run_again(tmp_path):
+@pytest.mark.parametrize("depth,ahead", [(2, None), (1, 1)])
+def test_cuts_inside_events_are_run_again(tmp_path, depth, ahead):
     """Byte ranges cut alternately inside an event (every 40 lines, whatever record that is) and
     after a PROCTITLE: each piece that ends inside an event is re-run with the next, and the
-    output is exact."""
+    output is exact (with one task queued per worker and one piece sent ahead, too: the window
+    ahead moves as pieces are written, or the workers starve)."""
     lines = shared_path("corpus", "raw-node.log").read_text("utf-8", "surrogateescape").splitlines()
     path = _write_lines(tmp_path / "raw.log", lines)
     make = functools.partial(build_normalizer, "ecs")
@@ -182,7 +184,7 @@ def test_cuts_inside_events_are_run_again(tmp_path):
     cuts.append(ends[-1])
     assert inside > 30
     pieces = [Piece(str(path), str(path), a, b) for a, b in itertools.pairwise(cuts)]
-    got, stats, _, par = _parallel(pieces, make)
+    got, stats, _, par = _parallel(pieces, make, depth=depth, ahead=ahead)
     assert par.regroups > 20
     assert got == want
     assert stats == want_stats

@@ -129,15 +129,12 @@ def _run_serial(chunks, pipeline, write) -> dict:
 def _run_parallel(paths, jobs, pipeline, out, bar, max_line, read_errors, timeout, max_in_flight) -> dict:
     """Pieces of the input to worker processes (regular files as byte ranges the workers read,
     stdin and .gz as text read here); an input of a single piece is parsed here."""
-    from auditpipe.pipeline.parallel import ParallelParse, file_pieces, is_plain_file, piece_size, text_pieces
-
-    plain = {path for path in paths if is_plain_file(path)}
-    size = piece_size(sum(os.path.getsize(p) for p in plain), jobs)
+    from auditpipe.pipeline.parallel import ParallelParse, file_pieces, is_plain_file, text_pieces
 
     def pieces():
         for path in paths:
-            if path in plain:
-                yield from file_pieces(path, path, size)
+            if is_plain_file(path):
+                yield from file_pieces(path, path, jobs)
             else:
                 yield from text_pieces(_chunks([path], bar, max_line, read_errors))
 

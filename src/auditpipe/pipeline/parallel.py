@@ -30,7 +30,7 @@ import resource
 import shutil
 import sys
 import tempfile
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -87,7 +87,7 @@ class Reply:
     final: bool = True  # the run finished (else it stays open in the worker)
     counts: dict[str, int] = field(default_factory=dict)
     settled: bool = True
-    ended: list[tuple[Key, bool]] = field(default_factory=list)
+    ended: dict[Key, bool] = field(default_factory=dict)  # key → whether a later record is late, oldest first
     keys: set[Key] = field(default_factory=set)
     oldest: float = float("inf")
     newest: float = float("-inf")
@@ -122,32 +122,36 @@ def _cut_in(window: bytes) -> int:
         end = start
 
 
-def piece_size(total: int, jobs: int) -> int:
-    """Pieces small enough that every worker has several (a small input is spread too), large
-    enough that a piece's fixed costs stay small."""
-    return min(SEGMENT, max(MIN_SEGMENT, total // (4 * jobs)))
+def piece_size(remaining: int, jobs: int) -> int:
+    """Guided: a quarter of each worker's share of what is left, between :data:`MIN_SEGMENT` and
+    :data:`SEGMENT` — large pieces while much is left (a piece's fixed costs stay small), ever
+    smaller ones towards the end (the workers finish together) and on a small input."""
+    return min(SEGMENT, max(MIN_SEGMENT, remaining // (4 * jobs)))
 
 
-def file_pieces(path: str, where: str, size: int = SEGMENT) -> Iterator[Piece]:
-    """Byte ranges of about ``size`` of a regular file, each ending after a PROCTITLE line where
-    one is in the last :data:`CUT_WINDOW` bytes (after a newline where none is)."""
+def file_pieces(path: str, where: str, jobs: int = 2, size: int | None = None) -> Iterator[Piece]:
+    """Byte ranges of a regular file (of ``size``, or as :func:`piece_size` says), each ending
+    after a PROCTITLE line where one is in the last :data:`CUT_WINDOW` bytes (after a newline
+    where none is)."""
     total = os.path.getsize(path)
     fd = os.open(path, os.O_RDONLY)
     try:
         start = 0
-        target = size
+        step = size or piece_size(total, jobs)
+        target = step
         while start < total:
-            if total - start <= size or target >= total:
+            if target >= total:
                 yield Piece(where, path, start, total)
                 return
             lo = max(start, target - CUT_WINDOW)
             cut = _cut_in(os.pread(fd, target - lo, lo))
             if cut < 0:  # no newline here (a line longer than the window): look further on
-                target += size
+                target += step
                 continue
             yield Piece(where, path, start, lo + cut)
             start = lo + cut
-            target = start + size
+            step = size or piece_size(total - start, jobs)
+            target = start + step
     finally:
         os.close(fd)
 
@@ -286,7 +290,7 @@ class _Run:
         if final:
             reply.settled = self.reassembler.settled()
             reply.keys, reply.oldest, reply.newest = self.keys, self.oldest, self.newest
-            reply.ended = self.reassembler.recently_ended()
+            reply.ended = dict(self.reassembler.recently_ended())
         self.piece = 0
         return reply
 
@@ -373,7 +377,8 @@ class _Accepted:
     def __init__(self, timeout: float, recent_ids: int) -> None:
         self.timeout = timeout
         self.recent_ids = recent_ids
-        self.recent: dict[Key, bool] = {}  # ended key → whether a later record of it is late
+        # ended key → whether a later record of it is late (ordered: the oldest leaves in O(1))
+        self.recent: OrderedDict[Key, bool] = OrderedDict()
         self.newest = float("-inf")
         self.tracker = SerialTracker()
         self.counts: dict[str, int] = {}
@@ -387,7 +392,7 @@ class _Accepted:
         if out.oldest < max(self.newest, prev.newest) - self.timeout:
             return False
         keys = out.keys
-        return not any(k in keys for k, _ in prev.ended) and keys.isdisjoint(self.recent)
+        return prev.ended.keys().isdisjoint(keys) and self.recent.keys().isdisjoint(keys)
 
     def seed(self) -> tuple[list[tuple[Key, bool]], float]:
         """The state a run started here needs to be the serial run (see :func:`_resume`)."""
@@ -398,10 +403,9 @@ class _Accepted:
         if not out.final:
             return
         recent = self.recent
-        for k, late in out.ended:  # as the reassembler's own dict: a key ended again keeps its place
-            recent[k] = late
-        while len(recent) > self.recent_ids:
-            del recent[next(iter(recent))]
+        recent.update(out.ended)  # as the reassembler's own dict: a key ended again keeps its place
+        for _ in range(len(recent) - self.recent_ids):
+            recent.popitem(last=False)
         self.newest = max(self.newest, out.newest)
         for name, n in out.counts.items():
             self.counts[name] = self.counts.get(name, 0) + n
@@ -432,7 +436,8 @@ class ParallelParse:
                  on_reject: Callable[[str, str, str], None], timeout: float = 2.0, max_in_flight: int = 4096,
                  recent_ids: int = 8192, max_group: int = MAX_GROUP, max_line: int = 1 << 20,
                  on_damaged: Callable[[str, str, int], None] | None = None,
-                 on_piece: Callable[[Piece], None] | None = None) -> None:
+                 on_piece: Callable[[Piece], None] | None = None, depth: int = QUEUED,
+                 ahead: int | None = None) -> None:
         self.normalize = normalize
         self.jobs = jobs
         self.out = out
@@ -442,7 +447,8 @@ class ParallelParse:
         self.params = (timeout, max_in_flight, max_line)
         self.accepted = _Accepted(timeout, recent_ids)
         self.max_group = max_group
-        self.ahead = 4 * jobs  # pieces sent past the first not yet written
+        self.depth = depth  # tasks queued on a worker
+        self.ahead = ahead or 4 * jobs  # pieces sent past the first not yet written
         self.regroups = 0  # re-runs of doubtful pieces
         self.alone: int | None = None  # the worker holding the open run, once pieces never settle
         self.worker_cpu: list[float] = [0.0] * jobs  # CPU seconds of each worker (its last reply)
@@ -472,8 +478,8 @@ class ParallelParse:
         self._start()
         try:
             while True:
-                self._dispatch()
                 self._advance()
+                self._dispatch()  # after: what was written frees room ahead
                 if self._done():
                     return self.accepted.stats()
                 self._receive()
@@ -520,11 +526,11 @@ class ParallelParse:
         self.owner[task[1]] = worker
 
     def _dispatch(self) -> None:
-        """Keep every worker :data:`QUEUED` tasks deep with the next pieces, no further than
+        """Keep every worker ``depth`` tasks deep with the next pieces, no further than
         ``ahead`` past the first piece not yet written (the open run: its next steps)."""
         if self.alone is not None:
             return self._next_steps()
-        while (min(map(len, self.queued)) < QUEUED and self.dispatched < self.cursor + self.ahead
+        while (min(map(len, self.queued)) < self.depth and self.dispatched < self.cursor + self.ahead
                and self._piece(self.dispatched)):
             self._send(("run", self.dispatched, [self.known[self.dispatched]], None, False, None))
             self.dispatched += 1
@@ -629,7 +635,7 @@ class ParallelParse:
     def _next_steps(self) -> None:
         w = self.alone
         assert w is not None
-        while not self.end_sent and len(self.queued[w]) < QUEUED:
+        while not self.end_sent and len(self.queued[w]) < self.depth:
             task = self._new_id()
             if self._piece(self.dispatched):
                 self._send(("more", task, [self.known[self.dispatched]], None, True, None), worker=w)
