@@ -37,6 +37,7 @@ from multiprocessing.connection import Connection, wait
 from typing import IO, Any, NamedTuple
 
 from auditpipe.normalize.jsonl import dumps_line
+from auditpipe.parsing import Parser
 from auditpipe.pipeline.core import Normalizer, Pipeline
 from auditpipe.reassembly import Event, Reassembler
 from auditpipe.reassembly.serials import SerialTracker
@@ -218,7 +219,7 @@ class _Run:
     """A fresh reassembler over consecutive pieces (in a worker), noting what the parent checks."""
 
     def __init__(self, normalize: Normalizer, timeout: float, max_in_flight: int, max_line: int,
-                 seed: Seed | None = None) -> None:
+                 seed: Seed | None = None, parser: Parser | None = None) -> None:
         self.reply = Reply(0)
         self.max_line = max_line
         self.piece = 0  # index of the piece being fed, within the current step
@@ -241,6 +242,8 @@ class _Run:
         if seed is not None:
             _resume(self.reassembler, *seed)
         self.pipeline = Pipeline(noting, self.reassembler, on_reject=self._reject)
+        if parser is not None:  # the worker's, its memos warm (they only cache, as in one serial run)
+            self.pipeline.parser = parser
 
     def _reject(self, where: str, line: str, why: str) -> None:
         self.reply.rejects.append((self.piece, int(where.rpartition(":")[2]), line, why))
@@ -310,6 +313,7 @@ class _Worker:
         self.tmpdir = tmpdir
         self.files: dict[str, int] = {}
         self.open_run: _Run | None = None
+        self.parser = Parser()
 
     def serve(self, conn: Connection, inherited: list[Connection]) -> None:
         for other in inherited:  # the parent's ends of the other workers' pipes
@@ -336,7 +340,7 @@ class _Worker:
         out_path = os.path.join(self.tmpdir, str(task))
         with open(out_path, "wb") as out:
             if kind == "run":
-                run = _Run(*self.params, seed)
+                run = _Run(*self.params, seed, self.parser)
                 final = self._stops(run, pieces, settle_after, out) or not keep_open
             else:
                 assert self.open_run is not None, "no open run to continue"
