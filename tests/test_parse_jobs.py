@@ -201,10 +201,13 @@ def test_a_file_smaller_than_a_piece_and_several_files_in_one_stream(tmp_path):
                                                                                            "surrogateescape")))
     tiny = _write_lines(tmp_path / "tiny.log", lines[:40])
     for paths in ([tiny], [first, second], [second, first, tiny]):
-        one, one_totals, one_err = _cli(paths, "coalesced", 1, tmp_path / "one.json")
-        two, two_totals, two_err = _cli(paths, "coalesced", 2, tmp_path / "two.json")
+        one, one_totals, one_err = _cli(paths, "coalesced", 1, tmp_path / "one.json",
+                                        "--rejects", str(tmp_path / "one.rej"))
+        two, two_totals, two_err = _cli(paths, "coalesced", 2, tmp_path / "two.json",
+                                        "--rejects", str(tmp_path / "two.rej"))
         assert two == one and two_totals == one_totals and two_err == one_err
         assert "rejected" in one_err
+        assert (tmp_path / "two.rej").read_bytes() == (tmp_path / "one.rej").read_bytes() != b""
 
 
 def _cli(paths, fmt, jobs, out, *extra) -> tuple[bytes, str, str]:
