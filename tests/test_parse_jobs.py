@@ -272,3 +272,15 @@ def test_a_record_late_across_a_settled_cut(late):
     assert par.regroups == 1
     assert got == want
     assert stats == want_stats
+
+
+def test_a_file_cut_short_while_parsed_fails_clearly_and_cleans_up(tmp_path):
+    """A piece whose bytes are no longer there (the file truncated under us): the worker's error
+    reaches the caller by name, the workers are stopped and their directory is gone."""
+    path = shared_path("corpus", "enriched.log")
+    size = path.stat().st_size
+    pieces = [Piece(str(path), str(path), 0, size // 2), Piece(str(path), str(path), size // 2, size + 4096)]
+    par = ParallelParse(build_normalizer("coalesced"), 2, io.BytesIO(), lambda *r: None)
+    with pytest.raises(RuntimeError, match="changed while it was parsed"):
+        par.run(pieces)
+    assert par.tmpdir == "" and par.procs == []

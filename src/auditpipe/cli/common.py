@@ -156,7 +156,10 @@ def _run_parallel(paths, jobs, pipeline, out, bar, max_line, read_errors, timeou
     par = ParallelParse(pipeline.normalize, jobs, out, pipeline.on_reject, timeout=timeout,
                         max_in_flight=max_in_flight, max_line=max_line or MAX_LINE, on_damaged=damaged,
                         on_piece=bar.piece if bar else None)
-    return par.run(itertools.chain(head, stream))
+    try:
+        return par.run(itertools.chain(head, stream))
+    except RuntimeError as e:  # a worker failed (a file cut short while parsed, say): what, not a traceback
+        raise click.ClickException(str(e)) from e
 
 
 def _head_chunks(head, bar, max_line, read_errors):
