@@ -95,6 +95,7 @@ class Reply:
     cpu: float = 0.0  # the worker's CPU seconds so far
     error: str = ""
     first: int = 0  # the parent's: index of the task's first piece
+    worker: int = 0  # the parent's: which worker ran it
 
 
 # ------------------------------------------------------------------------------------ cutting
@@ -460,11 +461,11 @@ class ParallelParse:
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
         self.source: Iterator[Piece] = iter(())
-        self.known: list[Piece] = []
+        self.known: dict[int, Piece] = {}  # the pieces read and not yet written (a text piece is big)
+        self.count = 0  # pieces read
         self.exhausted = False
         self.replies: dict[int, Reply] = {}
         self.queued: list[deque[int]] = [deque() for _ in range(jobs)]
-        self.owner: dict[int, int] = {}  # task → worker
         self.dispatched = 0  # pieces sent (a task of their own, or a step of the open run)
         self.next_id = -1  # ids of the other tasks (a piece's own task has the piece's index)
         self.cursor = 0  # the first piece neither written nor held
@@ -506,16 +507,17 @@ class ParallelParse:
 
     def _piece(self, i: int) -> bool:
         """Whether piece ``i`` exists (reading the input up to it)."""
-        while len(self.known) <= i and not self.exhausted:
+        while self.count <= i and not self.exhausted:
             nxt = next(self.source, None)
             if nxt is None:
                 self.exhausted = True
             else:
-                self.known.append(nxt)
-        return i < len(self.known)
+                self.known[self.count] = nxt
+                self.count += 1
+        return i < self.count
 
     def _done(self) -> bool:
-        return (self.exhausted and self.cursor >= len(self.known) and self.held is None and self.group is None
+        return (self.exhausted and self.cursor >= self.count and self.held is None and self.group is None
                 and not self.steps)
 
     def _new_id(self) -> int:
@@ -527,7 +529,6 @@ class ParallelParse:
             worker = min(range(self.jobs), key=lambda w: len(self.queued[w]))
         self.conns[worker].send(task)
         self.queued[worker].append(task[1])
-        self.owner[task[1]] = worker
 
     def _dispatch(self) -> None:
         """Keep every worker ``depth`` tasks deep with the next pieces, no further than
@@ -553,6 +554,7 @@ class ParallelParse:
                 raise RuntimeError(f"parse worker {w}: {reply.error}")
             self.queued[w].remove(reply.task)
             self.worker_cpu[w] = reply.cpu
+            reply.worker = w
             if reply.task in self.dropped:
                 self.dropped.discard(reply.task)
                 _unlink(reply.out)
@@ -595,8 +597,8 @@ class ParallelParse:
         self.regroups += 1
         need = held.pieces + 1
         self._piece(held.first + max(need, self.max_group) - 1)
-        group = self.known[held.first:held.first + max(need, self.max_group)]
-        at_end = self.exhausted and held.first + len(group) >= len(self.known)
+        group = [self.known[i] for i in range(held.first, min(held.first + max(need, self.max_group), self.count))]
+        at_end = self.exhausted and held.first + len(group) >= self.count
         self.group = self._new_id()
         self._send(("run", self.group, group, need if need <= self.max_group else None, not at_end,
                     self.accepted.seed()))
@@ -633,7 +635,7 @@ class ParallelParse:
         self._emit(reply)
         self._drop(range(self.cursor, self.dispatched))
         self.dispatched = self.cursor
-        self.alone = self.owner[reply.task]
+        self.alone = reply.worker
         self._next_steps()
 
     def _next_steps(self) -> None:
@@ -664,7 +666,7 @@ class ParallelParse:
         rejects = iter(reply.rejects)
         rej = next(rejects, None)
         for k in range(reply.pieces):
-            piece = self.known[reply.first + k]
+            piece = self.known.pop(reply.first + k)
             base = piece.lineno or (1 if piece.start == 0 else self.lineno.get(piece.where, 1))
             while rej is not None and rej[0] == k:
                 self.on_reject(f"{piece.where}:{base + rej[1] - 1}", rej[2], rej[3])
@@ -674,15 +676,15 @@ class ParallelParse:
                 self.on_piece(piece)
             if k in reply.long_lines:
                 self.long_in.add(piece.where)
-            if piece.where in self.long_in and piece.path is not None and self._last_of_file(reply.first + k):
+            if piece.where in self.long_in and piece.path is not None and self._last_of_file(piece, reply.first + k):
                 self.long_in.discard(piece.where)
                 if self.on_damaged is not None:
                     self.on_damaged(piece.where, piece.path, base + reply.lines[k] - 1)
         self._copy(reply.out, reply.size)
         self.accepted.accept(reply)
 
-    def _last_of_file(self, i: int) -> bool:
-        return not self._piece(i + 1) or self.known[i + 1].start == 0 or self.known[i + 1].path != self.known[i].path
+    def _last_of_file(self, piece: Piece, i: int) -> bool:
+        return not self._piece(i + 1) or self.known[i + 1].start == 0 or self.known[i + 1].path != piece.path
 
     def _copy(self, path: str, size: int) -> None:
         """The worker's file onto the output (in the kernel where it can)."""
