@@ -14,8 +14,9 @@ input order (``sendfile``), so it never touches a document.
 In order, the parent accepts a piece only if it provably starts where the one before left off:
 the previous one settled, none of its events' keys among those recently ended, none of its
 events older than the newest before it minus the timeout (the only state a reassembler carries
-across a settled point). Otherwise a worker runs the two again as one, taking in the next
-pieces until its reassembler settles at a cut; a run of doubtful pieces longer than
+across a settled point). Otherwise a worker runs the two again as one, from the serial run's
+state there (those ended keys and that newest time), taking in the next pieces until its
+reassembler settles at a cut; a run of doubtful pieces longer than
 ``MAX_GROUP`` (a log whose events never settle, e.g. one without PROCTITLE records) stays open
 in that worker, which then takes every later piece alone. Lost serials are counted by replaying
 every piece's serials into one tracker, so the totals match too.
