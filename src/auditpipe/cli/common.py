@@ -62,8 +62,9 @@ def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_fl
               lake=None, max_line=None, jobs: int = 1, make_normalize=None) -> dict:
     """Parse `paths` in order (one stream: a rotated set continues across files) and write JSON lines
     (or hand them to ``lake``, a Transport, one batch per chunk). With ``jobs`` > 1 and
-    ``make_normalize`` (each worker builds its own normalizer), segments are parsed by that many
-    processes, the output the same byte for byte (see pipeline/parallel.py)."""
+    ``make_normalize`` (None when the normalizer carries state across the whole input), pieces are
+    parsed by that many forked processes (each inherits ``normalize``), the output the same byte
+    for byte (see pipeline/parallel.py)."""
     reject = RejectWriter(rejects)
     cfg = Config(reassembly=ReassemblyConfig(timeout=timeout, max_in_flight=max_in_flight))
     pipeline = assembly.build_pipeline(cfg, reject, normalize=normalize, role="parse")
