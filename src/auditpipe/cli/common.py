@@ -130,11 +130,15 @@ def _run_serial(chunks, pipeline, write) -> dict:
 def _run_parallel(paths, jobs, pipeline, out, bar, max_line, read_errors, timeout, max_in_flight) -> dict:
     """Pieces of the input to worker processes (regular files as byte ranges the workers read,
     stdin and .gz as text read here); an input of a single piece is parsed here."""
-    from auditpipe.pipeline.parallel import ParallelParse, file_pieces, is_plain_file, text_pieces
+    from auditpipe.pipeline.parallel import MIN_SEGMENT, ParallelParse, file_pieces, is_plain_file, text_pieces
+
+    plain = [path for path in paths if is_plain_file(path)]
+    if len(plain) == len(paths):  # no more workers than the pieces can keep busy
+        jobs = min(jobs, max(2, sum(map(os.path.getsize, plain)) // MIN_SEGMENT))
 
     def pieces():
         for path in paths:
-            if is_plain_file(path):
+            if path in plain:
                 yield from file_pieces(path, path, jobs)
             else:
                 yield from text_pieces(_chunks([path], bar, max_line, read_errors))
