@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import os
 import shutil
 import statistics
@@ -55,17 +56,19 @@ script = false
 TIME = shutil.which("time", path="/usr/bin:/bin")
 
 
-def timed(cmd, stdin_path=None, cwd=None) -> tuple[float, float, float]:
+def timed(cmd, stdin_path=None, cwd=None, stderr=None) -> tuple[float, float, float]:
     """(wall seconds, CPU seconds, peak MiB) of one run of ``cmd`` and the processes it waited for.
     The peak comes from /usr/bin/time around the command (a child forked from this process would
-    count this process's pages in its own peak); without it, peak is 0."""
+    count this process's pages in its own peak); without it, peak is 0. ``stderr``: a file for
+    the command's stderr."""
     peak_file = tempfile.NamedTemporaryFile(prefix="bench-peak-", delete=False)
     peak_file.close()
     if TIME:
         cmd = [TIME, "-f", "%M", "-o", peak_file.name, *cmd]
     with open(stdin_path, "rb") if stdin_path else open(os.devnull, "rb") as stdin:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
+        proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL,
+                                cwd=cwd)
         _, status, ru = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -111,8 +114,11 @@ def main() -> int:
         (Path(tmp) / "laurel.toml").write_text(LAUREL_CONFIG.format(dir=tmp))
         progs: list[tuple[str, list[str], str | None]] = []
         for fmt, jobs in (("ecs", 1), ("coalesced", 1), ("panther", 1), ("ecs", 2), ("coalesced", 2)):
+            # --jobs rows through jobs_probe (the same CLI in the same interpreter): it tells the
+            # parent's CPU from the workers'
+            head = [auditpipe] if jobs == 1 else [sys.executable, str(Path(__file__).with_name("jobs_probe.py"))]
             progs.append((f"auditpipe parse --format {fmt} --jobs {jobs}",
-                          [auditpipe, "parse", str(plain), "--format", fmt, "--jobs", str(jobs), "-o", os.devnull,
+                          [*head, "parse", str(plain), "--format", fmt, "--jobs", str(jobs), "-o", os.devnull,
                            "--no-progress"], None))
         if shutil.which("ausearch") and not args.no_ausearch:
             progs += [
@@ -122,15 +128,24 @@ def main() -> int:
         laurel = [LAUREL, ["laurel", "-c", str(Path(tmp) / "laurel.toml")], str(plain)]
         runs: dict[str, list[tuple[float, float, float]]] = {LAUREL: []}
         ratios: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in progs}
+        probes: dict[str, list[tuple[dict, float]]] = {}
+        loads: list[float] = []
         for r in range(args.runs):
+            loads.append(os.getloadavg()[0])
             ref = timed(laurel[1], laurel[2])
             (Path(tmp) / "laurel.log").unlink(missing_ok=True)
             runs[LAUREL].append(ref)
             order = progs[r % len(progs):] + progs[:r % len(progs)]
             for name, cmd, stdin in order:
-                m = timed(cmd, stdin)
+                with tempfile.TemporaryFile("w+") as err:
+                    m = timed(cmd, stdin, stderr=err)
+                    err.seek(0)
+                    probe = [line for line in err if line.startswith("jobs_probe ")]
+                if probe:
+                    probes.setdefault(name, []).append((json.loads(probe[-1].split(" ", 1)[1]), ref[1]))
                 runs.setdefault(name, []).append(m)
                 ratios[name].append((m[0] / ref[0], m[1] / ref[1]))
+        loads.append(os.getloadavg()[0])
     print(f"corpus: {args.corpus} ({records:,} records), {args.runs} rounds, output discarded, "
           f"{os.cpu_count()} cores")
     print("wall/cpu/peak: medians; ratios to laurel's run of the same round as min/median/max")
@@ -155,7 +170,30 @@ def main() -> int:
         print(f"{name:44} {wall:6.2f} {cpu:6.2f} {peak:5.0f} {records / wall:8,.0f} {cpu_r:>15} {wall_r:>15}  "
               f"{verdict}")
     print(f"targets missed: {failed}" if failed else "all targets met")
+    _print_probes(probes)
+    print(f"load average (1 min) at each round's start: {_spread(loads)} (min/median/max); wall times and "
+          "wall ratios move with it, CPU seconds much less")
     return 0
+
+
+def _print_probes(probes: dict[str, list[tuple[dict, float]]]) -> None:
+    """Where the --jobs runs spent their CPU, and the wall time they would take on two idle cores:
+    the parent's CPU (start-up before the fork, then cutting, checking, copying) plus the busiest
+    worker's CPU (pessimistic: the parent's share after the fork overlaps the workers)."""
+    if not probes:
+        return
+    print("--jobs runs, CPU seconds (medians): parent before the fork / parent in all / each worker; critical path "
+          "= parent + busiest worker, and as a ratio to laurel's CPU (= its wall on an idle core) min/median/max")
+    print(f"{'program':44} {'start':>6} {'parent':>6} {'workers':>13} {'regroups':>8} {'critical s':>10} "
+          f"{'crit × laurel':>15}")
+    for name, rows in probes.items():
+        crit = [p["parent"] + max(p["workers"]) for p, _ in rows]
+        workers = "/".join(f"{statistics.median(sorted(p['workers'])[i] for p, _ in rows):.2f}"
+                           for i in range(len(rows[0][0]["workers"])))
+        print(f"{name:44} {statistics.median(p['before_fork'] for p, _ in rows):6.2f} "
+              f"{statistics.median(p['parent'] for p, _ in rows):6.2f} {workers:>13} "
+              f"{statistics.median(p['regroups'] for p, _ in rows):8.0f} {statistics.median(crit):10.2f} "
+              f"{_spread([c / ref for c, (_, ref) in zip(crit, rows, strict=True)]):>15}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ one writes: byte for byte, with the same totals."""
 from __future__ import annotations
 
 import functools
+import gzip
+import io
+import itertools
 import os
 import random
 import re
@@ -17,7 +20,7 @@ from tests.conftest import shared_path
 from auditpipe.cli.common import build_normalizer
 from auditpipe.normalize.jsonl import dumps_line
 from auditpipe.pipeline import Pipeline
-from auditpipe.pipeline.parallel import ParallelParse
+from auditpipe.pipeline.parallel import ParallelParse, Piece, file_pieces
 from auditpipe.reassembly import Reassembler
 
 # panther's p_parse_time and p_row_id differ from run to run by design
@@ -35,10 +38,15 @@ def _parse(path, fmt: str, jobs: int, out, pure: bool = False) -> tuple[bytes, s
     return _PER_RUN.sub(b"", out.read_bytes()), totals.group(1)
 
 
-@pytest.mark.parametrize("fmt", ["ecs", "coalesced", "panther"])
-@pytest.mark.parametrize("corpus", ["enriched.log", "raw-node.log", "bench.log.gz"])
+@pytest.mark.parametrize("fmt,corpus", [(fmt, corpus) for fmt in ("ecs", "coalesced", "panther")
+                                         for corpus in ("enriched.log", "raw-node.log", "bench.log.gz")]
+                         + [("ecs", "bench.log")])
 def test_jobs_output_equals_one_job(tmp_path, corpus, fmt):
-    path = shared_path("corpus", corpus)
+    """Plain files in byte ranges the workers read (bench.log: decompressed here, 27 pieces),
+    .gz as text read by the parent."""
+    path = shared_path("corpus", corpus) if corpus != "bench.log" else tmp_path / corpus
+    if corpus == "bench.log":
+        path.write_bytes(gzip.decompress(shared_path("corpus", "bench.log.gz").read_bytes()))
     one, one_totals = _parse(path, fmt, 1, tmp_path / "one.json")
     two, two_totals = _parse(path, fmt, 2, tmp_path / "two.json")
     assert one.count(b"\n") > 500
@@ -95,32 +103,142 @@ def _messy_lines() -> list[str]:
     return kept
 
 
-def _serial(lines, make_normalize) -> tuple[bytes, dict, list]:
+def _serial(lines, make_normalize, where="x") -> tuple[bytes, dict, list]:
     rejects: list = []
     p = Pipeline(make_normalize(), Reassembler(), on_reject=lambda *r: rejects.append(r))
-    docs = p.feed_lines(lines, "x", 1) + p.flush()
+    docs = p.feed_lines(lines, where, 1) + p.flush()
     return b"".join(map(dumps_line, docs)), p.stats(), rejects
+
+
+def _parallel(pieces, make_normalize=None, **kw) -> tuple[bytes, dict, list, ParallelParse]:
+    make_normalize = make_normalize or functools.partial(build_normalizer, "coalesced")
+    out = io.BytesIO()
+    rejects: list = []
+    par = ParallelParse(make_normalize(), 2, out, lambda *r: rejects.append(r), **kw)
+    stats = par.run(pieces)
+    return out.getvalue(), stats, rejects, par
+
+
+def _text_pieces(lines, size, where="x"):
+    return [Piece(where, None, 0, 0, "\n".join(lines[i:i + size]), i + 1) for i in range(0, len(lines), size)]
 
 
 @pytest.mark.parametrize("size,max_group", [(150, 1000), (40, 2)])
 def test_small_segments_regroup_or_go_alone_and_stay_exact(size, max_group):
-    """Segments far smaller than events need: many do not follow (re-run together), and with
-    ``max_group`` 2 the parent soon parses alone; either way the bytes and totals are exact."""
+    """Pieces far smaller than events need: many do not follow (re-run together), and with
+    ``max_group`` 2 one worker soon takes the rest alone; either way the bytes and totals are exact."""
     lines = _messy_lines()
     make = functools.partial(build_normalizer, "coalesced")
     want, want_stats, want_rejects = _serial(lines, make)
     assert want_stats["lost_serials"] > 0 and want_stats["late_records"] > 0 and want_stats["rejects"] > 0
-    got: list[bytes] = []
-    rejects: list = []
-    par = ParallelParse(make, 2, got.append, lambda *r: rejects.append(r), max_group=max_group)
-    for i in range(0, len(lines), size):
-        par.feed(("x", i + 1, lines[i:i + size]))
-    stats = par.finish()
+    got, stats, rejects, par = _parallel(_text_pieces(lines, size), make, max_group=max_group)
     assert par.regroups > 0
     assert (par.alone is not None) == (max_group == 2)
-    assert b"".join(got) == want
+    assert got == want
     assert stats == want_stats
     assert rejects == want_rejects
+
+
+def _write_lines(path: Path, lines) -> Path:
+    path.write_bytes("".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape"))
+    return path
+
+
+@pytest.mark.parametrize("size", [4096, 48 << 10])
+def test_byte_ranges_read_by_the_workers_number_rejects_in_order(tmp_path, size):
+    """A file in byte ranges the workers read: rejects in many pieces come out in input order
+    with their true line numbers, and lost serials, late records and bytes are those of one run."""
+    lines = _messy_lines()
+    path = _write_lines(tmp_path / "messy.log", lines)
+    make = functools.partial(build_normalizer, "coalesced")
+    want, want_stats, want_rejects = _serial(lines, make, str(path))
+    pieces = list(file_pieces(str(path), str(path), size=size))
+    assert len(pieces) > 10
+    got, stats, rejects, _ = _parallel(pieces, make)
+    assert len(want_rejects) > 100  # in every piece (the lines split at 0x1D are rejects too)
+    assert rejects == want_rejects
+    assert got == want
+    assert stats == want_stats
+
+
+@pytest.mark.parametrize("depth,ahead", [(2, None), (1, 1)])
+def test_cuts_inside_events_are_run_again(tmp_path, depth, ahead):
+    """Byte ranges cut alternately inside an event (every 40 lines, whatever record that is) and
+    after a PROCTITLE: each piece that ends inside an event is re-run with the next, and the
+    output is exact (with one task queued per worker and one piece sent ahead, too: the window
+    ahead moves as pieces are written, or the workers starve)."""
+    lines = shared_path("corpus", "raw-node.log").read_text("utf-8", "surrogateescape").splitlines()
+    path = _write_lines(tmp_path / "raw.log", lines)
+    make = functools.partial(build_normalizer, "ecs")
+    want, want_stats, _ = _serial(lines, make, str(path))
+    ends = list(itertools.accumulate(len(line.encode("utf-8", "surrogateescape")) + 1 for line in lines))
+    cuts, inside = [0], 0
+    for n in range(40, len(lines), 40):
+        if n // 40 % 2:
+            inside += "type=PROCTITLE" not in lines[n - 1]
+        else:
+            n = next((i + 1 for i in range(n, len(lines)) if "type=PROCTITLE" in lines[i]), len(lines))
+        if n > len(lines) - 1 or ends[n - 1] <= cuts[-1]:
+            continue
+        cuts.append(ends[n - 1])
+    cuts.append(ends[-1])
+    assert inside > 30
+    pieces = [Piece(str(path), str(path), a, b) for a, b in itertools.pairwise(cuts)]
+    got, stats, _, par = _parallel(pieces, make, depth=depth, ahead=ahead)
+    assert par.regroups > 20
+    assert got == want
+    assert stats == want_stats
+
+
+def test_a_file_smaller_than_a_piece_and_several_files_in_one_stream(tmp_path):
+    """One small file is one piece (parsed like --jobs 1); a rotated set of plain and .gz files
+    is one stream across files (events continue across them), numbered per file."""
+    lines = _messy_lines()
+    half = len(lines) // 2 + 7  # inside an event, most likely
+    first = _write_lines(tmp_path / "audit.log.1", lines[:half])
+    second = tmp_path / "audit.log.gz"
+    second.write_bytes(gzip.compress("".join(line + "\n" for line in lines[half:]).encode("utf-8",
+                                                                                           "surrogateescape")))
+    tiny = _write_lines(tmp_path / "tiny.log", lines[:40])
+    for paths in ([tiny], [first, second], [second, first, tiny]):
+        one, one_totals, one_err = _cli(paths, "coalesced", 1, tmp_path / "one.json",
+                                        "--rejects", str(tmp_path / "one.rej"))
+        two, two_totals, two_err = _cli(paths, "coalesced", 2, tmp_path / "two.json",
+                                        "--rejects", str(tmp_path / "two.rej"))
+        assert two == one and two_totals == one_totals and two_err == one_err
+        assert "rejected" in one_err
+        assert (tmp_path / "two.rej").read_bytes() == (tmp_path / "one.rej").read_bytes() != b""
+
+
+def _cli(paths, fmt, jobs, out, *extra) -> tuple[bytes, str, str]:
+    proc = subprocess.run([sys.executable, "-m", "auditpipe", "parse", *map(str, paths), "--format", fmt,
+                           "-o", str(out), "--no-progress", "--jobs", str(jobs), *extra],
+                          capture_output=True, text=True)
+    totals = _TOTALS.search(proc.stderr)
+    assert totals, proc.stderr
+    messages = "".join(line for line in proc.stderr.splitlines(True) if not line.startswith("auditpipe parse:"))
+    return out.read_bytes(), totals.group(1) + f" rc={proc.returncode}", messages
+
+
+def test_overlong_lines_in_a_plain_file_are_reported_as_one_run_reports_them(tmp_path):
+    """Lines over --max-line-bytes in pieces the workers read: skipped the same way, and the
+    same read error (line and byte of the first) and exit status."""
+    lines = shared_path("corpus", "enriched.log").read_text("utf-8", "surrogateescape").splitlines()
+    for i in (700, 2900, 4100):
+        lines.insert(i, "type=SYSCALL msg=audit(1.1:1): " + "x" * 12000)
+    path = _write_lines(tmp_path / "long.log", lines)
+    one = _cli([path], "ecs", 1, tmp_path / "one.json", "--max-line-bytes", "9000")
+    two = _cli([path], "ecs", 2, tmp_path / "two.json", "--max-line-bytes", "9000")
+    assert "read error after line" in one[2] and "rc=1" in one[1]
+    assert two == one
+
+
+def test_output_to_a_pipe(tmp_path):
+    """stdout a pipe: the workers' files are sent into it in order."""
+    path = shared_path("corpus", "raw-node.log")
+    outs = [subprocess.run([sys.executable, "-m", "auditpipe", "parse", str(path), "--no-progress", "--jobs", str(j)],
+                           capture_output=True, check=True).stdout for j in (1, 2)]
+    assert outs[0].count(b"\n") > 500 and outs[1] == outs[0]
 
 
 def _settled_points(lines, make_normalize) -> list[int]:
@@ -140,18 +258,29 @@ def test_a_record_late_across_a_settled_cut(late):
     (aged at once): only the check of the keys and times keeps the output exact."""
     make = functools.partial(build_normalizer, "coalesced")
     lines = shared_path("corpus", "enriched.log").read_text("utf-8", "surrogateescape").splitlines()
-    cut = _settled_points(lines, make)[len(_settled_points(lines, make)) // 2]
+    points = _settled_points(lines, make)
+    cut = points[len(points) // 2]
     if late:
         moved = lines[cut - 2]  # a record of the event the PROCTITLE at cut - 1 ended
     else:  # a new event, 10 s older than anything before it
         moved = re.sub(r"audit\((\d+)", lambda m: f"audit({int(m.group(1)) - 10}", lines[cut - 2])
     lines = lines[:cut] + [moved] + lines[cut:]
     want, want_stats, _ = _serial(lines, make)
-    got: list[bytes] = []
-    par = ParallelParse(make, 2, got.append, lambda *r: None)
-    par.feed(("x", 1, lines[:cut]))
-    par.feed(("x", cut + 1, lines[cut:]))
-    stats = par.finish()
+    pieces = [Piece("x", None, 0, 0, "\n".join(lines[:cut]), 1),
+              Piece("x", None, 0, 0, "\n".join(lines[cut:]), cut + 1)]
+    got, stats, _, par = _parallel(pieces, make)
     assert par.regroups == 1
-    assert b"".join(got) == want
+    assert got == want
     assert stats == want_stats
+
+
+def test_a_file_cut_short_while_parsed_fails_clearly_and_cleans_up(tmp_path):
+    """A piece whose bytes are no longer there (the file truncated under us): the worker's error
+    reaches the caller by name, the workers are stopped and their directory is gone."""
+    path = shared_path("corpus", "enriched.log")
+    size = path.stat().st_size
+    pieces = [Piece(str(path), str(path), 0, size // 2), Piece(str(path), str(path), size // 2, size + 4096)]
+    par = ParallelParse(build_normalizer("coalesced"), 2, io.BytesIO(), lambda *r: None)
+    with pytest.raises(RuntimeError, match="changed while it was parsed"):
+        par.run(pieces)
+    assert par.tmpdir == "" and par.procs == []

@@ -3,6 +3,7 @@ the pipeline with a progress bar, and reporting rejects."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import zlib
@@ -14,7 +15,7 @@ import click
 from auditpipe.config import Config, NormalizeConfig, ReassemblyConfig
 from auditpipe.normalize.jsonl import dumps_line
 from auditpipe.pipeline import assembly
-from auditpipe.sources.files import iter_line_chunks, open_audit_file
+from auditpipe.sources.files import MAX_LINE, DamagedInput, iter_line_chunks, open_audit_file
 
 __all__ = ["build_normalizer", "run_files", "RejectWriter"]
 
@@ -61,8 +62,9 @@ def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_fl
               lake=None, max_line=None, jobs: int = 1, make_normalize=None) -> dict:
     """Parse `paths` in order (one stream: a rotated set continues across files) and write JSON lines
     (or hand them to ``lake``, a Transport, one batch per chunk). With ``jobs`` > 1 and
-    ``make_normalize`` (each worker builds its own normalizer), segments are parsed by that many
-    processes, the output the same byte for byte (see pipeline/parallel.py)."""
+    ``make_normalize`` (None when the normalizer carries state across the whole input), pieces are
+    parsed by that many forked processes (each inherits ``normalize``), the output the same byte
+    for byte (see pipeline/parallel.py)."""
     reject = RejectWriter(rejects)
     cfg = Config(reassembly=ReassemblyConfig(timeout=timeout, max_in_flight=max_in_flight))
     pipeline = assembly.build_pipeline(cfg, reject, normalize=normalize, role="parse")
@@ -77,7 +79,7 @@ def run_files(paths, normalize, output="-", rejects=None, timeout=2.0, max_in_fl
     chunks = _chunks(paths, bar, max_line, read_errors)
     try:
         if parallel:
-            stats = _run_parallel(chunks, make_normalize, jobs, pipeline, write, out.write, timeout, max_in_flight)
+            stats = _run_parallel(paths, jobs, pipeline, out, bar, max_line, read_errors, timeout, max_in_flight)
         else:
             stats = _run_serial(chunks, pipeline, write)
         if feed is not None:
@@ -125,24 +127,53 @@ def _run_serial(chunks, pipeline, write) -> dict:
     return pipeline.stats()
 
 
-def _run_parallel(chunks, make_normalize, jobs, pipeline, write_lines, write, timeout, max_in_flight) -> dict:
-    """Segments to worker processes; a single segment (a small input) is parsed here."""
-    from auditpipe.pipeline.parallel import ParallelParse, cut_segments
+def _run_parallel(paths, jobs, pipeline, out, bar, max_line, read_errors, timeout, max_in_flight) -> dict:
+    """Pieces of the input to worker processes (regular files as byte ranges the workers read,
+    stdin and .gz as text read here); an input of a single piece is parsed here."""
+    from auditpipe.pipeline.parallel import MIN_SEGMENT, ParallelParse, file_pieces, is_plain_file, text_pieces
 
-    segments = cut_segments(chunks)
-    first = next(segments, None)
-    second = next(segments, None)
-    if first is None or second is None:
-        return _run_serial([first] if first else [], pipeline, write_lines)
-    par = ParallelParse(make_normalize, jobs, write, pipeline.on_reject, timeout=timeout, max_in_flight=max_in_flight)
+    plain = [path for path in paths if is_plain_file(path)]
+    if len(plain) == len(paths):  # no more workers than the pieces can keep busy
+        jobs = min(jobs, max(2, sum(map(os.path.getsize, plain)) // MIN_SEGMENT))
+
+    def pieces():
+        for path in paths:
+            if path in plain:
+                yield from file_pieces(path, path, jobs)
+            else:
+                yield from text_pieces(_chunks([path], bar, max_line, read_errors))
+
+    stream = pieces()
+    head = list(itertools.islice(stream, 2))
+    if len(head) < 2:
+        return _run_serial(_head_chunks(head, bar, max_line, read_errors), pipeline, out.writelines)
+
+    def damaged(where: str, path: str, lines: int) -> None:
+        """A file whose overlong lines were skipped: the serial reader's account of it."""
+        try:
+            with open(path, "rb") as f:
+                for _ in iter_line_chunks(f, max_line=max_line):
+                    pass
+        except DamagedInput as e:
+            read_errors[0] += 1
+            click.echo(f"{where}: read error after line {lines}: {e}", err=True)
+
+    par = ParallelParse(pipeline.normalize, jobs, out, pipeline.on_reject, timeout=timeout,
+                        max_in_flight=max_in_flight, max_line=max_line or MAX_LINE, on_damaged=damaged,
+                        on_piece=bar.piece if bar else None)
     try:
-        par.feed(first)
-        par.feed(second)
-        for seg in segments:
-            par.feed(seg)
-        return par.finish()
-    finally:
-        par.close()
+        return par.run(itertools.chain(head, stream))
+    except RuntimeError as e:  # a worker failed (a file cut short while parsed, say): what, not a traceback
+        raise click.ClickException(str(e)) from e
+
+
+def _head_chunks(head, bar, max_line, read_errors):
+    """The one piece of a small input as chunks of lines (a file's piece is all of that file)."""
+    for piece in head:
+        if piece.text is not None:
+            yield piece.where, piece.lineno, piece.text.split("\n")
+        else:
+            yield from _chunks([piece.path], bar, max_line, read_errors)
 
 
 class _LakeFeed:
@@ -177,6 +208,7 @@ class _Progress:
                                  console=Console(stderr=True), transient=True, redirect_stdout=False)
         self.task = self.progress.add_task("parse", total=self.total or None)
         self.done = 0
+        self.base = 0  # bytes before the file being written (parse --jobs)
         self.progress.start()
 
     def updater(self, path, raw):
@@ -194,6 +226,14 @@ class _Progress:
         except OSError:
             pass
         return update
+
+    def piece(self, piece) -> None:
+        """A byte range of a file (parse --jobs) written out."""
+        if piece.text is None:
+            if piece.start == 0:
+                self.base = self.done
+                self.done += os.path.getsize(piece.path)
+            self.progress.update(self.task, completed=self.base + piece.end)
 
     def close(self):
         self.progress.stop()
