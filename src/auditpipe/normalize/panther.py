@@ -82,7 +82,10 @@ def make_panther_normalizer(
     ``auditpipe.parsing.decode_sockaddr`` (used to find the IP address in ``saddr``).
     """
     if decode_sockaddr is None:
-        from auditpipe.parsing import decode_sockaddr  # resolved once, here
+        from auditpipe.parsing import decode_sockaddr as default_decoder  # resolved once, here
+
+        decode_sockaddr = default_decoder
+    decode: Callable[[str], dict] = decode_sockaddr
 
     columns = STRING_FIELDS  # body keys that become columns
     unset = _UNSET
@@ -95,7 +98,7 @@ def make_panther_normalizer(
     str_type = str
 
     # p_event_time for consecutive events: most share their second
-    last_sec = [None, ""]
+    last_sec: list[Any] = [None, ""]
 
     def event_time(sec: int, msec: int) -> str:
         if last_sec[0] != sec:
@@ -105,7 +108,7 @@ def make_panther_normalizer(
 
     def sockaddr_ip(hexstr: str) -> str | None:
         try:
-            decoded = decode_sockaddr(hexstr)
+            decoded = decode(hexstr)
         except Exception:  # noqa: BLE001 (a malformed saddr stays in the row as hex; no indicator)
             return None
         if not decoded:
@@ -131,18 +134,19 @@ def make_panther_normalizer(
             "p_event_time": p_event_time,
             "p_parse_time": p_parse_time,
         }
-        rows = []
+        rows: list[dict] = []
         append = rows.append
         for rec in event.records:
             fields = rec.fields
             row = {"type": rec.type}
+            extra: dict | None
             if fields.keys() <= columns:
                 # SYSCALL, CWD, PROCTITLE, SOCKADDR …: every key is a column of its own
                 row.update(fields)
                 extra = None
             else:
                 extra = {}
-                msg = None
+                msg: Any = None
                 for k, v in fields.items():
                     if k in columns:
                         row[k] = v
@@ -178,7 +182,7 @@ def make_panther_normalizer(
 
             # indicators, from the schema's indicator columns
             if "addr" in row or "hostname" in row or "ip" in row or "saddr" in row:
-                ips = None
+                ips: list[str] | None = None
                 for name in ("addr", "ip", "hostname"):
                     v = row.get(name)
                     if v is None or v in unset:
