@@ -33,7 +33,7 @@ from auditpipe.normalize.ecs_fields import (
 from auditpipe.normalize.ecs_table import DEFAULT_SYSCALL_NORM, RECORD_NORMS, SYSCALL_NORMS
 from auditpipe.normalize.ecs_walk import DROP, execve_args, merge_fields, split_context, walk_main
 from auditpipe.normalize.summary import summarize
-from auditpipe.parsing import decode_sockaddr, execve_argv, parse_body
+from auditpipe.parsing import Record, decode_sockaddr, execve_argv, parse_body
 
 __all__ = ["make_ecs_normalizer", "ECS_VERSION"]
 
@@ -187,9 +187,9 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
 
     def normalize(event) -> list[dict]:
         warnings: list[str] | None = [] if include_warnings else None
-        recs = event.records
-        first: Any = None
-        syscall: Any = None
+        recs: list[Record] = event.records
+        first: Record | None = None
+        syscall: Record | None = None
         for r in recs:
             t = r.type_num
             if t == EOE:
@@ -233,8 +233,8 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
 
         # -- the other records -------------------------------------------------------------------
         paths: list[dict] = []  # PATH records' fields, in item order (with their records)
-        path_recs: list[Any] = []
-        execs: list[Any] | None = None
+        path_recs: list[Record] = []
+        execs: list[Record] | None = None
         sock: dict | None = None
         for r in recs:
             if r is main and not main_part:
@@ -302,7 +302,9 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
                     etype = etype + [c for c in sc_norm.type if c not in etype]
 
         # -- the document --------------------------------------------------------------------------
-        ev = {"kind": "event", "module": "auditd", "outcome": "failure" if result == "fail" else result}
+        ev: dict[str, Any] = {"kind": "event", "module": "auditd",
+                              "outcome": "failure" if result == "fail" else result}
+        doc: dict[str, Any]
         if document_ids:
             doc = {"_id": _event_id(event, meta), "@timestamp": iso_timestamp(event.sec, event.msec), "event": ev}
         else:
@@ -313,7 +315,7 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
             if len(lower) > 4096:
                 lower.clear()
             mtype = lower[ktype] = ktype.lower()
-        auditd = {"message_type": mtype, "sequence": event.serial, "result": result, "data": data}
+        auditd: dict[str, Any] = {"message_type": mtype, "sequence": event.serial, "result": result, "data": data}
         doc["auditd"] = auditd
         if session != "unset":
             auditd["session"] = session

@@ -151,7 +151,7 @@ _STD_SLOTS = (("auid", "AUID", False), ("uid", "UID", False), ("gid", "GID", Tru
               ("sgid", "SGID", True), ("fsgid", "FSGID", True))
 
 
-def _std_names(ids, names, enriched) -> tuple:
+def _std_names(ids: dict, names: Names, enriched: dict | None) -> tuple:
     out = []
     for k, ekey, grp in _STD_SLOTS:
         name = _enriched_name(enriched, ekey) if enriched is not None else None
@@ -161,7 +161,8 @@ def _std_names(ids, names, enriched) -> tuple:
     return tuple(out)
 
 
-def _build_std_user(ids, names, enriched, selinux, id_names):
+def _build_std_user(ids: dict, names: Names, enriched: dict | None, selinux: dict | None,
+                    id_names: dict[str, str]) -> dict:
     """build_user for the nine ids of a SYSCALL record. The names of one identity (ids plus
     ENRICHED interpretations) are memoized with the resolver's answers; dicts are built fresh."""
     vals = auid, uid, gid, euid, suid, fsuid, egid, sgid, fsgid = (

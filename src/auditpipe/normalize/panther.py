@@ -137,8 +137,8 @@ def make_panther_normalizer(
         rows: list[dict] = []
         append = rows.append
         for rec in event.records:
-            fields = rec.fields
-            row = {"type": rec.type}
+            fields: dict = rec.fields
+            row: dict[str, Any] = {"type": rec.type}
             extra: dict | None
             if fields.keys() <= columns:
                 # SYSCALL, CWD, PROCTITLE, SOCKADDR …: every key is a column of its own
@@ -160,7 +160,7 @@ def make_panther_normalizer(
                             row[k] = v
                         elif k not in extra:
                             extra[k] = v
-            enriched = rec.enriched
+            enriched: dict | None = rec.enriched
             if enriched:
                 if extra:
                     for k, v in enriched.items():

@@ -43,7 +43,8 @@ class Record:
 
     __slots__ = ("node", "type", "type_num", "time", "sec", "msec", "serial", "fields", "enriched", "raw")
 
-    def __init__(self, node, type_, type_num, time, sec, msec, serial, fields, enriched, raw):
+    def __init__(self, node: str | None, type_: str, type_num: int, time: str, sec: int, msec: int, serial: int,
+                 fields: dict, enriched: dict | None, raw: str) -> None:
         self.node = node
         self.type = type_
         self.type_num = type_num
