@@ -90,7 +90,42 @@ def _header_stamp(stamp: str) -> tuple[str, int, int, int]:
     return time, int(sec), int(msec), int(serial)
 
 
+#: The header of a log line, as :func:`_split_header` reads it (kept to document and test it).
 _HEADER = re.compile(r"(?:node=([^ ]*) )?type=([^ ]+) msg=audit\((([0-9]+)\.([0-9]+)):([0-9]+)\):? ?")
+
+Header = tuple["str | None", str, str, int, int, int, int]
+
+
+def _split_header(line: str) -> Header | None:
+    """``_HEADER.match`` by string methods (a third of the cost of the regex, compiled): (node,
+    type, time text, sec, msec, serial, where the body starts), or None where the regex fails."""
+    node = None
+    pos = 0
+    if line.startswith("node="):
+        pos = line.find(" ") + 1
+        if pos == 0:
+            return None
+        node = line[5 : pos - 1]
+    if not line.startswith("type=", pos):
+        return None
+    sp = line.find(" ", pos + 5)
+    if sp <= pos + 5 or not line.startswith(" msg=audit(", sp):
+        return None
+    start = sp + 11
+    close = line.find(")", start)
+    if close < 0:
+        return None
+    time, colon, serial = line[start:close].partition(":")
+    sec, dot, msec = time.partition(".")
+    if not (colon and dot and time.isascii() and serial.isascii() and sec.isdigit() and msec.isdigit()
+            and serial.isdigit()):
+        return None
+    end = close + 1
+    if line.startswith(":", end):
+        end += 1
+    if line.startswith(" ", end):
+        end += 1
+    return node, line[pos + 5 : sp], time, int(sec), int(msec), int(serial), end
 
 
 class Parser:
@@ -118,17 +153,17 @@ def parse_line(line: str, memo: Parser | None = None) -> Record:
     raw = line
     if line[-1:] == "\r":  # a log that went through Windows: parsed without the CR, kept in raw
         line = line[:-1]
-    m = _HEADER.match(line)
-    if m is None:
+    header = _split_header(line)
+    if header is None:
         raise ParseError(_header_problem(line))
     if len(line) > MAX_LINE:
         raise ParseError(f"line of {len(line)} characters is too long")
-    node, type_name, time, sec, msec, serial = m.groups()
+    node, type_name, time, sec, msec, serial, end = header
     num = _TYPE_NUMBERS.get(type_name)
     if num is None:
         type_name, num = _type_of(type_name)
-    fields, enriched = parse_body(line[m.end():], num, memo)
-    return Record(node, type_name, num, time, int(sec), int(msec), int(serial), fields, enriched, raw)
+    fields, enriched = parse_body(line[end:], num, memo)
+    return Record(node, type_name, num, time, sec, msec, serial, fields, enriched, raw)
 
 
 def _header_problem(line: str) -> str:
