@@ -106,24 +106,25 @@ def _split_header(line: str) -> Header | None:
         if pos == 0:
             return None
         node = line[5 : pos - 1]
-    if not line.startswith("type=", pos):
+    # slices, not startswith(prefix, pos): compiled, a slice is a primitive and that is a method call
+    if line[pos : pos + 5] != "type=":
         return None
     sp = line.find(" ", pos + 5)
-    if sp <= pos + 5 or not line.startswith(" msg=audit(", sp):
+    if sp <= pos + 5 or line[sp : sp + 11] != " msg=audit(":
         return None
     start = sp + 11
     close = line.find(")", start)
     if close < 0:
         return None
-    time, colon, serial = line[start:close].partition(":")
+    stamp = line[start:close]
+    time, colon, serial = stamp.partition(":")
     sec, dot, msec = time.partition(".")
-    if not (colon and dot and time.isascii() and serial.isascii() and sec.isdigit() and msec.isdigit()
-            and serial.isdigit()):
+    if not (colon and dot and sec.isdigit() and msec.isdigit() and serial.isdigit() and stamp.isascii()):
         return None
     end = close + 1
-    if line.startswith(":", end):
+    if line[end : end + 1] == ":":
         end += 1
-    if line.startswith(" ", end):
+    if line[end : end + 1] == " ":
         end += 1
     return node, line[pos + 5 : sp], time, int(sec), int(msec), int(serial), end
 
