@@ -41,7 +41,24 @@ def format_panther_time(sec: int, msec: int = 0) -> str:
     return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(sec))}.{msec:03d}"
 
 
-def _parse_time_str(value: Any) -> str:
+class _SecondText:
+    """``format_panther_time`` with the text of the last second kept (one per normalizer and
+    field): consecutive events, and the clock read per event, mostly share their second."""
+
+    __slots__ = ("sec", "text")
+
+    def __init__(self) -> None:
+        self.sec: int | None = None
+        self.text = ""
+
+    def __call__(self, sec: int, msec: int) -> str:
+        if sec != self.sec:
+            self.text = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sec))
+            self.sec = sec
+        return f"{self.text}.{msec:03d}"
+
+
+def _parse_time_str(value: Any, text: Callable[[int, int], str] = format_panther_time) -> str:
     """The injected clock may answer unix seconds (int/float) or a datetime."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
@@ -51,7 +68,7 @@ def _parse_time_str(value: Any) -> str:
     if isinstance(value, str):  # already formatted by the caller
         return value
     ms = round(float(value) * 1000)
-    return format_panther_time(ms // 1000, ms % 1000)
+    return text(ms // 1000, ms % 1000)
 
 
 _NOT_IP = 0
@@ -97,14 +114,8 @@ def make_panther_normalizer(
     dict_type = dict
     str_type = str
 
-    # p_event_time for consecutive events: most share their second
-    last_sec: list[Any] = [None, ""]
-
-    def event_time(sec: int, msec: int) -> str:
-        if last_sec[0] != sec:
-            last_sec[0] = sec
-            last_sec[1] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sec))
-        return f"{last_sec[1]}.{msec:03d}"
+    event_time = _SecondText()
+    parse_time = _SecondText()
 
     def sockaddr_ip(hexstr: str) -> str | None:
         try:
@@ -125,7 +136,7 @@ def make_panther_normalizer(
         ts = float(when)
         eid = f"{when}:{event.serial}"
         p_event_time = event_time(sec, msec)
-        p_parse_time = _parse_time_str(now())
+        p_parse_time = _parse_time_str(now(), parse_time)
 
         std = {
             "timestamp": ts,
