@@ -255,8 +255,13 @@ def _syscall_fields(body: str) -> dict | None:
     if key[0] == '"':
         values = values[:-1] + (key[1:-1],)
     if values[-2] is None:
-        return dict(zip(_SYSCALL_NO_SUBJ, values[:-2] + values[-1:], strict=True))
-    return dict(zip(_SYSCALL_ALL, values, strict=True))
+        values = values[:-2] + values[-1:]
+        keys: tuple[str, ...] = _SYSCALL_NO_SUBJ
+    else:
+        keys = _SYSCALL_ALL
+    # a comprehension, not dict(zip(...)): compiled, it sets the items directly (dict(zip) makes a
+    # tuple per item); the regex has exactly one group per key
+    return {keys[i]: values[i] for i in range(len(keys))}
 
 
 def _parse_fields(body: str, type_num: int) -> dict:
