@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from tests.conftest import shared_path
 
 from auditpipe.parsing import record
@@ -61,3 +63,35 @@ def test_syscall_odd_shapes_parse_as_before(body):
         assert fields["key"] == "k"
     if "6120622063" in body:
         assert record._syscall_fields(body) is None and fields["comm"] == "a b c"
+
+
+def _regex_header(line: str):
+    m = record._HEADER.match(line)
+    if m is None:
+        return None
+    node, type_, time, sec, msec, serial = m.groups()
+    return node, type_, time, int(sec), int(msec), int(serial), m.end()
+
+
+_HEADER_PARTS = st.sampled_from(["node=", "type=", " msg=audit(", "node=h ", "type=SYSCALL", "):", ")", ":",
+                                 ".", " ", "1", "0", "9", "١", "x", "SYSCALL", "=", "(", "\t", "é"])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_HEADER_PARTS, max_size=14).map("".join))
+@example("node=a type=X msg=audit(1.2:3): a=b")
+@example("node= type=X msg=audit(01.002:0003)  y")
+@example("type=X msg=audit(1.2:3):")
+@example("type=X msg=audit(1.2:3)x")
+@example("type=X msg=audit(١.2:3): a")
+@example("type= msg=audit(1.2:3): a")
+@example("node=a b type=X msg=audit(1.2:3): a")
+def test_header_split_equals_regex(line):
+    """The string-method header reader accepts and splits exactly what the regex does."""
+    assert record._split_header(line) == _regex_header(line)
+
+
+@pytest.mark.parametrize("name", CORPORA)
+def test_header_split_equals_regex_on_corpus(name):
+    for line in _lines(name):
+        assert record._split_header(line) == _regex_header(line), line

@@ -7,7 +7,7 @@ import json
 
 import click
 
-__all__ = ["es", "register"]
+__all__ = ["es"]
 
 
 @click.group()
@@ -85,8 +85,3 @@ def _apply(cfg, ilm) -> None:
         raise click.ClickException(f"cannot reach {cfg.hosts[0]}: {e}") from None
     finally:
         client.close()
-
-
-def register(main: click.Group) -> None:
-    main.add_command(es)
-    main.add_command(es, name="elasticsearch")

@@ -17,6 +17,7 @@ between documents and must not be mutated).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from auditpipe import tables
 from auditpipe.normalize.agent import document_id
@@ -32,7 +33,7 @@ from auditpipe.normalize.ecs_fields import (
 from auditpipe.normalize.ecs_table import DEFAULT_SYSCALL_NORM, RECORD_NORMS, SYSCALL_NORMS
 from auditpipe.normalize.ecs_walk import DROP, execve_args, merge_fields, split_context, walk_main
 from auditpipe.normalize.summary import summarize
-from auditpipe.parsing import decode_sockaddr, execve_argv, parse_body
+from auditpipe.parsing import Record, decode_sockaddr, execve_argv, parse_body
 
 __all__ = ["make_ecs_normalizer", "ECS_VERSION"]
 
@@ -84,13 +85,13 @@ def _syscall_facts(_facts_cache: dict, arch_hex: str | None, num: str | None,
         arch_name = enriched.get("ARCH")
         sc_name = enriched.get("SYSCALL")
         if arch_name is not None and sc_name is not None and "(" not in sc_name:  # not unknown-syscall(N)
-            key = (arch_name, sc_name, 1)
-            f = _facts_cache.get(key)
+            named = (arch_name, sc_name, 1)
+            f = _facts_cache.get(named)
             if f is None:
                 if len(_facts_cache) > 16384:
                     _facts_cache.clear()
                 norm = SYSCALL_NORMS.get(sc_name, DEFAULT_SYSCALL_NORM)
-                f = _facts_cache[key] = _SyscallFacts(arch_name, sc_name, norm)
+                f = _facts_cache[named] = _SyscallFacts(arch_name, sc_name, norm)
             return f
     key = (arch_hex, num)
     f = _facts_cache.get(key)
@@ -185,10 +186,10 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
     lower: dict[str, str] = {}
 
     def normalize(event) -> list[dict]:
-        warnings = [] if include_warnings else None
-        recs = event.records
-        first = None
-        syscall = None
+        warnings: list[str] | None = [] if include_warnings else None
+        recs: list[Record] = event.records
+        first: Record | None = None
+        syscall: Record | None = None
         for r in recs:
             t = r.type_num
             if t == EOE:
@@ -226,26 +227,22 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
             v = data.get("exit")
             if v is not None and v[:1] == "-":
                 data["exit"] = _exit_name(v)
-            sc_norm = facts.norm
+            sc_norm: Any = facts.norm
         else:
             sc_norm = None
 
         # -- the other records -------------------------------------------------------------------
-        paths = None
-        path_recs = None
-        execs = None
-        sock = None
+        paths: list[dict] = []  # PATH records' fields, in item order (with their records)
+        path_recs: list[Record] = []
+        execs: list[Record] | None = None
+        sock: dict | None = None
         for r in recs:
             if r is main and not main_part:
                 continue
             t = r.type_num
             if t == PATH:
-                if paths is None:
-                    paths = [path_fields(r.fields)]
-                    path_recs = [r]
-                else:
-                    paths.append(path_fields(r.fields))
-                    path_recs.append(r)
+                paths.append(path_fields(r.fields))
+                path_recs.append(r)
             elif t == EXECVE:
                 if execs is None:
                     execs = [r]
@@ -272,11 +269,14 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
             if argc is not None:
                 data["argc"] = str(argc)
             proc["args"] = argv
-        if syscall is not None and (paths is not None or _records_besides_eoe(recs) > 1):
+        if syscall is not None and (paths or _records_besides_eoe(recs) > 1):
             data.pop("items", None)
 
         # -- meaning -------------------------------------------------------------------------------
         kind = special if special is not None else main
+        norm: Any
+        category: list[str] | None
+        etype: list[str] | None
         if kind is syscall:
             norm = sc_norm
             category = norm.category
@@ -302,7 +302,9 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
                     etype = etype + [c for c in sc_norm.type if c not in etype]
 
         # -- the document --------------------------------------------------------------------------
-        ev = {"kind": "event", "module": "auditd", "outcome": "failure" if result == "fail" else result}
+        ev: dict[str, Any] = {"kind": "event", "module": "auditd",
+                              "outcome": "failure" if result == "fail" else result}
+        doc: dict[str, Any]
         if document_ids:
             doc = {"_id": _event_id(event, meta), "@timestamp": iso_timestamp(event.sec, event.msec), "event": ev}
         else:
@@ -313,7 +315,7 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
             if len(lower) > 4096:
                 lower.clear()
             mtype = lower[ktype] = ktype.lower()
-        auditd = {"message_type": mtype, "sequence": event.serial, "result": result, "data": data}
+        auditd: dict[str, Any] = {"message_type": mtype, "sequence": event.serial, "result": result, "data": data}
         doc["auditd"] = auditd
         if session != "unset":
             auditd["session"] = session
@@ -324,14 +326,14 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
             ev["original"] = [r.raw for r in recs]
 
         names_tick()
-        id_names = {}
+        id_names: dict[str, str] = {}
         user = build_user(ids, names, enriched, selinux, id_names)
 
         if norm is not None:
-            s = summarize(norm, data, proc, ids, paths or (), sock, warnings)
+            s = summarize(norm, data, proc, ids, paths, sock, warnings)
             if norm.action:
                 ev["action"] = norm.action
-            summ = {}
+            summ: dict[str, Any] = {}
             v = s.actor_primary
             v2 = s.actor_secondary
             if v is not None or v2 is not None:
@@ -379,7 +381,7 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
         if user:
             drop_redundant_effective(user)
             doc["user"] = user
-        if paths is not None:
+        if paths:
             auditd["paths"] = paths
         if proc:
             doc["process"] = _process(proc)
@@ -430,7 +432,7 @@ _PROCESS_STRINGS = (("proctitle", "title"), ("comm", "name"), ("exe", "executabl
 
 def _process(proc: dict) -> dict:
     """process.* from the process fields gathered from the records."""
-    out = {}
+    out: dict[str, Any] = {}
     v = proc.get("pid")
     if v is not None and v.isdecimal():
         out["pid"] = int(v)

@@ -9,6 +9,7 @@ Manager dashboards and rules work unchanged.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from auditpipe.normalize.idresolve import is_real_name
 
@@ -64,7 +65,7 @@ class Names:
     def lookup(self, value: str, group: bool) -> str | None:
         """Name of uid/gid `value` from the resolver (memoized)."""
         memo = self.groups if group else self.users
-        name = memo.get(value, _MISS)
+        name: Any = memo.get(value, _MISS)
         if name is _MISS:
             resolver = self.resolver
             if resolver is None:
@@ -121,9 +122,10 @@ def build_any_user(ids: dict, names: Names, enriched: dict | None, selinux: dict
         if sub is None:
             d = user
         else:
-            d = user.get(sub)
-            if d is None:
-                d = user[sub] = {}
+            sub_d = user.get(sub)
+            if sub_d is None:
+                sub_d = user[sub] = {}
+            d = sub_d
         if grp:
             g = d.get("group")
             if g is None:
@@ -149,7 +151,7 @@ _STD_SLOTS = (("auid", "AUID", False), ("uid", "UID", False), ("gid", "GID", Tru
               ("sgid", "SGID", True), ("fsgid", "FSGID", True))
 
 
-def _std_names(ids, names, enriched) -> tuple:
+def _std_names(ids: dict, names: Names, enriched: dict | None) -> tuple:
     out = []
     for k, ekey, grp in _STD_SLOTS:
         name = _enriched_name(enriched, ekey) if enriched is not None else None
@@ -159,7 +161,8 @@ def _std_names(ids, names, enriched) -> tuple:
     return tuple(out)
 
 
-def _build_std_user(ids, names, enriched, selinux, id_names):
+def _build_std_user(ids: dict, names: Names, enriched: dict | None, selinux: dict | None,
+                    id_names: dict[str, str]) -> dict:
     """build_user for the nine ids of a SYSCALL record. The names of one identity (ids plus
     ENRICHED interpretations) are memoized with the resolver's answers; dicts are built fresh."""
     vals = auid, uid, gid, euid, suid, fsuid, egid, sgid, fsgid = (
@@ -204,7 +207,7 @@ def _entity(value: str | None, key: str | None, group: bool, names: Names, enric
 def apply_entities(doc: dict, user: dict, norm, summary, data: dict, ids: dict, names: Names, enriched) -> None:
     """Fill user / user.effective / user.target / user.changes / group from the table's `users`
     mappings, then related.user."""
-    related = None
+    related: set[str] | None = None
     for target, kind, key in norm.users:
         if kind == "actor.primary":
             value, key = summary.actor_primary, summary.actor_primary_key

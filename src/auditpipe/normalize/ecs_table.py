@@ -111,11 +111,11 @@ def load_table(data_dir: Path = DATA) -> tuple[dict[str, Norm], dict[str, list[N
     with open(data_dir / "records.toml", "rb") as f:
         rec_doc = tomllib.load(f)
     syscalls: dict[str, Norm] = {}
-    for i, entry in enumerate(sys_doc.get("syscall", ())):
-        where = f"syscalls.toml entry {i} ({entry.get('action')})"
-        _check(entry, where)
-        norm = Norm(entry, entry["action"])
-        for name in entry["names"]:
+    for i, sc_entry in enumerate(sys_doc.get("syscall", ())):
+        where = f"syscalls.toml entry {i} ({sc_entry.get('action')})"
+        _check(sc_entry, where)
+        norm = Norm(sc_entry, sc_entry["action"])
+        for name in sc_entry["names"]:
             if name in syscalls:
                 raise ValueError(f"{where}: syscall {name} listed twice")
             syscalls[name] = norm

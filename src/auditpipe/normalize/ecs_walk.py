@@ -9,6 +9,8 @@ same result (tests/test_ecs.py checks this on every corpus event).
 
 from __future__ import annotations
 
+from typing import Any
+
 from auditpipe.parsing import parse_body
 
 __all__ = ["DROP", "walk_main", "merge_fields", "execve_args", "split_context", "tags_of"]
@@ -56,7 +58,11 @@ def tags_of(value: str) -> list[str]:
     return [value]
 
 
-def walk_main(fields: dict, type_num: int):
+#: (data, ids, proc, session, result, tags, selinux): typed, so that compiled callers use dict ops
+Walked = tuple[dict[str, Any], dict[str, Any], dict[str, Any], str, str, "list[str] | None", "dict | None"]
+
+
+def walk_main(fields: dict, type_num: int) -> Walked:
     """→ (data, ids, proc, session, result, tags, selinux) of the record that says who acted."""
     keys = fields.keys()
     if (keys == _STD or keys == _STD_SUBJ) and DROP.isdisjoint(fields.values()):
@@ -64,7 +70,7 @@ def walk_main(fields: dict, type_num: int):
     return _walk_any(fields, type_num)
 
 
-def _walk_syscall(f: dict):
+def _walk_syscall(f: dict) -> Walked:
     auid = f["auid"]
     if auid == "4294967295" or auid == "-1":
         auid = "unset"
@@ -81,16 +87,16 @@ def _walk_syscall(f: dict):
             split_context(subj) if subj is not None else None)
 
 
-def _walk_any(fields: dict, type_num: int):
+def _walk_any(fields: dict, type_num: int) -> Walked:
     data: dict = {}
     ids: dict = {}
     proc: dict = {}
-    selinux = None
+    selinux: dict | None = None
     session = ""
     result = "unknown"
-    tags = None
+    tags: list[str] | None = None
     role_get = ROLE.get
-    stack = None
+    stack: Any = None
     items = fields.items()
     while True:
         for k, v in items:

@@ -24,7 +24,9 @@ _UNSET = ("unset", "4294967295", "-1", "")
 
 def is_real_name(name: str | None) -> bool:
     """Whether an ENRICHED interpretation is a name (auditd writes `unknown(N)` when it had none)."""
-    return bool(name) and name not in ("unset", "?") and not name.startswith("unknown(")
+    if not name:
+        return False
+    return name not in ("unset", "?") and not name.startswith("unknown(")
 
 
 def _read_db(path: str) -> tuple[dict[str, str], dict[str, str]]:

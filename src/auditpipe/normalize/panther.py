@@ -41,7 +41,24 @@ def format_panther_time(sec: int, msec: int = 0) -> str:
     return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(sec))}.{msec:03d}"
 
 
-def _parse_time_str(value: Any) -> str:
+class _SecondText:
+    """``format_panther_time`` with the text of the last second kept (one per normalizer and
+    field): consecutive events, and the clock read per event, mostly share their second."""
+
+    __slots__ = ("sec", "text")
+
+    def __init__(self) -> None:
+        self.sec: int | None = None
+        self.text = ""
+
+    def __call__(self, sec: int, msec: int) -> str:
+        if sec != self.sec:
+            self.text = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sec))
+            self.sec = sec
+        return f"{self.text}.{msec:03d}"
+
+
+def _parse_time_str(value: Any, text: Callable[[int, int], str] = format_panther_time) -> str:
     """The injected clock may answer unix seconds (int/float) or a datetime."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
@@ -51,7 +68,7 @@ def _parse_time_str(value: Any) -> str:
     if isinstance(value, str):  # already formatted by the caller
         return value
     ms = round(float(value) * 1000)
-    return format_panther_time(ms // 1000, ms % 1000)
+    return text(ms // 1000, ms % 1000)
 
 
 _NOT_IP = 0
@@ -82,7 +99,10 @@ def make_panther_normalizer(
     ``auditpipe.parsing.decode_sockaddr`` (used to find the IP address in ``saddr``).
     """
     if decode_sockaddr is None:
-        from auditpipe.parsing import decode_sockaddr  # resolved once, here
+        from auditpipe.parsing import decode_sockaddr as default_decoder  # resolved once, here
+
+        decode_sockaddr = default_decoder
+    decode: Callable[[str], dict] = decode_sockaddr
 
     columns = STRING_FIELDS  # body keys that become columns
     unset = _UNSET
@@ -94,18 +114,12 @@ def make_panther_normalizer(
     dict_type = dict
     str_type = str
 
-    # p_event_time for consecutive events: most share their second
-    last_sec = [None, ""]
-
-    def event_time(sec: int, msec: int) -> str:
-        if last_sec[0] != sec:
-            last_sec[0] = sec
-            last_sec[1] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sec))
-        return f"{last_sec[1]}.{msec:03d}"
+    event_time = _SecondText()
+    parse_time = _SecondText()
 
     def sockaddr_ip(hexstr: str) -> str | None:
         try:
-            decoded = decode_sockaddr(hexstr)
+            decoded = decode(hexstr)
         except Exception:  # noqa: BLE001 (a malformed saddr stays in the row as hex; no indicator)
             return None
         if not decoded:
@@ -122,7 +136,7 @@ def make_panther_normalizer(
         ts = float(when)
         eid = f"{when}:{event.serial}"
         p_event_time = event_time(sec, msec)
-        p_parse_time = _parse_time_str(now())
+        p_parse_time = _parse_time_str(now(), parse_time)
 
         std = {
             "timestamp": ts,
@@ -131,18 +145,19 @@ def make_panther_normalizer(
             "p_event_time": p_event_time,
             "p_parse_time": p_parse_time,
         }
-        rows = []
+        rows: list[dict] = []
         append = rows.append
         for rec in event.records:
-            fields = rec.fields
-            row = {"type": rec.type}
+            fields: dict = rec.fields
+            row: dict[str, Any] = {"type": rec.type}
+            extra: dict | None
             if fields.keys() <= columns:
                 # SYSCALL, CWD, PROCTITLE, SOCKADDR …: every key is a column of its own
                 row.update(fields)
                 extra = None
             else:
                 extra = {}
-                msg = None
+                msg: Any = None
                 for k, v in fields.items():
                     if k in columns:
                         row[k] = v
@@ -156,7 +171,7 @@ def make_panther_normalizer(
                             row[k] = v
                         elif k not in extra:
                             extra[k] = v
-            enriched = rec.enriched
+            enriched: dict | None = rec.enriched
             if enriched:
                 if extra:
                     for k, v in enriched.items():
@@ -178,7 +193,7 @@ def make_panther_normalizer(
 
             # indicators, from the schema's indicator columns
             if "addr" in row or "hostname" in row or "ip" in row or "saddr" in row:
-                ips = None
+                ips: list[str] | None = None
                 for name in ("addr", "ip", "hostname"):
                     v = row.get(name)
                     if v is None or v in unset:

@@ -9,6 +9,8 @@ the event's data, then its process fields, then its uid/gid fields, as aucoalesc
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["Summary", "summarize", "file_object_type", "find_value"]
 
 # File type bits of st_mode (S_IFMT). aucoalesce converts the raw mode to a Go os.FileMode, whose
@@ -44,14 +46,29 @@ def find_value(keys, data: dict, proc: dict, ids: dict):
 
 
 class Summary:
-    """The summary of one event plus where each part came from (for name resolution)."""
+    """The summary of one event plus where each part came from (for name resolution). Values are
+    what the records hold (strings; Any since a damaged record may nest a dict)."""
 
     __slots__ = ("actor_primary", "actor_primary_key", "actor_secondary", "actor_secondary_key",
                  "object_primary", "object_primary_key", "object_secondary", "object_secondary_key",
                  "object_type", "how", "path_item", "source_ip")
 
+    def __init__(self) -> None:
+        self.actor_primary: Any = None
+        self.actor_primary_key = ""  # the key of the value, or the fallback id's (auid)
+        self.actor_secondary: Any = None
+        self.actor_secondary_key = ""
+        self.object_primary: Any = None
+        self.object_primary_key: str | None = None
+        self.object_secondary: Any = None
+        self.object_secondary_key: str | None = None
+        self.object_type: str | None = None
+        self.how: Any = None
+        self.path_item: int | None = None
+        self.source_ip: Any = None
 
-def _actor(keys, which: str, fallback: str, data, proc, ids, warnings):
+
+def _actor(keys, which: str, fallback: str, data, proc, ids, warnings) -> tuple[Any, str]:
     """(value, key) of an actor from the table's keys, else the `fallback` id (auid/uid)."""
     v, k = find_value(keys, data, proc, ids)
     if v is None:
@@ -72,11 +89,12 @@ def summarize(norm, data: dict, proc: dict, ids: dict, paths: list, sock: dict |
     how = exe if exe is not None else comm
     if exe is not None and comm is not None and exe.startswith(_INTERPRETERS):
         how = comm
-    s.path_item = None
-    s.source_ip = None
 
     what = norm.what
-    obj_p = obj_p_key = obj_s = obj_s_key = None
+    obj_p: Any = None
+    obj_s: Any = None
+    obj_p_key: str | None = None
+    obj_s_key: str | None = None
     if what == "file" or what == "filesystem":
         if paths:
             idx = norm.path_index if len(paths) > norm.path_index else 0

@@ -43,7 +43,8 @@ class Record:
 
     __slots__ = ("node", "type", "type_num", "time", "sec", "msec", "serial", "fields", "enriched", "raw")
 
-    def __init__(self, node, type_, type_num, time, sec, msec, serial, fields, enriched, raw):
+    def __init__(self, node: str | None, type_: str, type_num: int, time: str, sec: int, msec: int, serial: int,
+                 fields: dict, enriched: dict | None, raw: str) -> None:
         self.node = node
         self.type = type_
         self.type_num = type_num
@@ -89,7 +90,43 @@ def _header_stamp(stamp: str) -> tuple[str, int, int, int]:
     return time, int(sec), int(msec), int(serial)
 
 
+#: The header of a log line, as :func:`_split_header` reads it (kept to document and test it).
 _HEADER = re.compile(r"(?:node=([^ ]*) )?type=([^ ]+) msg=audit\((([0-9]+)\.([0-9]+)):([0-9]+)\):? ?")
+
+Header = tuple["str | None", str, str, int, int, int, int]
+
+
+def _split_header(line: str) -> Header | None:
+    """``_HEADER.match`` by string methods (a third of the cost of the regex, compiled): (node,
+    type, time text, sec, msec, serial, where the body starts), or None where the regex fails."""
+    node = None
+    pos = 0
+    if line.startswith("node="):
+        pos = line.find(" ") + 1
+        if pos == 0:
+            return None
+        node = line[5 : pos - 1]
+    # slices, not startswith(prefix, pos): compiled, a slice is a primitive and that is a method call
+    if line[pos : pos + 5] != "type=":
+        return None
+    sp = line.find(" ", pos + 5)
+    if sp <= pos + 5 or line[sp : sp + 11] != " msg=audit(":
+        return None
+    start = sp + 11
+    close = line.find(")", start)
+    if close < 0:
+        return None
+    stamp = line[start:close]
+    time, colon, serial = stamp.partition(":")
+    sec, dot, msec = time.partition(".")
+    if not (colon and dot and sec.isdigit() and msec.isdigit() and serial.isdigit() and stamp.isascii()):
+        return None
+    end = close + 1
+    if line[end : end + 1] == ":":
+        end += 1
+    if line[end : end + 1] == " ":
+        end += 1
+    return node, line[pos + 5 : sp], time, int(sec), int(msec), int(serial), end
 
 
 class Parser:
@@ -117,17 +154,17 @@ def parse_line(line: str, memo: Parser | None = None) -> Record:
     raw = line
     if line[-1:] == "\r":  # a log that went through Windows: parsed without the CR, kept in raw
         line = line[:-1]
-    m = _HEADER.match(line)
-    if m is None:
+    header = _split_header(line)
+    if header is None:
         raise ParseError(_header_problem(line))
     if len(line) > MAX_LINE:
         raise ParseError(f"line of {len(line)} characters is too long")
-    node, type_name, time, sec, msec, serial = m.groups()
+    node, type_name, time, sec, msec, serial, end = header
     num = _TYPE_NUMBERS.get(type_name)
     if num is None:
         type_name, num = _type_of(type_name)
-    fields, enriched = parse_body(line[m.end():], num, memo)
-    return Record(node, type_name, num, time, int(sec), int(msec), int(serial), fields, enriched, raw)
+    fields, enriched = parse_body(line[end:], num, memo)
+    return Record(node, type_name, num, time, sec, msec, serial, fields, enriched, raw)
 
 
 def _header_problem(line: str) -> str:
@@ -218,8 +255,13 @@ def _syscall_fields(body: str) -> dict | None:
     if key[0] == '"':
         values = values[:-1] + (key[1:-1],)
     if values[-2] is None:
-        return dict(zip(_SYSCALL_NO_SUBJ, values[:-2] + values[-1:], strict=True))
-    return dict(zip(_SYSCALL_ALL, values, strict=True))
+        values = values[:-2] + values[-1:]
+        keys: tuple[str, ...] = _SYSCALL_NO_SUBJ
+    else:
+        keys = _SYSCALL_ALL
+    # a comprehension, not dict(zip(...)): compiled, it sets the items directly (dict(zip) makes a
+    # tuple per item); the regex has exactly one group per key
+    return {keys[i]: values[i] for i in range(len(keys))}
 
 
 def _parse_fields(body: str, type_num: int) -> dict:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from auditpipe.parsing import ParseError, Parser, parse_kernel, parse_line
+from auditpipe.pipeline.feed import feed_lines
 from auditpipe.pipeline.stages import Stage, close_stages, run_stages, stage_metrics, tick_stages
 from auditpipe.reassembly import Event, Reassembler
 
@@ -95,26 +96,9 @@ class Pipeline:
     def feed_lines(self, lines: Sequence[str], where: str = "-", first_lineno: int = 1,
                    now: float | None = None) -> list:
         """Feed many lines at once (the fast path for files). Blank lines are skipped."""
-        feed = self.reassembler.feed
-        normalize = self._convert
-        memo = self.parser
-        docs: list = []
         c = self.counters
-        records = 0
-        for i, line in enumerate(lines):
-            if not line:
-                continue
-            try:
-                rec = parse_line(line, memo)
-            except ParseError as e:
-                c.rejects += 1
-                self.on_reject(f"{where}:{first_lineno + i}", line, e.reason)
-                continue
-            records += 1
-            events = feed(rec, now)
-            if events:
-                for ev in events:
-                    docs += normalize(ev)
+        docs, records = feed_lines(lines, self.parser, self.reassembler.feed, self._convert, c, self.on_reject,
+                                   where, first_lineno, now)
         c.records += records
         c.lines = first_lineno - 1 + len(lines)
         c.documents += len(docs)

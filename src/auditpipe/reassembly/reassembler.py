@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import deque
 
 from auditpipe import tables
+from auditpipe.parsing.record import Record
 from auditpipe.reassembly.serials import SerialSink, SerialTracker
 
 __all__ = ["Event", "Reassembler", "ends_event", "is_standalone"]
@@ -59,14 +60,14 @@ class Event:
 
     __slots__ = ("node", "time", "sec", "msec", "serial", "ts", "records", "partial")
 
-    def __init__(self, node, time, sec, msec, serial):
+    def __init__(self, node: str | None, time: str, sec: int, msec: int, serial: int) -> None:
         self.node = node
         self.time = time
         self.sec = sec
         self.msec = msec
         self.serial = serial
         self.ts = sec + msec * 0.001
-        self.records = []
+        self.records: list[Record] = []
         self.partial = False
 
     @property
