@@ -27,7 +27,9 @@ MMSG_VLEN = 64
 #: bytes per datagram slot: an audit record is at most a few KiB past MAX_AUDIT_MESSAGE_LENGTH
 #: (8970); a longer datagram is cut (MSG_TRUNC) and counted in ``truncated``
 MMSG_SLOT = 32 << 10
-_MSG_TRUNC = getattr(socket, "MSG_TRUNC", 0x20)
+# plain ints: the socket module's are enum members, whose `&` runs Python code per message
+_MSG_TRUNC = int(getattr(socket, "MSG_TRUNC", 0x20))
+_MSG_DONTWAIT = int(socket.MSG_DONTWAIT)
 
 
 class _IoVec(ctypes.Structure):
@@ -71,15 +73,15 @@ class RecvMmsg:
         self._flags = words[(_MMsgHdr.hdr.offset + _MsgHdr.flags.offset) // 4::stride]
 
     def fill(self) -> list[int]:
-        n = self._call(self._fd, self._hdrs_addr, self.vlen, socket.MSG_DONTWAIT, None)
+        n = self._call(self._fd, self._hdrs_addr, self.vlen, _MSG_DONTWAIT, None)
         if n < 0:
             err = ctypes.get_errno()
             if err in (E.EAGAIN, E.EWOULDBLOCK):
                 return []
             raise OSError(err, os.strerror(err))
         sizes = self._lens[:n].tolist()
-        if _MSG_TRUNC and any(f & _MSG_TRUNC for f in self._flags[:n]):
-            self.truncated += sum(1 for f in self._flags[:n] if f & _MSG_TRUNC)
+        if n and max(sizes) >= self.slot:  # only a full slot can have been cut
+            self.truncated += sum(1 for f in self._flags[:n].tolist() if f & _MSG_TRUNC)
             sizes = [min(s, self.slot) for s in sizes]
         return sizes
 
@@ -102,7 +104,7 @@ class RecvInto:
             # for data despite MSG_DONTWAIT: Python polls first. Non-blocking it is.
             self._sock.settimeout(0.0)
         try:
-            n, _, flags, _ = self._sock.recvmsg_into([self.view], 0, socket.MSG_DONTWAIT)
+            n, _, flags, _ = self._sock.recvmsg_into([self.view], 0, _MSG_DONTWAIT)
         except BlockingIOError:
             return []
         if flags & _MSG_TRUNC:
