@@ -2,7 +2,12 @@
 # Live overhead: `auditpipe run` (ECS to a file) beside auditd -f with laurel as its plugin, under
 # the same exec load, in one run, with ../shared/bench/live_overhead.py.
 #
-#   sudo bash benchmarks/live_overhead.sh [RATE] [SECONDS]        (default 1000 15)
+#   sudo bash benchmarks/live_overhead.sh [RATE] [SECONDS] [ROUNDS] (default 1000 15 3: ROUNDS
+#        pairs, auditpipe and auditd + laurel alternating which goes first; then the CPU ratio
+#        auditpipe / (auditd + laurel) per round, min/median/max, on CPU-seconds and on CPU per
+#        event written (the loader may fall short of RATE on a busy machine, and other
+#        processes' execs are audited too); AUDITPIPE_EXTRA='[process]\nenabled = false' adds
+#        lines to auditpipe's config)
 #   sudo bash benchmarks/live_overhead.sh --sweep 2000 3000 4000   (auditpipe alone at each rate)
 #   sudo bash benchmarks/live_overhead.sh --process [RATE] [ROUNDS] (auditpipe alone, [process]
 #        enabled = true vs false, alternating, ROUNDS each (default 1000 3); then min/median CPU
@@ -31,7 +36,7 @@ SWEEP=()
 PROCESS_ROUNDS=0
 if [ "${1:-}" = --sweep ]; then shift; SWEEP=("$@"); RATE=0; SECS=${SECS:-15}
 elif [ "${1:-}" = --process ]; then RATE=${2:-1000}; PROCESS_ROUNDS=${3:-3}; SECS=${SECS:-15}
-else RATE=${1:-1000}; SECS=${2:-15}; fi
+else RATE=${1:-1000}; SECS=${2:-15}; ROUNDS=${3:-3}; fi
 
 exec 9>>"$LOCK"
 flock -w 600 9 || { echo "live_overhead: $LOCK busy" >&2; exit 1; }
@@ -63,6 +68,7 @@ max_bytes = 0
 [status]
 path = "$WORK/auditpipe-status.json"
 EOF
+[ -n "${AUDITPIPE_EXTRA:-}" ] && printf '%b\n' "$AUDITPIPE_EXTRA" >> "$WORK/auditpipe.toml"
 
 run_auditpipe() {  # RATE [CONFIG]
   rm -f "$WORK/auditpipe-events.jsonl"
@@ -100,8 +106,6 @@ if [ ${#SWEEP[@]} -gt 0 ]; then
   for r in "${SWEEP[@]}"; do run_auditpipe "$r"; done
   exit 0
 fi
-
-run_auditpipe "$RATE"
 
 # --- auditd -f with laurel as its plugin -------------------------------------------------------
 mkdir -p "$WORK/auditd/plugins.d" "$WORK/laurel"
@@ -165,8 +169,35 @@ execve-env = [ "LD_PRELOAD", "LD_LIBRARY_PATH" ]
 container = true
 script = true
 EOF
-auditctl -b 8192 >/dev/null
-res=$(python3 "$BENCH" --rate "$RATE" --seconds "$SECS" -- /usr/sbin/auditd -f -c "$WORK/auditd")
-n=$(cat "$WORK"/laurel/audit.log* 2>/dev/null | wc -l)
-echo "{\"collector\": \"auditd -f + laurel\", \"result\": $res, \"events_in_output\": $n}"
-auditctl -b "$BACKLOG0" >/dev/null
+
+run_auditd() {  # RATE
+  rm -f "$WORK"/laurel/audit.log*
+  auditctl -b 8192 >/dev/null
+  local res n
+  res=$(python3 "$BENCH" --rate "$1" --seconds "$SECS" -- /usr/sbin/auditd -f -c "$WORK/auditd")
+  n=$(cat "$WORK"/laurel/audit.log* 2>/dev/null | wc -l)
+  auditctl -b "$BACKLOG0" >/dev/null
+  echo "{\"collector\": \"auditd -f + laurel\", \"result\": $res, \"events_in_output\": $n}"
+}
+
+for i in $(seq "$ROUNDS"); do  # pairwise, alternating which runs first
+  if [ $((i % 2)) = 1 ]; then order="auditpipe auditd"; else order="auditd auditpipe"; fi
+  for c in $order; do "run_$c" "$RATE" | sed "s/^{/{\"round\": $i, /" | tee -a "$WORK/pairs.jsonl"; done
+done
+python3 - "$WORK/pairs.jsonl" <<'PY'
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+def fig(values):
+    return {"min": round(min(values), 3), "median": round(statistics.median(values), 3),
+            "max": round(max(values), 3)}
+ratio_cpu, ratio_event = [], []
+for r in sorted({row["round"] for row in rows}):
+    ap, ad = (next(x for x in rows if x["round"] == r and x["collector"].startswith(name))
+              for name in ("auditpipe", "auditd"))
+    ratio_cpu.append(ap["result"]["cpu_s"] / ad["result"]["cpu_s"])
+    ratio_event.append((ap["result"]["cpu_s"] / max(ap["events_in_output"], 1))
+                       / (ad["result"]["cpu_s"] / max(ad["events_in_output"], 1)))
+print(json.dumps({"rounds": len(ratio_cpu), "ratio_cpu_s": fig(ratio_cpu),
+                  "ratio_cpu_per_event": fig(ratio_event),
+                  "kernel_lost": sum(x["result"]["kernel_lost"] for x in rows)}))
+PY

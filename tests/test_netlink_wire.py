@@ -11,6 +11,7 @@ import time
 import pytest
 
 from auditpipe.kernel import wire
+from auditpipe.kernel.mmsg import RecvInto, RecvMmsg, libc_recvmmsg
 from auditpipe.kernel.netlink import AuditNetlinkError, AuditReceiver, _Requester, pid_error
 from auditpipe.tables import K
 
@@ -178,43 +179,79 @@ class ScriptedSocket:
     def settimeout(self, t):
         self.a.settimeout(t)
 
-    def recv(self, n, flags=0):
+    def recvmsg_into(self, buffers, ancbufsize=0, flags=0):
         if self.enobufs:
             self.enobufs -= 1
             raise OSError(errno.ENOBUFS, "No buffer space available")
-        return self.a.recv(n, flags)
+        return self.a.recvmsg_into(buffers, ancbufsize, flags)
 
     def close(self):
         self.a.close()
         self.b.close()
 
 
+def mmsg_call():
+    fn = libc_recvmmsg()
+    assert fn is not None, "this libc has no recvmmsg (glibc and musl have it)"
+    return fn
+
+
+RECORDS = [(1300, b"audit(1.0:1): a\0"), (wire.NLMSG_ERROR, b"\0" * 20), (K.REPLACE, struct.pack("=I", 99)),
+           (1320, b"audit(1.0:1): "), (1100, b"audit(1.0:2): u")]
+WANT = [(1300, b"audit(1.0:1): a"), (1320, b"audit(1.0:1): "), (1100, b"audit(1.0:2): u")]
+
+
 def test_receiver_filters_types_counts_enobufs_and_drains():
     s = ScriptedSocket()
-    for mtype, text in [(1300, b"audit(1.0:1): a\0"), (wire.NLMSG_ERROR, b"\0" * 20),
-                        (K.REPLACE, struct.pack("=I", 99)), (1320, b"audit(1.0:1): "),
-                        (1100, b"audit(1.0:2): u")]:
+    for mtype, text in RECORDS:
         s.b.send(wire.pack_nlmsg(mtype, text, flags=0, count_padding=False))
     s.enobufs = 1
-    r = AuditReceiver(s, "multicast", 1 << 20)
+    r = AuditReceiver(s, "multicast", 1 << 20, datagrams=RecvInto(s))
     got = list(r.recv_messages(timeout=1))
-    assert got == [(1300, b"audit(1.0:1): a"), (1320, b"audit(1.0:1): "),
-                   (1100, b"audit(1.0:2): u")]
+    assert got == WANT
     assert (r.enobufs, r.replace_pings, r.messages) == (1, 1, 3)
     assert list(r.recv_messages(timeout=0)) == []  # nothing queued: returns at once
     r.close()
     r.close()
 
 
-def test_receiver_does_not_wait_on_a_socket_timeout():
+@pytest.mark.parametrize("quirk", [True, False], ids=["unicast-length", "real-length"])
+def test_recvmmsg_reads_what_recv_into_reads(quirk):
+    """The recvmmsg reader (many datagrams a call) gives what the one-a-call reader gives, for
+    unicast's payload-length nlmsg_len and multicast's real one, a datagram of two messages, and
+    one longer than a slot (cut and counted)."""
+    def send(sock):
+        for mtype, text in RECORDS:
+            sock.send(wire.pack_nlmsg(mtype, text, flags=0, count_padding=not quirk)
+                      if not quirk else struct.pack("=IHHII", len(text), mtype, 0, 0, 0) + text)
+        sock.send(wire.pack_nlmsg(1300, b"audit(1.0:3): x", flags=0)
+                  + wire.pack_nlmsg(1309, b"audit(1.0:3): argc=1", flags=0))
+        sock.send(struct.pack("=IHHII", 16 + 5000, 1302, 0, 0, 0) + b"audit(1.0:4): " + b"p" * 4986)
+    got = {}
+    for name in ("mmsg", "into"):
+        s = ScriptedSocket()
+        send(s.b)
+        dg = RecvMmsg(s, mmsg_call(), vlen=3, slot=4096) if name == "mmsg" else RecvInto(s, slot=4096)
+        r = AuditReceiver(s, "multicast", 1 << 20, datagrams=dg)
+        got[name] = r.recv_batch(timeout=1), r.messages, dg.truncated
+        r.close()
+    assert got["mmsg"] == got["into"]
+    batch, messages, truncated = got["mmsg"]
+    assert batch[:3] == WANT and messages == 6 and truncated == 1
+    assert batch[3:5] == [(1300, b"audit(1.0:3): x"), (1309, b"audit(1.0:3): argc=1")]
+    assert batch[5][0] == 1302 and len(batch[5][1]) == 4096 - 16
+
+
+@pytest.mark.parametrize("reader", ["mmsg", "into"])
+def test_receiver_does_not_wait_on_a_socket_timeout(reader):
     """A request on the receiving socket (registration) leaves a timeout set; draining must
     still return as soon as the queue is empty, not after that timeout."""
     s = ScriptedSocket()
     s.a.settimeout(5)
     s.b.send(wire.pack_nlmsg(1300, b"audit(1.0:1): a", flags=0, count_padding=False))
-    r = AuditReceiver(s, "unicast", 1 << 20)
+    r = AuditReceiver(s, "unicast", 1 << 20, datagrams=RecvMmsg(s, mmsg_call()) if reader == "mmsg" else RecvInto(s))
     t0 = time.monotonic()
-    assert len(list(r.recv_messages(timeout=1))) == 1
+    assert len(r.recv_batch(timeout=1)) == 1
     assert time.monotonic() - t0 < 0.5
     r.close()
 
@@ -223,9 +260,9 @@ def test_receiver_max_messages_keeps_the_rest():
     s = ScriptedSocket()
     for i in range(5):
         s.b.send(wire.pack_nlmsg(1300, b"audit(1.0:%d): x" % i, flags=0, count_padding=False))
-    r = AuditReceiver(s, "multicast", 1 << 20)
-    assert len(list(r.recv_messages(timeout=1, max_messages=2))) == 2
-    assert len(list(r.recv_messages(timeout=1))) == 3
+    r = AuditReceiver(s, "multicast", 1 << 20, datagrams=RecvMmsg(s, mmsg_call(), vlen=2))
+    assert len(r.recv_batch(timeout=1, max_messages=2)) == 2  # no further call once reached
+    assert [p for _, p in r.recv_batch(timeout=1)] == [b"audit(1.0:%d): x" % i for i in (2, 3, 4)]
     r.close()
 
 

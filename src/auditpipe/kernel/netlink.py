@@ -19,14 +19,18 @@ import errno as E
 import os
 import select
 import socket
+import struct
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from auditpipe.tables import K
 
 from . import wire
-from .wire import NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NlMsg
+from .mmsg import RecvInto, RecvMmsg, datagram_reader
+from .wire import NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_HDRLEN
+
+_TYPE_AND_LENGTH = struct.Struct("=IH")  # nlmsghdr's nlmsg_len, nlmsg_type
 
 # asm-generic/socket.h; the socket module does not export it.
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -268,17 +272,19 @@ def pid_error(e: AuditNetlinkError, pid: int, get_status) -> AuditNetlinkError:
 
 
 class AuditReceiver:
-    """A socket that receives audit records. Iterate :meth:`recv_messages` in a loop; use
+    """A socket that receives audit records. Call :meth:`recv_batch` in a loop; use
     :meth:`fileno` to wait on it in a selector. Counters: ``messages``, ``enobufs`` (times the
-    kernel found our receive buffer full and dropped records), ``replace_pings``."""
+    kernel found our receive buffer full and dropped records), ``replace_pings``, ``truncated``
+    (datagrams longer than a receive slot, kept cut)."""
 
     def __init__(self, sock: socket.socket, mode: str, rcvbuf: int,
-                 requester: _Requester | None = None) -> None:
+                 requester: _Requester | None = None,
+                 datagrams: RecvMmsg | RecvInto | None = None) -> None:
         self._sock = sock
         self.mode = mode
         self.rcvbuf = rcvbuf
         self._req = requester
-        self._pending: deque[tuple[int, bytes]] = deque()
+        self._datagrams = datagrams or datagram_reader(sock)
         self._poll = select.poll()
         self._poll.register(sock.fileno(), select.POLLIN)
         self.messages = 0
@@ -289,58 +295,72 @@ class AuditReceiver:
     def fileno(self) -> int:
         return self._sock.fileno()
 
-    def _take(self, msgs: deque[tuple[int, bytes]] | list[NlMsg]) -> None:
-        for m in msgs:
-            mtype, payload = (m.type, m.payload) if isinstance(m, NlMsg) else m
+    @property
+    def truncated(self) -> int:
+        return self._datagrams.truncated
+
+    def _take(self, msgs: Iterable[tuple[int, bytes]], out: list[tuple[int, bytes]]) -> None:
+        for mtype, payload in msgs:
             if not K.FIRST_USER_MSG <= mtype <= K.LAST_USER_MSG2:
                 continue  # ACKs and other control traffic
             if mtype == K.REPLACE:  # the kernel probing whether we are alive; nothing to log
                 self.replace_pings += 1
                 continue
-            self._pending.append((mtype, payload.rstrip(b"\0")))
+            out.append((mtype, payload.rstrip(b"\0")))
 
-    def recv_messages(self, timeout: float | None = None,
-                      max_messages: int = 4096) -> Iterator[tuple[int, bytes]]:
-        """Yield ``(msg_type, payload)`` for audit records (types 1100-2999).
+    def recv_batch(self, timeout: float | None = None,
+                   max_messages: int = 4096) -> list[tuple[int, bytes]]:
+        """``(msg_type, payload)`` of audit records (types 1100-2999), oldest first.
 
         Waits up to ``timeout`` seconds (None: forever) for the first datagram, then drains what
-        is already queued without blocking (at most ``max_messages``) and returns, so the caller
+        is already queued without blocking, many datagrams per system call, until about
+        ``max_messages`` (it may pass it by the datagrams of one call) and returns, so the caller
         gets control back to run timers. ENOBUFS (the kernel dropped records because our buffer
         was full) is counted in ``enobufs``; receiving continues."""
+        out: list[tuple[int, bytes]] = []
         if self._req is not None and self._req.stray:
-            self._take(self._req.stray)
+            self._take(self._req.stray, out)
             self._req.stray.clear()
-        n = 0
-        while self._pending and n < max_messages:
-            n += 1
-            self.messages += 1
-            yield self._pending.popleft()
-        if n:
-            timeout = 0
-        ms = -1 if timeout is None else max(0, int(timeout * 1000))
-        if not self._poll.poll(ms):
-            return
-        if self._sock.gettimeout() != 0.0:
-            # a socket timeout (left by a request on this socket) would make recv() wait
-            # for data despite MSG_DONTWAIT: Python polls first. Non-blocking it is.
-            self._sock.settimeout(0.0)
-        while n < max_messages:
+        if not out:
+            if not self._poll.poll(-1 if timeout is None else max(0, int(timeout * 1000))):
+                return out
+        dg = self._datagrams
+        fill, view, slot, vlen = dg.fill, dg.view, dg.slot, dg.vlen
+        head = _TYPE_AND_LENGTH.unpack_from
+        first, last, replace = K.FIRST_USER_MSG, K.LAST_USER_MSG2, K.REPLACE
+        while len(out) < max_messages:
             try:
-                data = self._sock.recv(_RECV_SIZE, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return
+                sizes = fill()
             except InterruptedError:
                 continue
             except OSError as e:
-                if e.errno == E.ENOBUFS:
-                    self.enobufs += 1
-                    continue
-                raise
-            self._take(list(wire.iter_record_datagram(data)))
-            while self._pending and n < max_messages:
-                n += 1
-                self.messages += 1
-                yield self._pending.popleft()
+                if e.errno != E.ENOBUFS:
+                    raise
+                self.enobufs += 1
+                continue
+            off = 0
+            for size in sizes:
+                if size >= NLMSG_HDRLEN:  # shorter: not a message (wire yields nothing either)
+                    length, mtype = head(view, off)
+                    # one record per datagram (see wire.iter_record_datagram): unicast records
+                    # give the payload length, multicast copies the real one
+                    if first <= mtype <= last and mtype != replace and length >= NLMSG_HDRLEN and (
+                            length == size - NLMSG_HDRLEN or length <= size <= length + 3):
+                        end = off + size if length == size - NLMSG_HDRLEN else off + length
+                        out.append((mtype, bytes(view[off + NLMSG_HDRLEN:end]).rstrip(b"\0")))
+                    else:
+                        self._take([(m.type, m.payload) for m in
+                                    wire.iter_record_datagram(bytes(view[off:off + size]))], out)
+                off += slot
+            if len(sizes) < vlen:
+                break  # drained
+        self.messages += len(out)
+        return out
+
+    def recv_messages(self, timeout: float | None = None,
+                      max_messages: int = 4096) -> Iterator[tuple[int, bytes]]:
+        """:meth:`recv_batch` one message at a time."""
+        yield from self.recv_batch(timeout, max_messages)
 
     def close(self) -> None:
         """Unregister (unicast) and close. Safe to call twice."""

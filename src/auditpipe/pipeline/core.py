@@ -48,6 +48,10 @@ def _ignore_reject(where: str, line: str, reason: str) -> None:
     pass
 
 
+def _reraise(e: Exception, type_num: int, payload: bytes) -> None:
+    raise e
+
+
 class Pipeline:
     """Parse → reassemble → normalize → stages. ``clock`` is the wall clock the stages are given
     (``now`` of :meth:`feed_line` and friends is the reassembler's clock, monotonic when live)."""
@@ -119,18 +123,37 @@ class Pipeline:
     def feed_kernel(self, type_num: int, payload: bytes, now: float | None = None,
                     raw: list[str] | None = None) -> list:
         """One netlink message; with ``raw``, the record's text line is appended to it (for
-        outputs that forward records as read)."""
-        c = self.counters
-        try:
-            rec = parse_kernel(type_num, payload, self.parser)
-        except ParseError as e:
-            c.rejects += 1
-            self.on_reject(f"netlink type {type_num}", payload.decode("utf-8", "surrogateescape"), e.reason)
-            return []
-        c.records += 1
-        if raw is not None:
-            raw.append(rec.raw)
-        return self._events_out(self.reassembler.feed(rec, now))
+        outputs that forward records as read). Errors other than a reject raise."""
+        return self.feed_kernel_batch(((type_num, payload),), now, raw, _reraise)
+
+    def feed_kernel_batch(self, batch: Sequence[tuple[int, bytes]], now: float | None,
+                          raw: list[str] | None, on_error: Callable[[Exception, int, bytes], None]) -> list:
+        """Many netlink messages (one reader burst) at once: :meth:`feed_kernel` without two
+        calls per record. A message that raises (a bug met on some input) goes to
+        ``on_error(exc, type, payload)``, and the rest of the batch goes on."""
+        parser, feed, convert, c = self.parser, self.reassembler.feed, self._convert, self.counters
+        docs: list = []
+        records = 0
+        for t, p in batch:
+            try:
+                try:
+                    rec = parse_kernel(t, p, parser)
+                except ParseError as e:
+                    c.rejects += 1
+                    self.on_reject(f"netlink type {t}", p.decode("utf-8", "surrogateescape"), e.reason)
+                    continue
+                records += 1
+                if raw is not None:
+                    raw.append(rec.raw)
+                events = feed(rec, now)
+                if events:
+                    for ev in events:
+                        docs += convert(ev)
+            except Exception as e:  # noqa: BLE001 - one bad record must not stop the agent
+                on_error(e, t, p)
+        c.records += records
+        c.documents += len(docs)
+        return docs
 
     def tick(self, now: float) -> list:
         """The reassembler's wall-clock timeouts (``now``: its clock); the stages' ``tick`` about

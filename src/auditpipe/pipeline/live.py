@@ -288,18 +288,14 @@ class LiveRunner:
     def _feed_kernel(self, batches: list, now: float) -> list:
         """Kernel batches of (type, payload) → documents."""
         docs: list = []
-        pipe = self.pipeline
+        feed = self.pipeline.feed_kernel_batch
         raw = self._raw if self._forward_raw else None
         for batch in batches:
-            for t, p in batch:
-                try:  # free in CPython 3.11+ unless something raises
-                    out = pipe.feed_kernel(t, p, now, raw)
-                except Exception as e:  # noqa: BLE001 - one bad record must not stop the agent
-                    self._internal_error(e, f"netlink type {t}: {p[:200]!r}")
-                    continue
-                if out:
-                    docs += out
+            docs += feed(batch, now, raw, self._kernel_error)
         return docs
+
+    def _kernel_error(self, e: Exception, type_num: int, payload: bytes) -> None:
+        self._internal_error(e, f"netlink type {type_num}: {payload[:200]!r}")
 
     def _feed_file(self, batches: list, now: float) -> list:
         """File batches (FileChunk, PollEnd) → documents, noting resume points as lines go in."""

@@ -221,14 +221,14 @@ class KernelSource(ReaderThread):
     def _read_loop(self) -> None:
         """The hot path: recv, batch, enqueue. Nothing else."""
         assert self.receiver is not None
-        recv = self.receiver.recv_messages
+        recv = self.receiver.recv_batch
         put = self.queue.put
         stop = self._stop.is_set
         delay = self.batch_delay
         sleep = time.sleep
         try:
             while not stop():
-                batch = list(recv(0.2, 4096))
+                batch = recv(0.2, 4096)
                 if batch:
                     put(batch)
                     # The kernel sends one record per datagram: waking for each costs more
