@@ -15,8 +15,9 @@ parent chain), each annotated once so its cached output dicts exist, measured wi
 children, by its login uid), runs ``execload RATE SECONDS`` (../shared/bench) and feeds what
 the kernel sends through the ECS pipeline in this process and encodes each document as the file
 output does (to /dev/null), twice with the stage reading /proc and twice without; prints the CPU
-per event of this process for each and the ratio (issue 12's target is ≤ 1.15×). `auditpipe run`
-does not carry stages yet, so this stands in for it (no reader thread, queue or file write).
+per event of this process for each and the ratio (issue 12's target is ≤ 1.15×). The pipeline
+alone (no reader thread, queue or file write): `auditpipe run` itself is measured by
+``benchmarks/live_overhead.sh --process``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from auditpipe.pipeline.core import Pipeline
 from auditpipe.process.cgroup import parse_cgroup
 from auditpipe.process.config import FilterConfig, FilterRule, ProcessConfig
 from auditpipe.process.filter import FilterStage
-from auditpipe.process.procfs import ProcReader
+from auditpipe.process.procfs import ProcReader, parse_stat
 from auditpipe.process.stage import ProcessStage, staged
 from auditpipe.process.state import StateStore
 
@@ -343,6 +343,29 @@ def test_container_user_names_never_come_from_the_host(tmp_path):
 
 
 # ------------------------------------------------------------------------------- real /proc
+def test_stat_parsed_from_bytes_with_any_name():
+    st = parse_stat(7, b"7 (a) b (c)) S 1 7 5 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 4242 0 0\n")
+    assert (st.comm, st.ppid, st.pgid, st.sid, st.ticks) == ("a) b (c)", 1, 7, 5, 4242)
+    assert parse_stat(7, b"7 (x) S 1 7") is None  # cut short: no start time
+
+
+def test_gone_processes_are_asked_of_the_kernel_only_for_this_hosts_proc(tmp_path):
+    """kill(pid, 0) answers "gone" without a /proc lookup; a zombie still counts (its stat is
+    there), a reaped process does not. A reader rooted elsewhere reads its files whatever this
+    host's pids are (4194305 is above every pid_max)."""
+    reader = ProcReader()
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while (reader._read_bytes(f"{child.pid}/stat") or b"").rpartition(b")")[2].split()[:1] != [b"Z"]:
+        assert time.monotonic() < deadline, "the child never became a zombie"
+        time.sleep(0.01)
+    assert reader.exists(child.pid) and reader.stat(child.pid).ppid == os.getpid()
+    child.wait()
+    assert not reader.exists(child.pid) and reader.stat(child.pid) is None
+    fake_proc(tmp_path, 4194305, 1, "/bin/sh", "0::/\n")
+    assert ProcReader(str(tmp_path)).stat(4194305).ppid == 1
+
+
 def test_seeded_from_real_proc_with_parent_and_start():
     reader = ProcReader()
     child = subprocess.Popen(["sleep", "30"])

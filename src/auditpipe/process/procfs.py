@@ -7,17 +7,20 @@ Every read may race with the process exiting: a vanished process reads as None, 
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 __all__ = ["ProcReader", "ProcSnapshot", "ProcStat"]
 
 
-class ProcStat:
-    """The fields of ``/proc/<pid>/stat`` the table needs."""
+class ProcStat(NamedTuple):
+    """The fields of ``/proc/<pid>/stat`` the table needs (a tuple: made for every new process)."""
 
-    __slots__ = ("comm", "pgid", "pid", "ppid", "sid", "ticks")
-
-    def __init__(self, pid: int, comm: str, ppid: int, pgid: int, sid: int, ticks: int) -> None:
-        self.pid, self.comm, self.ppid, self.pgid, self.sid, self.ticks = pid, comm, ppid, pgid, sid, ticks
+    pid: int
+    comm: str
+    ppid: int
+    pgid: int
+    sid: int
+    ticks: int
 
 
 class ProcSnapshot:
@@ -31,14 +34,16 @@ class ProcSnapshot:
         self.uid, self.euid, self.auid, self.ses, self.cgroup = uid, euid, auid, ses, cgroup
 
 
-def parse_stat(pid: int, text: str) -> ProcStat | None:
-    """``/proc/<pid>/stat``: the name is in parentheses and may hold any byte, ``)`` too."""
-    head, sep, rest = text.rpartition(")")
+def parse_stat(pid: int, raw: bytes) -> ProcStat | None:
+    """``/proc/<pid>/stat``: the name is in parentheses and may hold any byte, ``)`` too; only
+    the fields up to the start time are split."""
+    head, sep, rest = raw.rpartition(b")")
     if not sep:
         return None
-    f = rest.split()
+    f = rest.split(None, 20)
     try:
-        return ProcStat(pid, head.partition("(")[2], int(f[1]), int(f[2]), int(f[3]), int(f[19]))
+        return ProcStat(pid, head.partition(b"(")[2].decode("utf-8", "surrogateescape"),
+                        int(f[1]), int(f[2]), int(f[3]), int(f[19]))
     except (IndexError, ValueError):
         return None
 
@@ -50,14 +55,21 @@ class ProcReader:
         self.root = root
         self.hz = os.sysconf("SC_CLK_TCK") if root == "/proc" else 100
         self._btime: float | None = None
+        self._prefix = root + "/"
+        #: kill(pid, 0) answers "no such process" without a path walk (nor the GIL let go), so a
+        #: process already gone costs one cheap call; only where /proc's pids are ours
+        self._ask_kernel = root == "/proc" and _same_pid_namespace()
 
-    def _read_bytes(self, rel: str) -> bytes | None:
+    def _read_bytes(self, rel: str, size: int = 4096) -> bytes | None:
         try:
-            fd = os.open(f"{self.root}/{rel}", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self._prefix + rel, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:  # gone, or not ours to read
             return None
         try:
-            chunks = []
+            data = os.read(fd, size)
+            if len(data) < size:  # a short read is the end: one read() for what fits
+                return data
+            chunks = [data]
             while chunk := os.read(fd, 65536):
                 chunks.append(chunk)
             return b"".join(chunks)
@@ -65,6 +77,18 @@ class ProcReader:
             return None
         finally:
             os.close(fd)
+
+    def exists(self, pid: int) -> bool:
+        """False when no process has this pid (a zombie still has it); True when unsure."""
+        if not self._ask_kernel or pid <= 0:
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:  # EPERM: it exists, not ours to signal
+            pass
+        return True
 
     def _read(self, rel: str) -> str | None:
         raw = self._read_bytes(rel)
@@ -94,8 +118,10 @@ class ProcReader:
             return []
 
     def stat(self, pid: int) -> ProcStat | None:
-        text = self._read(f"{pid}/stat")
-        return parse_stat(pid, text) if text else None
+        if not self.exists(pid):
+            return None
+        raw = self._read_bytes(f"{pid}/stat")
+        return parse_stat(pid, raw) if raw else None
 
     def tgid(self, pid: int) -> int | None:
         """The thread group (process) a task id belongs to; None when it is gone."""
@@ -133,3 +159,11 @@ class ProcReader:
     def container_file(self, pid: int, path: str) -> str | None:
         """A file inside the process's root (``/proc/<pid>/root/etc/passwd``), when readable."""
         return self._read(f"{pid}/root{path}")
+
+
+def _same_pid_namespace() -> bool:
+    """/proc shows this process's pid namespace (its ``self`` is our pid)."""
+    try:
+        return os.readlink("/proc/self") == str(os.getpid())
+    except OSError:
+        return False

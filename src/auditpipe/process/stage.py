@@ -361,16 +361,21 @@ class ProcessStage:
         old = self.table.get(pid)
         if st is not None and old is not None and old.exited is None and not self._matches(old, st):
             old.exited = now  # its pid was given to this process: it is gone
+        args = self._args or _event_args(event)
+        if args is not None:
+            self._args = args  # what a new entry takes instead of reading /proc/<pid>/cmdline
         p = self._current(pid, ppid, f, event, now, st, self.reader is not None)
-        p.exe = self.table.intern(_str(f.get("exe"))) or p.exe
-        p.name = self.table.intern(_str(f.get("comm"))) or p.name
-        p.args = self._args or _event_args(event) or p.args
-        self._touch(p)
-        if p is old and st is not None and self.reader is not None and self._matches(p, st):
-            # read at exec: a runtime moves a container's first process into its cgroup before
-            p.cg = self._cgroup(self.reader.cgroup(pid)) or p.cg
-            if p.ticks is None:
-                p.ticks = st.ticks
+        p.args = args or p.args
+        if p is old:  # the same process with a new image (a new entry has this record's already)
+            p.exe = self.table.intern(_str(f.get("exe"))) or p.exe
+            p.name = self.table.intern(_str(f.get("comm"))) or p.name
+            self._touch(p)
+            if st is not None and self.reader is not None and self._matches(p, st):
+                # read at exec: a runtime moves a container's first process into its cgroup
+                # before it execs
+                p.cg = self._cgroup(self.reader.cgroup(pid)) or p.cg
+                if p.ticks is None:
+                    p.ticks = st.ticks
         if self.labeler:
             p.labels = p.labels | self.labeler.labels(p.exe, p.args)
         return p

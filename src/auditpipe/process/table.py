@@ -175,11 +175,12 @@ class Labeler:
     def labels(self, exe: str | None, args: list[str] | None) -> frozenset[str]:
         out: frozenset[str] = frozenset()
         if exe is not None and self.by_exe:
-            out = self._cache.get(exe)  # type: ignore[assignment]
-            if out is None:
+            cached = self._cache.get(exe)
+            if cached is None:
                 if len(self._cache) > 8192:
                     self._cache.clear()
-                out = self._cache[exe] = frozenset(v for rx, v in self.by_exe if rx.search(exe))
+                cached = self._cache[exe] = frozenset(v for rx, v in self.by_exe if rx.search(exe))
+            out = cached
         if args and self.by_argv:
             line = " ".join(args)
             extra = [v for rx, v in self.by_argv if rx.search(line)]
