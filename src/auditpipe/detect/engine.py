@@ -145,8 +145,20 @@ class _Dispatch:
             for field, gate, lits in self.gates:
                 if field == TEXT:
                     v = view.text()
-                elif field == _CONTEXT:
-                    v = view.context_text()
+                elif field == _CONTEXT:  # the record's own text, and its SYSCALL's (searched once per event)
+                    v = view.text()
+                    sc = view.syscall_text(gate)
+                    if gate(v) is None:
+                        if sc is None:
+                            continue
+                        v = sc
+                    elif sc is not None:
+                        v = v + "\n" + sc
+                    for lit, entries in lits.items():
+                        if lit in v:
+                            for e in entries:
+                                seen[id(e[0])] = e
+                    continue
                 else:
                     v = view.lower(field)
                 if v is None:
@@ -174,8 +186,25 @@ class _Dispatch:
 
 
 def _any_of(literals: dict[str, Any]) -> Callable[[str], Any]:
-    """``search`` of a regex that finds any of the literals (None: none occurs)."""
-    return re.compile("|".join(re.escape(lit) for lit in sorted(literals, key=len, reverse=True))).search
+    """``search`` of a regex that finds any of the literals (None: none occurs). The regex is a
+    trie (common prefixes factored out): the regex engine tries each branch in turn at every
+    position where the first character matches, so a flat alternation of 60 literals costs two
+    to three times as much."""
+    return re.compile(_trie_pattern(sorted(literals))).search
+
+
+def _trie_pattern(literals: list[str]) -> str:
+    """A regex matching where any of ``literals`` (non-empty) occurs. A literal that is a
+    prefix of another ends the branch: the longer one adds no new place to be found."""
+    if "" in literals:
+        return ""
+    if len(literals) == 1:
+        return re.escape(literals[0])
+    groups: dict[str, list[str]] = {}
+    for lit in literals:
+        groups.setdefault(lit[0], []).append(lit[1:])
+    alts = [re.escape(c) + _trie_pattern(rest) for c, rest in groups.items()]
+    return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
 
 
 def _union_literals(trees: list[Any]) -> frozenset[tuple[str, str]] | None:
