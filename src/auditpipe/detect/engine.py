@@ -146,7 +146,7 @@ class _Dispatch:
                 if field == TEXT:
                     v = view.text()
                 elif field == _CONTEXT:  # the record's own text, and its SYSCALL's (searched once per event)
-                    v = view.text()
+                    v = view.gate_text()
                     sc = view.syscall_text(gate)
                     if gate(v) is None:
                         if sc is None:

@@ -70,13 +70,14 @@ class RecordView:
     (decoded), ENRICHED names (given or interpreted), and — the event as context — a field the
     record lacks taken from the event's SYSCALL record (``key``, ``exe``, ``comm`` of a PATH)."""
 
-    __slots__ = ("_hits", "_low", "_text", "interp", "record", "syscall")
+    __slots__ = ("_gate", "_hits", "_low", "_text", "interp", "record", "syscall")
 
     def __init__(self, record: Any, syscall: RecordView | None, interp: Interpreter) -> None:
         self.record = record
         self.syscall = syscall
         self.interp = interp
         self._text: str | None = None
+        self._gate: str | None = None
         self._hits: dict[Callable[[str], Any], str | None] | None = None
         self._low: dict[str, str | None] | None = None
 
@@ -128,6 +129,20 @@ class RecordView:
             except TypeError:
                 t = "\n".join(_values(fields))
             t = self._text = t.lower()
+        return t
+
+    def gate_text(self) -> str:
+        """Where any lower-case field's value the record holds can be found: its text, and the
+        whole of each EXECVE argument the kernel split in pieces (a literal may straddle two)."""
+        t = self._gate
+        if t is None:
+            t = self.text()
+            rec = self.record
+            if rec.type == "EXECVE":
+                whole = [_split_arg(rec, k[:-4]) for k in rec.fields if k.endswith("_len")]
+                if whole:
+                    t = "\n".join([t, *(w.lower() for w in whole if w is not None)])
+            self._gate = t
         return t
 
     def syscall_text(self, gate: Callable[[str], Any]) -> str | None:
