@@ -120,13 +120,14 @@ class _Dispatch:
         the others always run."""
         self.always: list[tuple[SigmaDetection, Any]] = []
         self.literals: dict[str, dict[str, list[tuple[SigmaDetection, Any]]]] = {}
-        for entry, ts in zip(self.rest, trees, strict=True):
-            req = _union_literals(ts)
+        reqs = [_union_literals(ts) for ts in trees]
+        fold = self.records and _fold(reqs)
+        for entry, req in zip(self.rest, reqs, strict=True):
             if req is None:
                 self.always.append(entry)
                 continue
             for field, lit in req:
-                if self.records and field != TEXT and field[:1].islower():
+                if fold and (field == TEXT or field[:1].islower()):
                     field = _CONTEXT  # one scan of the record's and its SYSCALL's text for all
                 bucket = self.literals.setdefault(field, {}).setdefault(lit, [])
                 if entry not in bucket:
@@ -207,6 +208,14 @@ def _trie_pattern(literals: list[str]) -> str:
     return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
 
 
+def _fold(reqs: list[frozenset[tuple[str, str]] | None]) -> bool:
+    """Whether a record's literals are looked for in its text (and its SYSCALL's) rather than
+    in each field's value: when the rules search the text anyway (keywords) or name more than
+    two lower-case fields (a text search costs about as much as two field lookups)."""
+    fields = {f for req in reqs if req is not None for f, _ in req if f == TEXT or f[:1].islower()}
+    return TEXT in fields or len(fields) > 2
+
+
 def _union_literals(trees: list[Any]) -> frozenset[tuple[str, str]] | None:
     if not trees:  # a rule decided by its type alone
         return None
@@ -219,12 +228,15 @@ def _union_literals(trees: list[Any]) -> frozenset[tuple[str, str]] | None:
     return acc
 
 
-def _specialized(rules: list[SigmaDetection], rtype: str) -> tuple[_Dispatch, _Dispatch]:
+_Entry = tuple[SigmaDetection, Any, tuple[str, frozenset[str]] | None, Any]
+
+
+def _specialized(rules: list[SigmaDetection], rtype: str) -> tuple[list[_Entry], list[_Entry]]:
     """The auditd rules that can match records of ``rtype``, each simplified for that type:
     those bound to a type, and those bound to none (tried on records that hold a field they
     need)."""
-    entries: list[tuple[SigmaDetection, Any, tuple[str, frozenset[str]] | None, Any]] = []
-    untyped: list[tuple[SigmaDetection, Any, tuple[str, frozenset[str]] | None, Any]] = []
+    entries: list[_Entry] = []
+    untyped: list[_Entry] = []
     for r in rules:
         trees = [assume(t, "type", rtype) for t in r.condition_sql]
         if all(t is False for t in trees):
@@ -237,7 +249,18 @@ def _specialized(rules: list[SigmaDetection], rtype: str) -> tuple[_Dispatch, _D
             pred = preds[0] if len(preds) == 1 else (lambda v, ps=preds: any(p(v) for p in ps))
         keys = index_of(live, INDEX_FIELDS["record"]) if pred is not _always else None
         (untyped if r.types is None else entries).append((r, pred, keys, live if pred is not _always else []))
-    return _Dispatch(entries, records=True), _Dispatch(untyped, records=True)
+    return entries, untyped
+
+
+def _needs(untyped: list[_Entry]) -> frozenset[str] | None:
+    """Fields one of which a record must hold for any rule bound to no type to apply (None:
+    any record)."""
+    acc: frozenset[str] = frozenset()
+    for r, _, _, _ in untyped:
+        if r.required is None:
+            return None
+        acc |= r.required
+    return acc
 
 
 def _always(view: Any) -> bool:
@@ -262,7 +285,9 @@ class Engine:
         self.ecs_normalize = ecs_normalize
         self.python = rules.python
         self._record_rules = [r for r in rules.sigma if r.kind == "record"]
-        self._by_type: dict[str, tuple[_Dispatch | None, _Dispatch | None, frozenset[str] | None]] = {}
+        #: per record type: (dispatch of the typed rules, of typed and untyped rules, fields a
+        #: record needs for the second) — one gate per record
+        self._plans: dict[str, tuple[_Dispatch | None, _Dispatch | None, frozenset[str] | None]] = {}
         by_category: dict[str, list[SigmaDetection]] = {}
         for r in rules.sigma:
             if r.kind == "ecs":
@@ -272,45 +297,45 @@ class Engine:
         self.rule_errors = 0
         self.evaluated = 0
 
-    def _typed(self, rtype: str) -> tuple[_Dispatch | None, _Dispatch | None, frozenset[str] | None]:
-        """(dispatch of the typed rules or None, untyped rules, fields one of which a record
-        needs for any untyped rule to apply — None: any record)."""
-        d = self._by_type.get(rtype)
-        if d is None:
-            typed, untyped = _specialized(self._record_rules, rtype)
-            needs: frozenset[str] | None = frozenset()
-            for r in {id(r): r for r, _ in untyped.rest + [e for idx in untyped.by_field.values()
-                                                          for es in idx.values() for e in es]}.values():
-                needs = None if needs is None or r.required is None else needs | r.required
-            d = self._by_type[rtype] = (typed if typed else None, untyped if untyped else None, needs)
-        return d
+    def _plan(self, rtype: str) -> tuple[_Dispatch | None, _Dispatch | None, frozenset[str] | None]:
+        """(dispatch of the rules bound to ``rtype``, of those and the rules bound to no type —
+        None when there are none —, fields one of which a record needs for the second: None,
+        any record). A record of a type no rule can match costs one dict lookup."""
+        typed, untyped = _specialized(self._record_rules, rtype)
+        plan = self._plans[rtype] = (_Dispatch(typed, records=True) if typed else None,
+                                     _Dispatch(typed + untyped, records=True) if untyped else None, _needs(untyped))
+        return plan
 
     def evaluate(self, event: Any, docs: list[dict]) -> list[Hit]:
         self.evaluated += 1
         hits: list[Hit] = []
         fired: set[int] = set()
         records = event.records
-        syscall = next((r for r in records if r.type == "SYSCALL"), None)
+        syscall = None
+        for r in records:
+            if r.type == "SYSCALL":
+                syscall = r
+                break
         interp = self.interp
         sc_view = RecordView(syscall, None, interp) if syscall is not None else None
-        typed_of = self._typed
+        plans = self._plans
         for rec in records:
-            typed, untyped, needs = typed_of(rec.type)
-            view = None
-            found: list[SigmaDetection] = []
-            if typed is not None:
-                view = sc_view if rec is syscall else RecordView(rec, sc_view, interp)
-                found = [r for r, pred in typed.candidates(view) if pred(view)]
-            if untyped is not None and (needs is None or not needs.isdisjoint(rec.fields)):
-                fields = rec.fields
-                if view is None:
-                    view = sc_view if rec is syscall else RecordView(rec, sc_view, interp)
-                for rule, pred in untyped.candidates(view):
-                    req = rule.required  # bound to no type: only records holding a field it needs
-                    if (req is None or any(f in fields for f in req)) and pred(view):
-                        found.append(rule)
-            for rule in found:
-                if id(rule) not in fired:
+            plan = plans.get(rec.type)
+            if plan is None:
+                plan = self._plan(rec.type)
+            d, merged, needs = plan
+            fields = rec.fields
+            if merged is not None and (needs is None or not needs.isdisjoint(fields)):
+                d = merged
+            if d is None:
+                continue
+            view = sc_view if rec is syscall else RecordView(rec, sc_view, interp)
+            for rule, pred in d.candidates(view):
+                if rule.types is None:  # bound to no type: only records holding a field it needs
+                    req = rule.required
+                    if req is not None and req.isdisjoint(fields):
+                        continue
+                if pred(view) and id(rule) not in fired:
                     fired.add(id(rule))
                     hits.append(Hit(rule))
         if self._by_category or self.python:
