@@ -286,24 +286,29 @@ class Engine:
         self.python = rules.python
         self._record_rules = [r for r in rules.sigma if r.kind == "record"]
         #: per record type: (dispatch of the typed rules, of typed and untyped rules, fields a
-        #: record needs for the second) — one gate per record
-        self._plans: dict[str, tuple[_Dispatch | None, _Dispatch | None, frozenset[str] | None]] = {}
+        #: record needs for the second, bits of the categories it opens) — one gate per record
+        self._plans: dict[str, tuple[_Dispatch | None, _Dispatch | None, frozenset[str] | None, int]] = {}
         by_category: dict[str, list[SigmaDetection]] = {}
         for r in rules.sigma:
             if r.kind == "ecs":
                 by_category.setdefault(r.category, []).append(r)
         self._by_category = {c: _Dispatch([(r, r.predicate, r.keys, r.condition_sql) for r in rs])
                              for c, rs in by_category.items()}
+        #: (category, its bit in a plan) for the categories with rules, in _GATES order
+        self._categories = [(c, 1 << i) for i, c in enumerate(_GATES) if c in self._by_category]
         self.rule_errors = 0
         self.evaluated = 0
 
-    def _plan(self, rtype: str) -> tuple[_Dispatch | None, _Dispatch | None, frozenset[str] | None]:
+    def _plan(self, rtype: str) -> tuple[_Dispatch | None, _Dispatch | None, frozenset[str] | None, int]:
         """(dispatch of the rules bound to ``rtype``, of those and the rules bound to no type —
         None when there are none —, fields one of which a record needs for the second: None,
-        any record). A record of a type no rule can match costs one dict lookup."""
+        any record; the bits of the categories whose events hold a record of this type). A
+        record of a type no rule can match costs one dict lookup."""
         typed, untyped = _specialized(self._record_rules, rtype)
+        bits = sum(bit for c, bit in self._categories if _GATES[c] == rtype)
         plan = self._plans[rtype] = (_Dispatch(typed, records=True) if typed else None,
-                                     _Dispatch(typed + untyped, records=True) if untyped else None, _needs(untyped))
+                                     _Dispatch(typed + untyped, records=True) if untyped else None, _needs(untyped),
+                                     bits)
         return plan
 
     def evaluate(self, event: Any, docs: list[dict]) -> list[Hit]:
@@ -319,13 +324,16 @@ class Engine:
         interp = self.interp
         sc_view = RecordView(syscall, None, interp) if syscall is not None else None
         plans = self._plans
+        opened = 0  # the categories the event's record types open
         for rec in records:
             plan = plans.get(rec.type)
             if plan is None:
                 plan = self._plan(rec.type)
-            d, merged, needs = plan
+            d, merged, needs, bits = plan
+            opened |= bits
             fields = rec.fields
-            if merged is not None and (needs is None or not needs.isdisjoint(fields)):
+            # (a dict's keys view iterates the smaller side; frozenset.isdisjoint(dict) the dict)
+            if merged is not None and (needs is None or not fields.keys().isdisjoint(needs)):
                 d = merged
             if d is None:
                 continue
@@ -333,18 +341,17 @@ class Engine:
             for rule, pred in d.candidates(view):
                 if rule.types is None:  # bound to no type: only records holding a field it needs
                     req = rule.required
-                    if req is not None and req.isdisjoint(fields):
+                    if req is not None and fields.keys().isdisjoint(req):
                         continue
                 if pred(view) and id(rule) not in fired:
                     fired.add(id(rule))
                     hits.append(Hit(rule))
-        if self._by_category or self.python:
-            self._evaluate_ecs(event, docs, hits)
+        if opened or self.python:
+            self._evaluate_ecs(event, docs, hits, opened)
         return hits
 
-    def _evaluate_ecs(self, event: Any, docs: list[dict], hits: list[Hit]) -> None:
-        types = {r.type for r in event.records}
-        cats = [c for c, gate in _GATES.items() if gate in types and c in self._by_category]
+    def _evaluate_ecs(self, event: Any, docs: list[dict], hits: list[Hit], opened: int) -> None:
+        cats = [c for c, bit in self._categories if opened & bit]
         if not cats and not self.python:
             return
         doc = self.ecs_doc(event, docs)

@@ -198,8 +198,17 @@ def _initiated(doc: dict) -> str | None:
 
 
 def _path_getter(path: str) -> Callable[[dict], Any]:
+    """``deep_get`` of a dotted path, unrolled for the two-level paths most fields have."""
     keys = tuple(path.split("."))
-    return lambda doc: deep_get(doc, *keys)
+    if len(keys) != 2:
+        return lambda doc: deep_get(doc, *keys)
+    outer, inner = keys
+
+    def get(doc: dict) -> Any:
+        parent = doc.get(outer)
+        return parent.get(inner) if isinstance(parent, dict) else None
+
+    return get
 
 
 def _sql_path(path: str) -> str:
