@@ -88,102 +88,132 @@ def _python_only(p: str) -> bool:
 _CONTEXT = "\x00context"
 
 
+#: a rule and its predicate (specialized for a record type); literal → rules; basename → rules
+_Cand = tuple[SigmaDetection, Any]
+_Lits = dict[str, list[_Cand]]
+_Gate = Callable[[str], Any]
+
+
 class _Dispatch:
     """Rules with their predicates, indexed.
 
     Index: a rule filed under basenames of one of its fields is tried only on views whose value
     of that field has one of those basenames; an unindexed rule with required literals
     (:func:`required_literals`) only on views holding one of them (one regex per field finds
-    whether any is there). Verdicts are not memoized: records carry pids, pointers and counters,
-    and on events the key (every field the rules name) cost more than the prefiltered
-    evaluation it saved (measured: 22 hits in 20k events of the bench corpus)."""
+    whether any is there). What one field's value lets through is remembered per value
+    (programs, paths and names repeat); verdicts are not: records carry pids, pointers and
+    counters, and on events the key (every field the rules name) cost more than the
+    prefiltered evaluation it saved (measured: 22 hits in 20k events of the bench corpus)."""
 
-    __slots__ = ("always", "by_field", "gates", "literals", "records", "rest")
+    __slots__ = ("always", "gates", "keyed", "rest")
 
     def __init__(self, entries: list[tuple[SigmaDetection, Any, tuple[str, frozenset[str]] | None, Any]],
                  records: bool = False) -> None:
-        #: record views: a literal of a record field is looked for in the record's and its
-        #: SYSCALL's text at once (a superset of where the field's value can come from)
-        self.records = records
         self.rest = [(r, p) for r, p, keys, _ in entries if keys is None]
-        self._split_rest([t for r, p, keys, t in entries if keys is None])
-        self.by_field: dict[str, dict[str, list[tuple[SigmaDetection, Any]]]] = {}
+        by_field: dict[str, _Lits] = {}
         for r, p, keys, _ in entries:
             if keys is not None:
                 field, names = keys
-                index = self.by_field.setdefault(field, {})
+                index = by_field.setdefault(field, {})
                 for k in names:
                     index.setdefault(k, []).append((r, p))
+        literals = self._split_rest([t for r, p, keys, t in entries if keys is None], records)
+        #: keywords and folded record literals: one regex of all literals over the text
+        self.gates: list[tuple[str, _Gate, _Lits]] = [(field, _any_of(lits), lits) for field, lits in literals.items()
+                                                      if field in (TEXT, _CONTEXT)]
+        #: the fields whose value alone gates or indexes rules: (field, regex of its literals,
+        #: its literals, its basename index, memo of value → candidates)
+        keyed = sorted({f for f in literals if f not in (TEXT, _CONTEXT)} | set(by_field))
+        self.keyed: list[tuple[str, _Gate | None, _Lits, _Lits, dict[str, tuple[_Cand, ...]]]] = [
+            (f, _any_of(literals[f]) if f in literals else None, literals.get(f, {}), by_field.get(f, {}), {})
+            for f in keyed]
 
-    def _split_rest(self, trees: list[list[Any]]) -> None:
-        """Unindexed rules: those with required literals are filed under each (field, literal);
-        the others always run."""
-        self.always: list[tuple[SigmaDetection, Any]] = []
-        self.literals: dict[str, dict[str, list[tuple[SigmaDetection, Any]]]] = {}
+    def _split_rest(self, trees: list[list[Any]], records: bool) -> dict[str, _Lits]:
+        """Unindexed rules: those with required literals are filed under each (field, literal)
+        (record views: under the record's text when :func:`_fold` says so — the record's and
+        its SYSCALL's text hold every value a lower-case field can take); the others always run."""
+        self.always: list[_Cand] = []
+        literals: dict[str, _Lits] = {}
         reqs = [_union_literals(ts) for ts in trees]
-        fold = self.records and _fold(reqs)
+        fold = records and _fold(reqs)
         for entry, req in zip(self.rest, reqs, strict=True):
             if req is None:
                 self.always.append(entry)
                 continue
             for field, lit in req:
                 if fold and (field == TEXT or field[:1].islower()):
-                    field = _CONTEXT  # one scan of the record's and its SYSCALL's text for all
-                bucket = self.literals.setdefault(field, {}).setdefault(lit, [])
+                    field = _CONTEXT
+                bucket = literals.setdefault(field, {}).setdefault(lit, [])
                 if entry not in bucket:
                     bucket.append(entry)
-        #: per field, one regex of all its literals: a value holding none (most records) is
-        #: rejected by one C-level search instead of a Python loop over every literal
-        self.gates = [(field, _any_of(lits), lits) for field, lits in self.literals.items()]
+        return literals
 
     def __bool__(self) -> bool:
-        return bool(self.rest or self.by_field)
+        return bool(self.rest or self.keyed)
 
-    def candidates(self, view: Any) -> list[tuple[SigmaDetection, Any]]:
-        out = self.always
-        if self.gates:
-            seen: dict[int, tuple[SigmaDetection, Any]] = {}
-            for field, gate, lits in self.gates:
-                if field == TEXT:
-                    v = view.text()
-                elif field == _CONTEXT:  # the record's own text, and its SYSCALL's (searched once per event)
-                    v = view.gate_text()
-                    sc = view.syscall_text(gate)
-                    if gate(v) is None:
-                        if sc is None:
-                            continue
-                        v = sc
-                    elif sc is not None:
-                        v = v + "\n" + sc
-                    for lit, entries in lits.items():
-                        if lit in v:
-                            for e in entries:
-                                seen[id(e[0])] = e
-                    continue
-                else:
-                    v = view.lower(field)
-                if v is None:
-                    continue
-                if v.__class__ is not str:
-                    v = "\n".join(v)
+    def candidates(self, view: Any) -> list[_Cand]:
+        """The rules worth evaluating on ``view`` (each once)."""
+        seen: dict[int, _Cand] = {}
+        for field, gate, lits in self.gates:
+            if field == TEXT:
+                v = view.text()
                 if gate(v) is None:
                     continue
-                for lit, entries in lits.items():
-                    if lit in v:
-                        for e in entries:
-                            seen[id(e[0])] = e
-            if seen:
-                out = out + list(seen.values())
-        for field, index in self.by_field.items():
-            v = view.lower(field)
-            if v is not None and v.__class__ is str:
-                keyed = index.get(basename(v))
-                if keyed:
-                    out = out + keyed
-        return out
+            else:  # the record's own text, and its SYSCALL's (searched once per event)
+                v = view.gate_text()
+                sc = view.syscall_text(gate)
+                if gate(v) is None:
+                    if sc is None:
+                        continue
+                    v = sc
+                elif sc is not None:
+                    v = v + "\n" + sc
+            _literal_hits(v, lits, seen)
+        for field, field_gate, field_lits, index, memo in self.keyed:
+            raw = view.get(field)
+            if raw is None:
+                continue
+            if raw.__class__ is str:
+                found = memo.get(raw)
+                if found is None:
+                    if len(memo) >= _MEMO_SIZE:
+                        memo.clear()
+                    found = memo[raw] = _value_candidates(raw.lower(), True, field_gate, field_lits, index)
+            else:  # a list (ECS): gated on its lines, not indexed
+                found = _value_candidates("\n".join(str(x).lower() for x in raw), False, field_gate, field_lits, index)
+            for e in found:
+                seen[id(e[0])] = e
+        if not seen:
+            return self.always
+        return self.always + list(seen.values())
 
     def matches(self, view: Any) -> list[SigmaDetection]:
         return [r for r, pred in self.candidates(view) if pred(view)]
+
+
+#: distinct values remembered per field and dispatch (then forgotten at once: a bound, not an LRU)
+_MEMO_SIZE = 4096
+
+
+def _literal_hits(v: str, lits: dict[str, list[_Cand]],
+                  seen: dict[int, _Cand]) -> None:
+    for lit, entries in lits.items():
+        if lit in v:
+            for e in entries:
+                seen[id(e[0])] = e
+
+
+def _value_candidates(low: str, indexed: bool, gate: Callable[[str], Any] | None,
+                      lits: dict[str, list[_Cand]],
+                      index: dict[str, list[_Cand]]) -> tuple[_Cand, ...]:
+    """The rules one field's lower-cased value lets through: by its literals, by its basename."""
+    seen: dict[int, _Cand] = {}
+    if gate is not None and gate(low) is not None:
+        _literal_hits(low, lits, seen)
+    if indexed:
+        for e in index.get(basename(low), ()):
+            seen[id(e[0])] = e
+    return tuple(seen.values())
 
 
 def _any_of(literals: dict[str, Any]) -> Callable[[str], Any]:
@@ -296,6 +326,7 @@ class Engine:
                              for c, rs in by_category.items()}
         #: (category, its bit in a plan) for the categories with rules, in _GATES order
         self._categories = [(c, 1 << i) for i, c in enumerate(_GATES) if c in self._by_category]
+        self._rank = {id(r): i for i, r in enumerate(rules.sigma)}
         self.rule_errors = 0
         self.evaluated = 0
 
@@ -346,23 +377,18 @@ class Engine:
                 if pred(view) and id(rule) not in fired:
                     fired.add(id(rule))
                     hits.append(Hit(rule))
-        if opened or self.python:
-            self._evaluate_ecs(event, docs, hits, opened)
-        return hits
-
-    def _evaluate_ecs(self, event: Any, docs: list[dict], hits: list[Hit], opened: int) -> None:
-        cats = [c for c, bit in self._categories if opened & bit]
-        if not cats and not self.python:
-            return
-        doc = self.ecs_doc(event, docs)
-        if doc is None:
-            return
-        view = EcsView(doc)
-        for c in cats:
-            if category_applies(c, doc):
-                hits.extend(Hit(r) for r in self._by_category[c].matches(view))
-        if self.python:
+        doc = self.ecs_doc(event, docs) if opened or self.python else None
+        if doc is not None and opened:
+            ecs = EcsView(doc)
+            for c, bit in self._categories:
+                if opened & bit and category_applies(c, doc):
+                    hits.extend(Hit(r) for r in self._by_category[c].matches(ecs))
+        if len(hits) > 1:  # in the order the rules were loaded, whatever the dispatch's
+            rank = self._rank
+            hits.sort(key=lambda h: rank[id(h.rule)])
+        if self.python and doc is not None:
             self._evaluate_python(event, doc, hits)
+        return hits
 
     def ecs_doc(self, event: Any, docs: list[dict]) -> dict | None:
         if self.ecs_normalize is None:
