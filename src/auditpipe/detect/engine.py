@@ -84,7 +84,8 @@ def _python_only(p: str) -> bool:
     return d.is_dir() and any(d.rglob("*.py"))
 
 
-#: record dispatch: literals of lower-case record fields, looked for in RecordView.context_text()
+#: record dispatch: literals of lower-case fields and keywords, looked for in the record's text
+#: (RecordView.gate_text) and its SYSCALL's (RecordView.syscall_text)
 _CONTEXT = "\x00context"
 
 
