@@ -71,14 +71,18 @@ def reference(rules: RuleSet, interp: Interpreter, event: Any, doc: dict | None)
 
 
 def assert_agree(rules: RuleSet, events: Iterator[tuple[Any, dict | None]]) -> tuple[int, set[int]]:
-    """Engine == reference on every event; (events, rules fired)."""
+    """Engine == reference on every event, hits once each in rule load order; (events, rules fired)."""
     interp = Interpreter(IdResolver())
     engine = Engine(rules, interp)
     n = 0
     fired: set[int] = set()
     names = {id(r): r.title for r in rules.sigma}
+    rank = {id(r): i for i, r in enumerate(rules.sigma)}
     for ev, doc in events:
-        got = {id(h.rule) for h in engine.evaluate(ev, [doc] if doc is not None else [])}
+        hits = engine.evaluate(ev, [doc] if doc is not None else [])
+        order = [rank[id(h.rule)] for h in hits]
+        assert order == sorted(set(order)), f"{ev!r}: hits not once each in rule load order"
+        got = {id(h.rule) for h in hits}
         want = reference(rules, interp, ev, doc)
         extra, missed = sorted(names[i] for i in got - want), sorted(names[i] for i in want - got)
         assert got == want, f"{ev!r} {[r.fields for r in ev.records]}: engine fired {extra} too many, missed {missed}"
