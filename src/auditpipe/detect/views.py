@@ -70,14 +70,15 @@ class RecordView:
     (decoded), ENRICHED names (given or interpreted), and — the event as context — a field the
     record lacks taken from the event's SYSCALL record (``key``, ``exe``, ``comm`` of a PATH)."""
 
-    __slots__ = ("_context", "_low", "_text", "interp", "record", "syscall")
+    __slots__ = ("_gate", "_hits", "_low", "_text", "interp", "record", "syscall")
 
     def __init__(self, record: Any, syscall: RecordView | None, interp: Interpreter) -> None:
         self.record = record
         self.syscall = syscall
         self.interp = interp
         self._text: str | None = None
-        self._context: str | None = None
+        self._gate: str | None = None
+        self._hits: dict[Callable[[str], Any], str | None] | None = None
         self._low: dict[str, str | None] | None = None
 
     def lower(self, field: str) -> str | None:
@@ -122,18 +123,43 @@ class RecordView:
     def text(self) -> str:
         t = self._text
         if t is None:
-            t = self._text = "\n".join(_values(self.record.fields)).lower()
+            fields = self.record.fields
+            try:  # the common case: every value a plain string
+                t = "\n".join(fields.values())
+            except TypeError:
+                t = "\n".join(_values(fields))
+            t = self._text = t.lower()
         return t
 
-    def context_text(self) -> str:
-        """The record's text and its SYSCALL's: everywhere a lower-case field's value can come
-        from (the engine's literal prefilter looks there)."""
-        t = self._context
+    def gate_text(self) -> str:
+        """Where any lower-case field's value the record holds can be found: its text, and the
+        whole of each EXECVE argument the kernel split in pieces (a literal may straddle two)."""
+        t = self._gate
         if t is None:
-            sc = self.syscall
-            t = self.text() if sc is None or sc.record is self.record else self.text() + "\n" + sc.text()
-            self._context = t
+            t = self.text()
+            rec = self.record
+            if rec.type == "EXECVE":
+                whole = [_split_arg(rec, k[:-4]) for k in rec.fields if k.endswith("_len")]
+                if whole:
+                    t = "\n".join([t, *(w.lower() for w in whole if w is not None)])
+            self._gate = t
         return t
+
+    def syscall_text(self, gate: Callable[[str], Any]) -> str | None:
+        """The event's SYSCALL record's text when ``gate`` finds something in it, else None
+        (also for the SYSCALL record itself). Memoized on the SYSCALL's view, which lives for
+        one event: the records of an event share one search of it per gate."""
+        sc = self.syscall
+        if sc is None or sc.record is self.record:
+            return None
+        memo = sc._hits
+        if memo is None:
+            memo = sc._hits = {}
+        elif gate in memo:
+            return memo[gate]
+        t = sc.text()
+        out = memo[gate] = t if gate(t) is not None else None
+        return out
 
 
 def _values(fields: dict) -> list[str]:
@@ -172,8 +198,17 @@ def _initiated(doc: dict) -> str | None:
 
 
 def _path_getter(path: str) -> Callable[[dict], Any]:
+    """``deep_get`` of a dotted path, unrolled for the two-level paths most fields have."""
     keys = tuple(path.split("."))
-    return lambda doc: deep_get(doc, *keys)
+    if len(keys) != 2:
+        return lambda doc: deep_get(doc, *keys)
+    outer, inner = keys
+
+    def get(doc: dict) -> Any:
+        parent = doc.get(outer)
+        return parent.get(inner) if isinstance(parent, dict) else None
+
+    return get
 
 
 def _sql_path(path: str) -> str:
