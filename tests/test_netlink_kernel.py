@@ -69,8 +69,8 @@ import signal, sys, time
 from auditpipe.kernel.netlink import open_unicast
 r = open_unicast()
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-print("registered", flush=True)
-try:
+try:  # "registered" inside the try: a SIGTERM right after it still unregisters
+    print("registered", flush=True)
     time.sleep(60)
 finally:
     r.close()
