@@ -85,8 +85,8 @@ def _python_only(p: str) -> bool:
     return d.is_dir() and any(d.rglob("*.py"))
 
 
-#: record dispatch: literals of lower-case fields and keywords, looked for in the record's text
-#: (RecordView.gate_text) and its SYSCALL's (RecordView.syscall_text)
+#: record dispatch: literals of lower-case fields and keywords, looked for in the record's values
+#: of those fields or its text (RecordView.gate_text) and its SYSCALL's values (.syscall_text)
 _CONTEXT = "\x00context"
 
 
@@ -109,7 +109,7 @@ class _Dispatch:
     counters, and on events the key (every field the rules name) cost more than the
     prefiltered evaluation it saved (measured: 22 hits in 20k events of the bench corpus)."""
 
-    __slots__ = ("always", "gates", "keyed", "rest")
+    __slots__ = ("always", "context_fields", "context_text", "gates", "keyed", "rest")
 
     def __init__(self, entries: list[tuple[SigmaDetection, Any, tuple[str, frozenset[str]] | None, Any]],
                  records: bool = False) -> None:
@@ -142,10 +142,18 @@ class _Dispatch:
         — the record's and its SYSCALL's text hold every value a lower-case field can take);
         the others always run."""
         self.always: list[_Cand] = []
+        #: the fields the folded literals are in; whether keywords are (then the record's text)
+        self.context_fields: tuple[str, ...] = ()
+        self.context_text = False
         literals: dict[str, _Lits] = {}
         nums = [_union_required(ts, required_numbers) for ts in trees]
-        reqs = [None if n is not None else _union_required(ts, required_literals) for ts, n in zip(trees, nums, strict=True)]
+        reqs = [None if n is not None else _union_required(ts, required_literals)
+                for ts, n in zip(trees, nums, strict=True)]
         fold = records and _fold(reqs)
+        if fold:
+            folded = {f for req in reqs if req is not None for f, _ in req if f == TEXT or f[:1].islower()}
+            self.context_text = TEXT in folded
+            self.context_fields = tuple(sorted(folded - {TEXT}))
         for entry, req, num in zip(self.rest, reqs, nums, strict=True):
             if num is not None:
                 for field, x in num:
@@ -175,9 +183,9 @@ class _Dispatch:
                 v = view.text()
                 if gate(v) is None:
                     continue
-            else:  # the record's own text, and its SYSCALL's (searched once per event)
-                v = view.gate_text()
-                sc = view.syscall_text(gate)
+            else:  # the record's values, and its SYSCALL's (searched once per event)
+                v = view.gate_text(self.context_fields, self.context_text)
+                sc = view.syscall_text(gate, self.context_fields)
                 if gate(v) is None:
                     if sc is None:
                         continue
@@ -226,11 +234,22 @@ def _number_hits(nums: _Nums, values: list[str]) -> list[_Cand]:
     out: list[_Cand] = []
     if nums:
         for v in values:
-            try:
-                out.extend(nums.get(float(v), ()))
-            except ValueError:
-                pass
+            if _may_be_number(v):
+                try:
+                    out.extend(nums.get(float(v), ()))
+                except ValueError:
+                    pass
     return out
+
+
+#: what float() accepts besides decimal digits, once stripped and lower-cased
+_NUMBER_MARKS = str.maketrans("", "", "._e+-")
+
+
+def _may_be_number(v: str) -> bool:
+    """Whether ``float(v)`` may succeed (a cheap superset: a hex pointer or a name is not tried)."""
+    t = v.strip().lower()
+    return t.translate(_NUMBER_MARKS).isdecimal() or t.lstrip("+-") in ("inf", "infinity", "nan")
 
 
 def _value_candidates(low: str, indexed: bool, gate: Callable[[str], Any] | None,
