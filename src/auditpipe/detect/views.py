@@ -155,11 +155,13 @@ class RecordView:
             self._gate = t
         return t
 
-    def syscall_text(self, gate: Callable[[str], Any], fields: tuple[str, ...]) -> str | None:
+    def syscall_text(self, gate: Callable[[str], Any], fields: tuple[str, ...],
+                     verdicts: dict[str, bool]) -> str | None:
         """The event's SYSCALL record's values of ``fields`` (its text when they are not all
         plain strings) when ``gate`` finds something in them, else None (also for the SYSCALL
         record itself). Memoized on the SYSCALL's view, which lives for one event: the records
-        of an event share one search of it per gate (one gate, one set of fields)."""
+        of an event share one search of it per gate (one gate, one set of fields); and the
+        gate's verdict per text in ``verdicts`` (the values repeat across events)."""
         sc = self.syscall
         if sc is None or sc.record is self.record:
             return None
@@ -171,8 +173,22 @@ class RecordView:
         t = _values_of(sc.record.fields, fields)
         if t is None:
             t = sc.text()
-        out = memo[gate] = t if gate(t) is not None else None
+        out = memo[gate] = t if found_in(gate, t, verdicts) else None
         return out
+
+
+#: bound of a gate's memo of verdicts (as the engine's memos of values)
+_VERDICTS = 4096
+
+
+def found_in(gate: Callable[[str], Any], text: str, verdicts: dict[str, bool]) -> bool:
+    """Whether ``gate`` finds something in ``text``, remembered per text in ``verdicts``."""
+    hit = verdicts.get(text)
+    if hit is None:
+        if len(verdicts) >= _VERDICTS:
+            verdicts.clear()
+        hit = verdicts[text] = gate(text) is not None
+    return hit
 
 
 def _values_of(fields: dict, names: tuple[str, ...]) -> str | None:
