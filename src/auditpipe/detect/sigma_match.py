@@ -547,13 +547,8 @@ def _fixed(op: Any, av: Any, icase: bool) -> set[str] | None:
     if op is sre.SUBPATTERN:
         return _seq_fixed(list(av[3]), _local_icase(av, icase))
     if op is sre.BRANCH:
-        acc: set[str] = set()
-        for alt in av[1]:
-            one = _seq_fixed(list(alt), icase)
-            if one is None:
-                return None
-            acc |= one
-        return acc if len(acc) <= _MAX_ALTERNATIVES else None
+        both = _each_branch(av[1], lambda alt: _seq_fixed(alt, icase))
+        return None if both is None else set(both)
     return None
 
 
@@ -575,14 +570,19 @@ def _item_required(op: Any, av: Any, icase: bool) -> frozenset[str] | None:
     if op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT) and av[0] >= 1:
         return _seq_required(list(av[2]), icase)
     if op is sre.BRANCH:
-        acc: frozenset[str] = frozenset()
-        for alt in av[1]:
-            one = _seq_required(list(alt), icase)
-            if one is None:
-                return None
-            acc |= one
-        return acc if len(acc) <= _MAX_ALTERNATIVES else None
+        return _each_branch(av[1], lambda alt: _seq_required(alt, icase))
     return None
+
+
+def _each_branch(alts: list[Any], of: Callable[[list[Any]], Any]) -> frozenset[str] | None:
+    """The union of what ``of`` finds in each alternative (None: one has none, or too many)."""
+    acc: frozenset[str] = frozenset()
+    for alt in alts:
+        one = of(list(alt))
+        if one is None:
+            return None
+        acc |= frozenset(one)
+    return acc if len(acc) <= _MAX_ALTERNATIVES else None
 
 
 def _local_icase(av: Any, icase: bool) -> bool:
