@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +32,7 @@ from sigma.types import (
 )
 
 from auditpipe.detect.engine import Engine, RuleSet, category_applies, load_rules
+from auditpipe.detect.sigma_match import regex_literals
 from auditpipe.detect.sigma_rules import SigmaDetection
 from auditpipe.detect.views import EcsView, Interpreter, RecordView
 from auditpipe.normalize.ecs import make_ecs_normalizer
@@ -187,7 +189,9 @@ def record_events(rule: SigmaDetection, serial: Iterator[int]) -> Iterator[tuple
             up = {k: v for k, v in a.items() if k[:1].isupper()} or None
             if kw is not None:
                 low["kwfield"] = kw
-            variants = [low, {k: v.upper() for k, v in low.items()}]
+            # numbers written as float() still reads them (the number index must not miss them)
+            variants = [low, {k: v.upper() for k, v in low.items()},
+                        {k: f" +{v}.0" if v.isdecimal() else v for k, v in low.items()}]
             for fields in variants:
                 yield _pair(rtype, dict(fields), up, {}, next(serial))
             if rtype != "SYSCALL":  # a field the record lacks comes from its SYSCALL
@@ -251,3 +255,44 @@ def test_gate_agrees_with_plain_evaluation_on_events_crafted_from_every_rule(rul
     missed = sorted(r.title for r in rules.sigma if id(r) not in fired)
     # the crafted events hit nearly every rule: the agreement is about matches, not misses
     assert n > 1000 and len(missed) <= len(rules.sigma) // 20, missed
+
+
+def test_gate_agrees_on_regex_rules_gated_by_their_literals(rules):
+    """A ``|re`` rule is gated on the literals its regex requires (Pnscan's ``-(W|R)…``: -w or
+    -r): it still fires on every command line its regex finds, in either case of the rest."""
+    pnscan = next(r for r in rules.sigma if r.title.startswith("Pnscan"))
+    lines = ['pnscan -W "0a 1b 2c" 10.0.0.0/8', "pnscan -R '4142434445' host", "PNSCAN -R 41 42 43 x",
+             "tar -r -w x", "pnscan -w 0a1b2c x", "rm -rf /tmp/x"]
+    serial = itertools.count(1)
+    events = []
+    for line in lines:
+        s = next(serial)
+        doc = _doc({"process.command_line": line, "process.executable": "/usr/bin/pnscan"})
+        events.append((_event([_record("SYSCALL", dict(_BASE_SYSCALL), None, s), _record("EXECVE", {}, None, s)], s),
+                       doc))
+    _, fired = assert_agree(rules, iter(events))
+    assert id(pnscan) in fired
+
+
+@pytest.mark.parametrize(("pattern", "flags", "literals", "matches"), [
+    (r"""-(W|R)\s?(\s|"|')([0-9a-fA-F]{2}\s?){2,20}(\s|"|')""", 0, {"-w", "-r"}, ['x -W "0a 0b"']),
+    ("foo.*bar", 0, {"foo"}, ["xxFOOfoo bar"]),
+    ("(?:wget|curl) http", 0, {"wget http", "curl http"}, ["curl http://x"]),
+    ("(abc)+x", 0, {"abc"}, ["abcabcx"]),
+    ("a?b", 0, {"b"}, ["b"]),
+    ("x{3}yz", 0, {"yz"}, ["xxxyz"]),
+    ("[a-z]+", 0, None, ["q"]),
+    ("a|.b", 0, {"a", "b"}, ["zb", "a"]),
+    # under IGNORECASE, s, k and i also match ſ, K (Kelvin) and İ: no literal holding them is trusted
+    ("(?i)kiss", 0, None, ["\u212a\u0130\u017f\u017f"]),
+    ("sk", re.IGNORECASE, None, ["\u017f\u212a"]),
+    ("(?i:ab)Z", 0, {"abz"}, ["ABZ"]),
+])
+def test_regex_literals_are_in_every_match(pattern, flags, literals, matches):
+    """The literals a regex is gated on: exactly those expected, and one of them is in the
+    lower-cased text of every string the regex finds (examples include the awkward ones)."""
+    got = regex_literals(pattern, flags)
+    assert got == (frozenset(literals) if literals is not None else None)
+    for text in matches:
+        assert re.search(pattern, text, flags), text
+        assert got is None or any(lit in text.lower() for lit in got), (pattern, text)

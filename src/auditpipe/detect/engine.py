@@ -27,6 +27,7 @@ from auditpipe.detect.sigma_match import (
     basename,
     compile_condition,
     required_literals,
+    required_numbers,
 )
 from auditpipe.detect.sigma_rules import (
     INDEX_FIELDS,
@@ -35,7 +36,7 @@ from auditpipe.detect.sigma_rules import (
     index_of,
     load_sigma,
 )
-from auditpipe.detect.views import EcsView, Interpreter, RecordView, deep_get
+from auditpipe.detect.views import EcsView, Interpreter, RecordView, deep_get, found_in
 
 __all__ = ["DetectStage", "Engine", "Hit", "RuleSet", "category_applies", "load_rules"]
 
@@ -84,8 +85,8 @@ def _python_only(p: str) -> bool:
     return d.is_dir() and any(d.rglob("*.py"))
 
 
-#: record dispatch: literals of lower-case fields and keywords, looked for in the record's text
-#: (RecordView.gate_text) and its SYSCALL's (RecordView.syscall_text)
+#: record dispatch: literals of lower-case fields and keywords, looked for in the record's values
+#: of those fields or its text (RecordView.gate_text) and its SYSCALL's values (.syscall_text)
 _CONTEXT = "\x00context"
 
 
@@ -93,20 +94,22 @@ _CONTEXT = "\x00context"
 _Cand = tuple[SigmaDetection, Any]
 _Lits = dict[str, list[_Cand]]
 _Gate = Callable[[str], Any]
+_Nums = dict[float, list[_Cand]]
 
 
 class _Dispatch:
     """Rules with their predicates, indexed.
 
     Index: a rule filed under basenames of one of its fields is tried only on views whose value
-    of that field has one of those basenames; an unindexed rule with required literals
+    of that field has one of those basenames; one that needs a number (:func:`required_numbers`)
+    only on views with a field of that value; an unindexed rule with required literals
     (:func:`required_literals`) only on views holding one of them (one regex per field finds
     whether any is there). What one field's value lets through is remembered per value
     (programs, paths and names repeat); verdicts are not: records carry pids, pointers and
     counters, and on events the key (every field the rules name) cost more than the
     prefiltered evaluation it saved (measured: 22 hits in 20k events of the bench corpus)."""
 
-    __slots__ = ("always", "gates", "keyed", "rest")
+    __slots__ = ("always", "context_fields", "context_text", "gates", "keyed", "rest", "verdicts")
 
     def __init__(self, entries: list[tuple[SigmaDetection, Any, tuple[str, frozenset[str]] | None, Any]],
                  records: bool = False) -> None:
@@ -118,26 +121,49 @@ class _Dispatch:
                 index = by_field.setdefault(field, {})
                 for k in names:
                     index.setdefault(k, []).append((r, p))
-        literals = self._split_rest([t for r, p, keys, t in entries if keys is None], records)
+        numbers: dict[str, dict[float, list[_Cand]]] = {}
+        literals = self._split_rest([t for r, p, keys, t in entries if keys is None], records, numbers)
         #: keywords and folded record literals: one regex of all literals over the text
         self.gates: list[tuple[str, _Gate, _Lits]] = [(field, _any_of(lits), lits) for field, lits in literals.items()
                                                       if field in (TEXT, _CONTEXT)]
         #: the fields whose value alone gates or indexes rules: (field, regex of its literals,
-        #: its literals, its basename index, memo of value → candidates)
-        keyed = sorted({f for f in literals if f not in (TEXT, _CONTEXT)} | set(by_field))
-        self.keyed: list[tuple[str, _Gate | None, _Lits, _Lits, dict[str, tuple[_Cand, ...]]]] = [
-            (f, _any_of(literals[f]) if f in literals else None, literals.get(f, {}), by_field.get(f, {}), {})
+        #: its literals, its basename index, its number index, memo of value → candidates)
+        keyed = sorted({f for f in literals if f not in (TEXT, _CONTEXT)} | set(by_field) | set(numbers))
+        self.keyed: list[tuple[str, _Gate | None, _Lits, _Lits, _Nums, dict[str, tuple[_Cand, ...]]]] = [
+            (f, _any_of(literals[f]) if f in literals else None, literals.get(f, {}), by_field.get(f, {}),
+             numbers.get(f, {}), {})
             for f in keyed]
 
-    def _split_rest(self, trees: list[list[Any]], records: bool) -> dict[str, _Lits]:
-        """Unindexed rules: those with required literals are filed under each (field, literal)
-        (record views: under the record's text when :func:`_fold` says so — the record's and
-        its SYSCALL's text hold every value a lower-case field can take); the others always run."""
+    def _split_rest(self, trees: list[list[Any]], records: bool,
+                    numbers: dict[str, _Nums]) -> dict[str, _Lits]:
+        """Unindexed rules: those that need a number are filed under each (field, number) in
+        ``numbers`` (an equality is rarer than a substring); those with required literals under
+        each (field, literal) (record views: under the record's text when :func:`_fold` says so
+        — the record's and its SYSCALL's text hold every value a lower-case field can take);
+        the others always run."""
         self.always: list[_Cand] = []
+        #: the fields the folded literals are in; whether keywords are (then the record's text)
+        self.context_fields: tuple[str, ...] = ()
+        self.context_text = False
+        #: the gate's verdict per values' text (a SYSCALL's a0–a3 and key repeat: 433 texts in
+        #: the bench corpus's 20k events), bounded as the memos of values are
+        self.verdicts: dict[str, bool] = {}
         literals: dict[str, _Lits] = {}
-        reqs = [_union_literals(ts) for ts in trees]
+        nums = [_union_required(ts, required_numbers) for ts in trees]
+        reqs = [None if n is not None else _union_required(ts, required_literals)
+                for ts, n in zip(trees, nums, strict=True)]
         fold = records and _fold(reqs)
-        for entry, req in zip(self.rest, reqs, strict=True):
+        if fold:
+            folded = {f for req in reqs if req is not None for f, _ in req if f == TEXT or f[:1].islower()}
+            self.context_text = TEXT in folded
+            self.context_fields = tuple(sorted(folded - {TEXT}))
+        for entry, req, num in zip(self.rest, reqs, nums, strict=True):
+            if num is not None:
+                for field, x in num:
+                    bucket = numbers.setdefault(field, {}).setdefault(x, [])
+                    if entry not in bucket:
+                        bucket.append(entry)
+                continue
             if req is None:
                 self.always.append(entry)
                 continue
@@ -160,17 +186,17 @@ class _Dispatch:
                 v = view.text()
                 if gate(v) is None:
                     continue
-            else:  # the record's own text, and its SYSCALL's (searched once per event)
-                v = view.gate_text()
-                sc = view.syscall_text(gate)
-                if gate(v) is None:
+            else:  # the record's values, and its SYSCALL's (searched once per event)
+                v = view.gate_text(self.context_fields, self.context_text)
+                sc = view.syscall_text(gate, self.context_fields, self.verdicts)
+                if not (found_in(gate, v, self.verdicts) if not self.context_text else gate(v) is not None):
                     if sc is None:
                         continue
                     v = sc
                 elif sc is not None:
                     v = v + "\n" + sc
             _literal_hits(v, lits, seen)
-        for field, field_gate, field_lits, index, memo in self.keyed:
+        for field, field_gate, field_lits, index, nums, memo in self.keyed:
             raw = view.get(field)
             if raw is None:
                 continue
@@ -179,9 +205,11 @@ class _Dispatch:
                 if found is None:
                     if len(memo) >= _MEMO_SIZE:
                         memo.clear()
-                    found = memo[raw] = _value_candidates(raw.lower(), True, field_gate, field_lits, index)
-            else:  # a list (ECS): gated on its lines, not indexed
-                found = _value_candidates("\n".join(str(x).lower() for x in raw), False, field_gate, field_lits, index)
+                    found = memo[raw] = _value_candidates(raw.lower(), True, field_gate, field_lits, index,
+                                                          _number_hits(nums, [raw]))
+            else:  # a list (ECS): gated on its lines, not indexed by basename
+                found = _value_candidates("\n".join(str(x).lower() for x in raw), False, field_gate, field_lits,
+                                          index, _number_hits(nums, [str(x) for x in raw]))
             for e in found:
                 seen[id(e[0])] = e
         if not seen:
@@ -204,11 +232,35 @@ def _literal_hits(v: str, lits: dict[str, list[_Cand]],
                 seen[id(e[0])] = e
 
 
+def _number_hits(nums: _Nums, values: list[str]) -> list[_Cand]:
+    """The rules filed under the number one of ``values`` reads as (as a Sigma number test reads it)."""
+    out: list[_Cand] = []
+    if nums:
+        for v in values:
+            if _may_be_number(v):
+                try:
+                    out.extend(nums.get(float(v), ()))
+                except ValueError:
+                    pass
+    return out
+
+
+#: what float() accepts besides decimal digits, once stripped and lower-cased
+_NUMBER_MARKS = str.maketrans("", "", "._e+-")
+
+
+def _may_be_number(v: str) -> bool:
+    """Whether ``float(v)`` may succeed (a cheap superset: a hex pointer or a name is not tried)."""
+    t = v.strip().lower()
+    return t.translate(_NUMBER_MARKS).isdecimal() or t.lstrip("+-") in ("inf", "infinity", "nan")
+
+
 def _value_candidates(low: str, indexed: bool, gate: Callable[[str], Any] | None,
                       lits: dict[str, list[_Cand]],
-                      index: dict[str, list[_Cand]]) -> tuple[_Cand, ...]:
-    """The rules one field's lower-cased value lets through: by its literals, by its basename."""
-    seen: dict[int, _Cand] = {}
+                      index: dict[str, list[_Cand]], by_number: list[_Cand]) -> tuple[_Cand, ...]:
+    """The rules one field's lower-cased value lets through: by its literals, by its basename,
+    by its number."""
+    seen: dict[int, _Cand] = {id(e[0]): e for e in by_number}
     if gate is not None and gate(low) is not None:
         _literal_hits(low, lits, seen)
     if indexed:
@@ -247,12 +299,13 @@ def _fold(reqs: list[frozenset[tuple[str, str]] | None]) -> bool:
     return TEXT in fields or len(fields) > 2
 
 
-def _union_literals(trees: list[Any]) -> frozenset[tuple[str, str]] | None:
+def _union_required(trees: list[Any], required: Callable[[Any], frozenset | None]) -> frozenset | None:
+    """What one of a rule's conditions requires (None: one requires nothing known)."""
     if not trees:  # a rule decided by its type alone
         return None
-    acc: frozenset[tuple[str, str]] = frozenset()
+    acc: frozenset = frozenset()
     for t in trees:
-        k = required_literals(t)
+        k = required(t)
         if k is None:
             return None
         acc |= k

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import operator
 import re
+import re._parser as sre  # the regex's own parse tree: which literals every match holds
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -53,8 +54,10 @@ __all__ = [
     "fields_of",
     "has_keywords",
     "index_keys",
+    "regex_literals",
     "required_fields",
     "required_literals",
+    "required_numbers",
     "string_pattern",
     "type_constraint",
 ]
@@ -143,11 +146,16 @@ def _cidr_test(c: SigmaCIDRExpression) -> StrTest:
     return test
 
 
-def _regex_test(r: SigmaRegularExpression) -> StrTest:
+def _regex_source(r: SigmaRegularExpression) -> tuple[str, int]:
+    """(pattern, flags) of a Sigma ``|re`` value, as :func:`_regex_test` compiles it."""
     flags = 0
     for f in r.flags:
         flags |= _RE_FLAGS[f]
-    rx = re.compile(str(r.regexp.to_plain_regex() if isinstance(r.regexp, SigmaString) else r.regexp), flags)
+    return str(r.regexp.to_plain_regex() if isinstance(r.regexp, SigmaString) else r.regexp), flags
+
+
+def _regex_test(r: SigmaRegularExpression) -> StrTest:
+    rx = re.compile(*_regex_source(r))
     return lambda x: rx.search(x) is not None
 
 
@@ -444,6 +452,9 @@ def required_literals(node: Any) -> frozenset[tuple[str, str]] | None:
     view for all literals at once and tries only the rules one of whose literals is there."""
 
     def leaf(n: Any) -> frozenset[tuple[str, str]] | None:
+        if isinstance(n, ConditionFieldEqualsValueExpression) and isinstance(n.value, SigmaRegularExpression):
+            lits = regex_literals(*_regex_source(n.value))
+            return None if lits is None else frozenset((n.field, lit) for lit in lits)
         if _is_string_item(n) or (isinstance(n, ConditionValueExpression) and type(n.value) is SigmaString):
             kind, v = string_pattern(n.value)
             if kind == "regex":  # a wildcard pattern: each of its plain parts must occur
@@ -456,6 +467,128 @@ def required_literals(node: Any) -> frozenset[tuple[str, str]] | None:
         return max(sets, key=lambda k: (min(len(lit) for _, lit in k), -len(k)))
 
     return _necessary(node, leaf, most_selective)
+
+
+def required_numbers(node: Any) -> frozenset[tuple[str, float]] | None:
+    """(field, number) pairs at least one of which must hold — ``float`` of the field's value
+    equals the number, which is exactly what a Sigma number test accepts — for the condition to
+    hold; None when no such set is known. A number gives no literal (``33`` is also ``33.0``),
+    yet an equality gates as well as one: the engine indexes rules by it (``euid: 33``)."""
+
+    def leaf(n: Any) -> frozenset[tuple[str, float]] | None:
+        if isinstance(n, ConditionFieldEqualsValueExpression) and type(n.value) is SigmaNumber:
+            return frozenset({(n.field, float(n.value.number))})
+        return None
+
+    return _necessary(node, leaf, _smallest)
+
+
+#: literals derived from a regex: at most this many alternatives (``(a|b)(c|d)`` is 4)
+_MAX_ALTERNATIVES = 16
+#: under IGNORECASE, these ASCII letters also match a non-ASCII letter whose lower case is not
+#: theirs (ſ, ı/İ, K): a literal holding one is not provably in the lower-cased value
+_FOLD_ODD = frozenset("iks")
+
+
+def regex_literals(pattern: str, flags: int = 0) -> frozenset[str] | None:
+    """Lower-case strings one of which occurs in the lower-cased text of every string in which
+    the regex finds a match (None: none provable) — from the regex's parse tree: runs of
+    literal characters (and small sets and alternations of them) that every match passes
+    through. Only ASCII is trusted (its lower case is one character, whatever the context)."""
+    try:
+        tree = sre.parse(pattern, flags)
+    except re.error:
+        return None
+    found = _seq_required(list(tree), bool(tree.state.flags & re.IGNORECASE))
+    return found if found else None
+
+
+def _seq_required(items: list[Any], icase: bool) -> frozenset[str] | None:
+    """The best set of alternatives one of which every match of the sequence holds: the
+    literal runs (consecutive fixed items) and what mandatory inner parts require."""
+    best: frozenset[str] | None = None
+    run: set[str] = {""}
+    for op, av in items:
+        alts = _fixed(op, av, icase)
+        if alts is not None and len(run) * len(alts) <= _MAX_ALTERNATIVES:
+            run = {a + b for a in run for b in alts}
+            continue
+        best = _better(best, frozenset(run))
+        run = set(alts) if alts is not None else {""}
+        if alts is None:
+            best = _better(best, _item_required(op, av, icase))
+    return _better(best, frozenset(run))
+
+
+def _better(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:
+    """The more selective set: its shortest alternative is longer (an empty one gates nothing)."""
+    if b is None or not b or "" in b:
+        return a
+    if a is None or min(map(len, b)) > min(map(len, a)):
+        return b
+    return a
+
+
+def _fixed(op: Any, av: Any, icase: bool) -> set[str] | None:
+    """The few strings (lower case) the item matches exactly, or None."""
+    if op is sre.LITERAL:
+        c = chr(av)
+        return {c.lower()} if c.isascii() and not (icase and c.lower() in _FOLD_ODD) else None
+    if op is sre.IN:
+        out: set[str] = set()
+        for o, a in av:
+            if o is not sre.LITERAL:
+                return None
+            one = _fixed(o, a, icase)
+            if one is None:
+                return None
+            out |= one
+        return out
+    if op is sre.SUBPATTERN:
+        return _seq_fixed(list(av[3]), _local_icase(av, icase))
+    if op is sre.BRANCH:
+        both = _each_branch(av[1], lambda alt: _seq_fixed(alt, icase))
+        return None if both is None else set(both)
+    return None
+
+
+def _seq_fixed(items: list[Any], icase: bool) -> set[str] | None:
+    out = {""}
+    for op, av in items:
+        alts = _fixed(op, av, icase)
+        if alts is None or len(out) * len(alts) > _MAX_ALTERNATIVES:
+            return None
+        out = {a + b for a in out for b in alts}
+    return out
+
+
+def _item_required(op: Any, av: Any, icase: bool) -> frozenset[str] | None:
+    """What a mandatory compound item (a group, an alternation, a repeat of at least once)
+    requires of every match."""
+    if op is sre.SUBPATTERN:
+        return _seq_required(list(av[3]), _local_icase(av, icase))
+    if op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT) and av[0] >= 1:
+        return _seq_required(list(av[2]), icase)
+    if op is sre.BRANCH:
+        return _each_branch(av[1], lambda alt: _seq_required(alt, icase))
+    return None
+
+
+def _each_branch(alts: list[Any], of: Callable[[list[Any]], Any]) -> frozenset[str] | None:
+    """The union of what ``of`` finds in each alternative (None: one has none, or too many)."""
+    acc: frozenset[str] = frozenset()
+    for alt in alts:
+        one = of(list(alt))
+        if one is None:
+            return None
+        acc |= frozenset(one)
+    return acc if len(acc) <= _MAX_ALTERNATIVES else None
+
+
+def _local_icase(av: Any, icase: bool) -> bool:
+    """A group's ``(?i:…)``/``(?-i:…)`` flags."""
+    add, remove = av[1], av[2]
+    return bool(add & re.IGNORECASE) or (icase and not remove & re.IGNORECASE)
 
 
 def has_keywords(node: Any) -> bool:

@@ -131,9 +131,19 @@ class RecordView:
             t = self._text = t.lower()
         return t
 
-    def gate_text(self) -> str:
-        """Where any lower-case field's value the record holds can be found: its text, and the
-        whole of each EXECVE argument the kernel split in pieces (a literal may straddle two)."""
+    def gate_text(self, fields: tuple[str, ...], with_text: bool) -> str:
+        """Where the record's own value of any of ``fields`` (lower case) can be found: their
+        values when all are plain strings (a few of the record's many fields: less to join and
+        search); else, or for keywords, the record's text with the whole of each EXECVE argument
+        the kernel split in pieces (a literal may straddle two)."""
+        rec = self.record
+        if not with_text and rec.type != "EXECVE":
+            t = _values_of(rec.fields, fields)
+            if t is not None:
+                return t
+        return self._full_text()
+
+    def _full_text(self) -> str:
         t = self._gate
         if t is None:
             t = self.text()
@@ -145,10 +155,13 @@ class RecordView:
             self._gate = t
         return t
 
-    def syscall_text(self, gate: Callable[[str], Any]) -> str | None:
-        """The event's SYSCALL record's text when ``gate`` finds something in it, else None
-        (also for the SYSCALL record itself). Memoized on the SYSCALL's view, which lives for
-        one event: the records of an event share one search of it per gate."""
+    def syscall_text(self, gate: Callable[[str], Any], fields: tuple[str, ...],
+                     verdicts: dict[str, bool]) -> str | None:
+        """The event's SYSCALL record's values of ``fields`` (its text when they are not all
+        plain strings) when ``gate`` finds something in them, else None (also for the SYSCALL
+        record itself). Memoized on the SYSCALL's view, which lives for one event: the records
+        of an event share one search of it per gate (one gate, one set of fields); and the
+        gate's verdict per text in ``verdicts`` (the values repeat across events)."""
         sc = self.syscall
         if sc is None or sc.record is self.record:
             return None
@@ -157,9 +170,40 @@ class RecordView:
             memo = sc._hits = {}
         elif gate in memo:
             return memo[gate]
-        t = sc.text()
-        out = memo[gate] = t if gate(t) is not None else None
+        t = _values_of(sc.record.fields, fields)
+        if t is None:
+            t = sc.text()
+        out = memo[gate] = t if found_in(gate, t, verdicts) else None
         return out
+
+
+#: bound of a gate's memo of verdicts (as the engine's memos of values)
+_VERDICTS = 4096
+
+
+def found_in(gate: Callable[[str], Any], text: str, verdicts: dict[str, bool]) -> bool:
+    """Whether ``gate`` finds something in ``text``, remembered per text in ``verdicts``."""
+    hit = verdicts.get(text)
+    if hit is None:
+        if len(verdicts) >= _VERDICTS:
+            verdicts.clear()
+        hit = verdicts[text] = gate(text) is not None
+    return hit
+
+
+def _values_of(fields: dict, names: tuple[str, ...]) -> str | None:
+    """The lower-cased values of the fields ``names`` of a record, one per line; None when the
+    record holds a user-space ``msg`` (its fields are inside) or a value that is not a string."""
+    if "msg" in fields:
+        return None
+    out = []
+    for n in names:
+        v = fields.get(n)
+        if v is not None:
+            if v.__class__ is not str:
+                return None
+            out.append(v)
+    return "\n".join(out).lower()
 
 
 def _values(fields: dict) -> list[str]:
