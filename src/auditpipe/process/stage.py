@@ -463,7 +463,7 @@ class ProcessStage:
     def _annotate(self, doc: dict, pr: dict, proc: Proc, ppid: int | None) -> None:
         pr["entity_id"] = proc.entity_id
         if proc.exact:
-            pr["start"] = _iso(proc.start)
+            pr["start"] = self._summary(proc)["start"]  # formatted once per process
         par = proc.parent
         if par is not None:
             pr["parent"] = self._full(par)
