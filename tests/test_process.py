@@ -86,6 +86,10 @@ def test_chain_parent_ancestors_leaders_and_entity_ids():
     assert true["session_leader"]["pid"] == 200 and true["session_leader"]["entity_id"] == sh["entity_id"]
     assert true["group_leader"]["pid"] == 200
     assert true["session_leader"]["user"] == {"id": "1000"}
+    # a leader is compact (the pid, entity_id, executable, user): no arguments, which
+    # the same process as the parent carries
+    assert set(true["session_leader"]) == {"pid", "entity_id", "executable", "name", "start", "user"}
+    assert true["group_leader"] == true["session_leader"]
     assert bash["session_leader"] == {"unknown": True}  # bash's session is not known
     assert true["entry_leader"] == {"unknown": True}  # the chain stops at an unknown process
     # forked processes have a start time (the fork's); one first seen at its exec does not
@@ -152,6 +156,10 @@ def test_ancestor_depth_is_bounded():
         lines += log.event("execve", 10 * (i + 1), 10 * i, f"/bin/a{i}", args=[f"a{i}"])
     docs, _ = run(lines, ancestors=3)
     assert [a["pid"] for a in docs[-1]["process"]["ancestors"]] == [110, 100, 90]
+    docs, _ = run(lines)  # the default: 4, each item compact (no arguments)
+    anc = docs[-1]["process"]["ancestors"]
+    assert [a["pid"] for a in anc] == [110, 100, 90, 80]
+    assert set(anc[0]) == {"pid", "entity_id", "executable", "name", "start"}
 
 
 def test_coalesced_gets_context_panther_rows_unchanged():

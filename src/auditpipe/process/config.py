@@ -24,7 +24,7 @@ class ProcessConfig(_S):
     #: time or host, which this host's /proc cannot describe)
     enabled: bool | None = None
     #: ancestors listed in process.ancestors (nearest first)
-    ancestors: int = 8
+    ancestors: int = 4
     #: seconds an exited process stays in the table after its last event (its children may
     #: still be reported with it as their parent)
     grace: float = 60.0

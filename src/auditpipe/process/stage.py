@@ -463,7 +463,7 @@ class ProcessStage:
     def _annotate(self, doc: dict, pr: dict, proc: Proc, ppid: int | None) -> None:
         pr["entity_id"] = proc.entity_id
         if proc.exact:
-            pr["start"] = _iso(proc.start)
+            pr["start"] = self._summary(proc)["start"]  # formatted once per process
         par = proc.parent
         if par is not None:
             pr["parent"] = self._full(par)
@@ -493,19 +493,33 @@ class ProcessStage:
         return s
 
     def _full(self, p: Proc) -> dict:
-        """pid, entity_id, executable, name, args, start, user: for the parent and leaders."""
-        s = p._leader
+        """The parent: its leader fields (below) and its arguments."""
+        s = p._full
         if s is None:
-            s = dict(self._summary(p))
-            if p.args:
+            lead = self._leader_fields(p)
+            if not p.args:
+                s = lead
+            else:
+                s = dict(self._summary(p))
                 s["args"] = p.args
                 s["args_count"] = len(p.args)
+                if "user" in lead:
+                    s["user"] = lead["user"]
+            p._full = s
+        return s
+
+    def _leader_fields(self, p: Proc) -> dict:
+        """pid, entity_id, executable, name, start, user: a leader, as the issue lists it (no
+        arguments: three leaders' arguments would double a document's size)."""
+        s = p._leader
+        if s is None:
+            s = self._summary(p)
             if p.uid is not None:
                 u = {"id": p.uid}
                 name = self._user(p, p.uid)
                 if name is not None:
                     u["name"] = name
-                s["user"] = u
+                s = {**s, "user": u}
             p._leader = s
         return s
 
@@ -539,13 +553,13 @@ class ProcessStage:
         if pid is None:
             return _UNKNOWN
         if pid == proc.pid:
-            return self._full(proc)
+            return self._leader_fields(proc)
         for a in proc.ancestors():
             if a.pid == pid:
-                return self._full(a)
+                return self._leader_fields(a)
         p = self.table.get(pid)
         if p is not None and p.start <= proc.start + START_TOLERANCE:
-            return self._full(p)
+            return self._leader_fields(p)
         return {"pid": pid, "unknown": True}
 
     def _leaders(self, proc: Proc) -> tuple[int, dict, dict, dict]:
@@ -565,7 +579,7 @@ class ProcessStage:
             session = pl[1] if proc.sid == par.sid and proc.sid != proc.pid else self._leader(proc, proc.sid)
             group = pl[2] if proc.pgid == par.pgid and proc.pgid != proc.pid else self._leader(proc, proc.pgid)
             kind = _entry_kind(par)
-            entry = {**self._full(proc), "entry_meta": {"type": kind}} if kind is not None else pl[3]
+            entry = {**self._leader_fields(proc), "entry_meta": {"type": kind}} if kind is not None else pl[3]
         else:
             session, group, entry = self._leader(proc, proc.sid), self._leader(proc, proc.pgid), _UNKNOWN
         c = proc._lead = (self.table.epoch, session, group, entry)
@@ -581,7 +595,7 @@ class ProcessStage:
                 return _UNKNOWN
             kind = _entry_kind(par)
             if kind is not None:
-                return {**self._full(x), "entry_meta": {"type": kind}}
+                return {**self._leader_fields(x), "entry_meta": {"type": kind}}
             x = par
 
     def _label_list(self, labels: frozenset[str]) -> list[str]:

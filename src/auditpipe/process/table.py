@@ -32,6 +32,7 @@ class Proc:
 
     __slots__ = (
         "_chain",
+        "_full",
         "_lead",
         "_leader",
         "_summary",
@@ -81,15 +82,16 @@ class Proc:
         self.last_seen = start
         self.checked = 0.0  # when /proc last confirmed this is the process with its pid
         self._summary: dict | None = None
-        self._leader: dict | None = None
+        self._leader: dict | None = None  # as a leader: summary and user
+        self._full: dict | None = None  # as a parent: the leader's fields and the arguments
         self._chain: tuple[int, list[dict]] | None = None  # (table epoch, ancestors from here)
         self._lead: tuple[int, dict, dict, dict] | None = None  # (epoch, session, group, entry)
 
     def changed(self) -> bool:
         """Its image, start, credentials or session changed: drop the cached output dicts.
         Returns whether other processes' caches may hold them (then they must go too)."""
-        used = self._summary is not None or self._leader is not None
-        self._summary = self._leader = self._chain = self._lead = None
+        used = self._summary is not None or self._leader is not None or self._full is not None
+        self._summary = self._leader = self._full = self._chain = self._lead = None
         return used
 
     def ancestors(self) -> Iterator[Proc]:
