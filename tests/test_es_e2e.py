@@ -54,7 +54,9 @@ class ServerProcess:
     def stored_ids(self) -> list[str]:
         if not self.store.exists():
             return []
-        return [json.loads(line)["_id"] for line in self.store.read_text().splitlines() if line.strip()]
+        # the server appends while we read: a last line without its newline is still being written
+        lines = self.store.read_text().split("\n")[:-1]
+        return [json.loads(line)["_id"] for line in lines if line.strip()]
 
 
 @pytest.fixture
