@@ -208,6 +208,20 @@ def test_state_roundtrip_keeps_identity_and_exited_parents(tmp_path):
     assert d[0]["process"]["parent"]["entity_id"] == docs[3]["process"]["entity_id"]
 
 
+def test_state_leaves_out_exited_processes_without_running_descendants(tmp_path):
+    """What a restart can still need: running processes and their ancestors, exited or not."""
+    log, lines = chain_log()
+    lines += log.event("fork", 100, 50, "/usr/bin/bash", exit=400)
+    lines += log.event("execve", 400, 100, "/bin/ls", args=["ls"])
+    lines += log.event("exit_group", 400, 100, "/bin/ls")  # ls ends; nothing below it runs
+    lines += log.event("exit_group", 200, 100, "/bin/sh")  # sh ends; /bin/true (300) runs on
+    _, st = run(lines)
+    assert st.table.get(400).exited is not None and st.table.get(200).exited is not None
+    StateStore(str(tmp_path)).save(st.table, 50, 0.0)
+    data = msgspec.json.decode((tmp_path / "process-table.json").read_bytes())
+    assert sorted(e[0] for e in data["entries"]) == [100, 200, 300]
+
+
 def test_damaged_state_file_is_counted_not_fatal(tmp_path):
     (tmp_path / "process-table.json").write_bytes(b"{not json")
     st = ProcessStage(ProcessConfig(read_proc=False), "ecs", state=StateStore(str(tmp_path)))
