@@ -419,8 +419,9 @@ class Receiver:
 
     async def _remote(self, pool: WorkerPool, wire: bytearray, encoding: str, content_type: str,
                       ident: _Ident) -> dict:
-        """``_process`` in the sender's worker; its documents are written (by the pool's reader)
-        before the answer comes back. Raises BodyError, _Unavailable or WorkerLost."""
+        """``_process`` in the sender's worker; its documents are written (by the worker itself,
+        or by the pool's delivery here) before the answer comes back. Raises BodyError,
+        _Unavailable or WorkerLost."""
         if self.outputs.held and not await self._drain_from_loop():
             raise _Unavailable
         status, value, inflated = await pool.call(pool.index(ident.key), ("body", wire, encoding, content_type, ident))
