@@ -8,7 +8,10 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
+import time
 
 import httpx
 
@@ -175,3 +178,30 @@ def test_killed_worker_bodies_resent_after_restart(serve, tmp_path):
     # the rest: events released before the kill (whole), and the few whose first records the
     # dead worker held when it was killed (lost, as the docs say), so the rest comes in pieces
     assert len(set(counts) - whole) <= 5, sorted(set(counts) - whole)[:3]
+
+
+def test_stdout_stays_with_the_front(tmp_path):
+    """An output the workers cannot share (stdout: one pipe) is written by the front, from the
+    lines the workers send back: two senders over two workers, every document once."""
+    base = lines_of("raw-node.log")
+    names = _names_per_worker(2, 1)
+    out, err = tmp_path / "stdout.jsonl", tmp_path / "serve.err"
+    with open(out, "wb") as o, open(err, "wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "auditpipe", "serve", "--listen", "127.0.0.1:0", "--auth",
+                                 "shared-secret", "--auth-header", "X-Panther-Secret", "--auth-secret", faults.SECRET,
+                                 "--output", "-", "--workers", "2"], stdout=o, stderr=e)
+    try:
+        end = time.monotonic() + 30
+        while not (m := re.search(r"listening on http://[^:]*:(\d+)", err.read_text())):
+            assert time.monotonic() < end and proc.poll() is None, err.read_text()
+            time.sleep(0.05)
+        assert "documents written here" in err.read_text()
+        failures = _post_concurrently(f"http://127.0.0.1:{m.group(1)}/ingest", base, names)
+        assert not failures, failures[:3]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, err.read_text()
+    finally:
+        proc.kill()
+    got = _by_node([out])
+    for name in names:
+        assert sorted(got[name.split("/")[0]]) == _parsed(base, name), name
