@@ -2,7 +2,7 @@
 """Throughput of `auditpipe serve --workers 1` against `--workers 2`, in one run (issue 14).
 
     .venv/bin/python benchmarks/bench_serve.py [--corpus ../shared/corpus/bench.log.gz] [--runs 5]
-        [--senders 8] [--body-records 2000] [--format coalesced] [--repeat 1]
+        [--senders 8] [--body-records 2000] [--format coalesced] [--repeat 1] [--control]
 
 The corpus is split into ``--senders`` contiguous parts, one per sender (``X-Auditpipe-Sender``,
 so each part is reassembled in one place), and each part into ``text/plain`` bodies of
@@ -20,6 +20,11 @@ runnable but waited for a CPU per second of the run (schedstat: what other load 
 workers=1 within each round as min/median/max, with the load average before and after. Target
 (issue 14): ≥ 1.8× the records/s with 2 workers on 2 cores. On a shared machine run it under
 ``nice -n -20`` (root) so that the processes measured get the cores first.
+
+``--control`` adds a third mode each round, ``1+1``: two one-process serves side by side, half
+the senders each (its "front" column is the first of the two). It does the work of
+``--workers 2`` with no split at all, so its CPU ratio to ``--workers 1`` is what two busy cores
+cost by themselves (shared caches, a sibling hyper-thread), the floor for ``--workers 2``'s.
 """
 
 from __future__ import annotations
@@ -76,8 +81,10 @@ async def _sender(port: int, reqs: list[bytes]) -> None:
         writer.close()
 
 
-async def post_all(port: int, requests: list[list[bytes]]) -> None:
-    await asyncio.gather(*(_sender(port, reqs) for reqs in requests))
+async def post_all(port: int | list[int], requests: list[list[bytes]]) -> None:
+    """Every sender at once; with several ports, sender i posts to port i % len(ports)."""
+    ports = port if isinstance(port, list) else [port]
+    await asyncio.gather(*(_sender(ports[i % len(ports)], reqs) for i, reqs in enumerate(requests)))
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -127,22 +134,25 @@ def start_serve(workers: int, fmt: str, err: Path) -> tuple[subprocess.Popen, in
 def one_run(workers: int, fmt: str, requests: list[list[bytes]], tmp: Path
             ) -> tuple[float, float, float, float, float]:
     """(wall seconds, CPU seconds of serve and its workers, of the front alone, of the senders,
-    seconds serve's threads waited for a CPU) for posting everything."""
-    proc, port = start_serve(workers, fmt, tmp / f"serve-{workers}.err")
+    seconds serve's threads waited for a CPU) for posting everything. ``workers`` 0: the
+    control — two one-process serves side by side, half the senders each."""
+    started = [start_serve(max(workers, 1), fmt, tmp / f"serve-{workers}-{i}.err") for i in range(1 if workers else 2)]
     try:
-        pids = [proc.pid, *children(proc.pid)]
-        assert len(pids) == (workers if workers > 1 else 0) + 1, pids
+        pids = [pid for proc, _ in started for pid in (proc.pid, *children(proc.pid))]
+        assert len(pids) == (workers + 1 if workers > 1 else len(started)), pids
         waited0 = waited_seconds(pids)
         cpu0, front0, own0, t0 = cpu_seconds(pids), cpu_seconds(pids[:1]), time.process_time(), time.perf_counter()
-        asyncio.run(post_all(port, requests))
+        asyncio.run(post_all([port for _, port in started], requests))
         wall, cpu = time.perf_counter() - t0, cpu_seconds(pids) - cpu0
         front, own = cpu_seconds(pids[:1]) - front0, time.process_time() - own0
         waited = waited_seconds(pids) - waited0
     finally:
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(120)
-    if rc != 0:
-        raise RuntimeError(f"serve exited {rc}: {(tmp / f'serve-{workers}.err').read_text()}")
+        rcs = []
+        for proc, _ in started:
+            proc.send_signal(signal.SIGTERM)
+            rcs.append(proc.wait(120))
+    if any(rcs):
+        raise RuntimeError(f"serve exited {rcs}: {(tmp / f'serve-{workers}-0.err').read_text()}")
     return wall, cpu, front, own, waited
 
 
@@ -154,6 +164,9 @@ def main() -> int:
     ap.add_argument("--body-records", type=int, default=2000)
     ap.add_argument("--format", default="coalesced", choices=("coalesced", "ecs", "panther", "jsonl"))
     ap.add_argument("--repeat", type=int, default=1, help="Post the corpus this many times per run.")
+    ap.add_argument("--control", action="store_true",
+                    help="Also run two one-process serves side by side (half the senders each) each round: "
+                         "what two busy cores cost the same work, whatever the design of --workers.")
     args = ap.parse_args()
     data = gzip.decompress(args.corpus.read_bytes()) if args.corpus.suffix == ".gz" else args.corpus.read_bytes()
     lines = [ln for ln in data.split(b"\n") if ln] * args.repeat
@@ -161,10 +174,11 @@ def main() -> int:
     requests = build_requests(lines, args.senders, args.body_records)
     records = len(lines)
     load_before = os.getloadavg()
-    results: dict[int, list[tuple[float, float, float, float, float]]] = {1: [], 2: []}
+    modes = (1, 2, 0) if args.control else (1, 2)
+    results: dict[int, list[tuple[float, float, float, float, float]]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.runs):
-            for workers in ((1, 2) if r % 2 == 0 else (2, 1)):
+            for workers in (modes if r % 2 == 0 else modes[::-1]):
                 results[workers].append(one_run(workers, args.format, requests, Path(tmp)))
     load_after = os.getloadavg()
     print(f"corpus: {args.corpus} × {args.repeat} ({records:,} records), {args.senders} senders, "
@@ -175,7 +189,7 @@ def main() -> int:
           f"{'senders CPU %':>13} {'cores used':>10} {'waited for a CPU':>16}")
     for workers, ms in results.items():
         rates = [records / m[0] for m in ms]
-        print(f"{workers:>7} {min(rates):>9,.0f}/{statistics.median(rates):,.0f}/{max(rates):,.0f} "
+        print(f"{workers or '1+1':>7} {min(rates):>9,.0f}/{statistics.median(rates):,.0f}/{max(rates):,.0f} "
               f"{statistics.median(records / m[1] for m in ms):>23,.0f} "
               f"{statistics.median(100 * m[2] / m[1] for m in ms):>11.0f} "
               f"{statistics.median(100 * m[3] / m[1] for m in ms):>13.0f} "
@@ -185,6 +199,11 @@ def main() -> int:
     cpu_cost = [two[1] / one[1] for one, two in zip(results[1], results[2], strict=True)]
     print(f"throughput workers=2 / workers=1 (pairwise, min/median/max): {_spread(speedups)}")
     print(f"CPU seconds workers=2 / workers=1 (the price of the split): {_spread(cpu_cost)}")
+    if args.control:
+        pair = [two[1] / one[1] for one, two in zip(results[1], results[0], strict=True)]
+        print(f"CPU seconds of two one-process serves side by side / workers=1 (two busy cores): {_spread(pair)}")
+        print(f"throughput of the two side by side / workers=1: "
+              f"{_spread([one[0] / two[0] for one, two in zip(results[1], results[0], strict=True)])}")
     # what the same CPU cost gives on two otherwise idle cores: one process uses one core (the
     # GIL), the workers two, less what the senders take
     idle = [(2 - two[3] / two[0]) / c for c, two in zip(cpu_cost, results[2], strict=True)]

@@ -19,7 +19,7 @@ import click
 from auditpipe.normalize import FORMATS
 from auditpipe.sinks.auth import AUTH_SCHEMES
 
-__all__ = ["serve", "split_listen"]
+__all__ = ["serve", "split_listen", "workers_can_own"]
 
 
 def split_listen(listen: str) -> tuple[str, int]:
@@ -195,11 +195,20 @@ def _worker_count(cfg: Any) -> int:
     return cfg.serve.workers or len(os.sched_getaffinity(0))
 
 
+def workers_can_own(cfg: Any) -> bool:
+    """Whether each worker may open the outputs and write its own documents: files only (N
+    processes append whole buffers under a lock). A network output's durable queue, the lake's
+    files and stdout have one owner: the front writes what the workers send back."""
+    from auditpipe.config import FileOutput
+
+    return bool(cfg.outputs) and all(isinstance(o, FileOutput) and o.path != "-" for o in cfg.outputs)
+
+
 def _run(cfg: Any, rcfg: Any) -> int:
     from auditpipe.pipeline.outputs import open_outputs
     from auditpipe.sources.http_receiver import Receiver, make_ssl_context
     from auditpipe.sources.http_receiver import serve as run
-    from auditpipe.sources.receiver.workers import WorkerPool
+    from auditpipe.sources.receiver.workers import WorkerOutputs, WorkerPool
 
     s = cfg.serve
     host, port = split_listen(s.listen)
@@ -210,13 +219,19 @@ def _run(cfg: Any, rcfg: Any) -> int:
     ssl_context = make_ssl_context(s.tls_cert, s.tls_key, s.tls_client_ca) if s.tls_cert else None
     make_receiver = _parsing_receiver(cfg, rcfg)
     pool = None
+    own = False
     if _worker_count(cfg) > 1:
-        # forked before the outputs (and their threads) exist; each worker hands its documents
-        # back to this process, which writes them to the outputs
-        pool = WorkerPool(_worker_count(cfg), make_receiver)
+        # forked before the outputs (and their threads) exist; each worker writes its documents
+        # to files it opens itself, or (other outputs) hands them back to this process
+        own = workers_can_own(cfg)
+        if own:
+            open_outputs(cfg, shared=True).close()  # a bad path fails here, once, before the fork
+        pool = WorkerPool(_worker_count(cfg), make_receiver,
+                          (lambda: open_outputs(cfg, shared=True)) if own else None)
         pool.start()
-        click.echo(f"auditpipe serve: {pool.n} worker processes (pids {', '.join(map(str, pool.pids))})", err=True)
-    outputs = open_outputs(cfg)
+        click.echo(f"auditpipe serve: {pool.n} worker processes (pids {', '.join(map(str, pool.pids))}), "
+                   f"{'each writing its own documents' if own else 'documents written here'}", err=True)
+    outputs: Any = WorkerOutputs(pool) if pool is not None and own else open_outputs(cfg)
     receiver = make_receiver(outputs) if pool is None else Receiver(rcfg, None, outputs, pool=pool)
     metrics = None
     try:

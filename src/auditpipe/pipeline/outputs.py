@@ -224,15 +224,16 @@ class Outputs:
             close_sink(o.sink)
 
 
-def open_outputs(cfg: Config) -> Outputs:
-    """Open every ``[[outputs]]`` sink; on failure close those already open and raise."""
+def open_outputs(cfg: Config, shared: bool = False) -> Outputs:
+    """Open every ``[[outputs]]`` sink; on failure close those already open and raise.
+    ``shared``: files that other processes append to as well (``serve --workers N``)."""
     from auditpipe.sinks.factory import open_output
 
     outs: list[Output] = []
     try:
         for i, o in enumerate(cfg.outputs):
             try:
-                outs.append(Output(open_output(o), o))
+                outs.append(Output(open_output(o, shared), o))
             except (OSError, ValueError, TypeError) as e:
                 raise ConfigError(f"cannot open output: {e}", cfg.path,
                                   where=f"[[outputs]] #{i + 1} ({describe_output(o)})") from None

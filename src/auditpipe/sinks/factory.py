@@ -35,8 +35,9 @@ class HttpSink(QueuedOutput):
                          cfg.dead_letter, retry_of(cfg), start=start)
 
 
-def open_output(cfg: OutputConfig) -> Any:
-    """The sink for one typed ``[[outputs]]`` table."""
+def open_output(cfg: OutputConfig, shared: bool = False) -> Any:
+    """The sink for one typed ``[[outputs]]`` table (``shared``: a file that several processes
+    append to, see ``FileSink``)."""
     if isinstance(cfg, StdoutOutput) or (isinstance(cfg, FileOutput) and cfg.path == "-"):
         return StdoutSink()
     if isinstance(cfg, ElasticsearchOutput):
@@ -49,7 +50,7 @@ def open_output(cfg: OutputConfig) -> Any:
         return open_lake_output(cfg)
     if isinstance(cfg, FileOutput):
         return FileSink(cfg.path, max_bytes=cfg.max_bytes, generations=cfg.generations, mode=cfg.file_mode(),
-                        fsync=cfg.fsync, fsync_interval=cfg.fsync_interval)
+                        fsync=cfg.fsync, fsync_interval=cfg.fsync_interval, shared=shared)
     hc = HttpConfig(**{f.name: getattr(cfg, f.name) for f in fields(HttpConfig)})
     sink = HttpSink(hc, os.fspath(cfg.queue_dir), queue_max_bytes=cfg.queue_max_bytes,
                     full_policy=cfg.full_policy, queue_fsync=cfg.queue_fsync)

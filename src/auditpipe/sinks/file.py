@@ -9,11 +9,17 @@ lines, user names and addresses.
 fsync policy: ``"never"`` leaves flushing to the OS (survives a process crash, not a power
 loss), ``"batch"`` fsyncs after every ``write`` call, ``"interval"`` at most every
 ``fsync_interval`` seconds.
+
+``shared=True``: several processes append to the one file (``serve --workers N`` whose workers
+write their own documents). Each ``write`` then holds an exclusive ``flock`` on the file's
+directory, takes the file's size (and the new file, after another process rotated it) under it,
+so that rotation, and the cut back after a failed write, see every process's lines.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import time
 from collections.abc import Iterable
@@ -71,6 +77,7 @@ class FileSink:
         mode: int = 0o600,
         fsync: str = "never",
         fsync_interval: float = 1.0,
+        shared: bool = False,
     ) -> None:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, not {fsync!r}")
@@ -86,6 +93,8 @@ class FileSink:
         self._dirty = False
         self._fd = -1
         self._size = 0
+        self._lock_fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY | os.O_CLOEXEC) \
+            if shared else -1
         self._open()
 
     def _open(self) -> None:
@@ -132,6 +141,31 @@ class FileSink:
             raise ValueError("sink is closed")
         if not isinstance(items, list):
             items = list(items)
+        if self._lock_fd < 0:
+            return self._write_undoable(items)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            self._follow()
+            return self._write_undoable(items)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _follow(self) -> None:
+        """Shared: the file as the other processes left it (rotated: the new one; its size now)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:  # removed behind our back: start it again
+            st = None
+        mine = os.fstat(self._fd)
+        if st is not None and (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+            self._size = st.st_size
+            return
+        self._sync()
+        os.close(self._fd)
+        self._fd = -1
+        self._open()
+
+    def _write_undoable(self, items: list[Any]) -> int:
         start, rotations = self._size, self.rotations
         try:
             return self._write_items(items)
@@ -200,6 +234,9 @@ class FileSink:
                 self._sync()
             os.close(self._fd)
             self._fd = -1
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def __enter__(self) -> FileSink:
         return self

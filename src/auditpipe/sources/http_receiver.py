@@ -265,6 +265,10 @@ class Receiver:
     sender's worker, writes what comes back to ``outputs`` and keeps the request metrics.
     """
 
+    #: log when the outputs stop and start taking writes (a worker that owns its outputs leaves
+    #: that to the front, which answers the 503s)
+    log_outputs = True
+
     def __init__(self, cfg: ReceiverConfig, pipeline_factory: Callable[[Callable], Any] | None, outputs: Any,
                  registry: CollectorRegistry | None = None,
                  normalizer_for_host: Callable[[str], Any] | None = None, pool: WorkerPool | None = None) -> None:
@@ -363,7 +367,7 @@ class Receiver:
             try:
                 if self.pool is None:
                     await loop.run_in_executor(self._worker, self.tick, time.monotonic())
-                elif await loop.run_in_executor(self._worker, self._drain_pending, False):
+                elif await self._drain_from_loop(False):
                     await self.pool.tick(time.monotonic())
             except Exception:
                 log.exception("receiver tick failed")
@@ -415,19 +419,49 @@ class Receiver:
 
     async def _remote(self, pool: WorkerPool, wire: bytearray, encoding: str, content_type: str,
                       ident: _Ident) -> dict:
-        """``_process`` in the sender's worker; its documents are written (by the pool's reader)
-        before the answer comes back. Raises BodyError, _Unavailable or WorkerLost."""
-        if self.outputs.held and not await asyncio.get_running_loop().run_in_executor(self._worker,
-                                                                                        self._drain_pending):
+        """``_process`` in the sender's worker; its documents are written (by the worker itself,
+        or by the pool's delivery here) before the answer comes back. Raises BodyError,
+        _Unavailable or WorkerLost."""
+        if self.outputs.held and not await self._drain_from_loop():
             raise _Unavailable
         status, value, inflated = await pool.call(pool.index(ident.key), ("body", wire, encoding, content_type, ident))
         self.inflated_bytes += inflated
         self.m_inflated.inc(inflated)
+        if self.outputs.held:  # outputs the workers own: one of them could not write
+            self._went_down(self.outputs.held_cause() or "output refused the write")
         if status == "err":
             raise BodyError(*value)
+        if status == "unavailable":
+            raise _Unavailable
         self._count(value["records"], value["events"], value["rejected"])
         value["pending"] = self.outputs.pending_documents()
         return value
+
+    async def _drain_from_loop(self, force: bool = True) -> bool:
+        """``_drain_pending`` from the event loop: on the receiver's thread, or, for outputs the
+        workers own (``WorkerOutputs``), by asking the workers that hold documents."""
+        drain = getattr(self.outputs, "drain", None)
+        if drain is None:
+            return await asyncio.get_running_loop().run_in_executor(self._worker, self._drain_pending, force)
+        if not self.outputs.held:  # perhaps written by the workers' own retries meanwhile
+            return self._drained(True, 0)
+        n = self.outputs.pending_documents()
+        return self._drained(await drain(force), n)
+
+    def output_state(self) -> dict[str, Any]:
+        """A worker that owns its outputs tells the front their state with every answer."""
+        o = self.outputs
+        status = getattr(o, "status", None)
+        return {"pending": o.pending_documents(), "cause": self.unavailable, "documents": int(self.m_docs._value.get()),
+                "write_failures": getattr(o, "write_failures", 0), "held_seconds": getattr(o, "held_seconds", 0.0),
+                "status": [{k: v for k, v in st.items() if k in ("type", "target", "documents", "pending", "stats")}
+                           for st in (status() if callable(status) else [])]}
+
+    def _sync_documents(self) -> None:
+        """Outputs the workers own: the documents counter is the sum of theirs."""
+        total = getattr(self.outputs, "documents", None)
+        if isinstance(total, int) and total > self.m_docs._value.get():
+            self.m_docs.inc(total - self.m_docs._value.get())
 
     def _gauge(self, name: str) -> int:
         return self.pool.total(name) if self.pool is not None else self._gauges()[name]
@@ -571,15 +605,20 @@ class Receiver:
         if not self.outputs.held:
             return True
         n = self.outputs.pending_documents()
-        if not self.outputs.retry(force=force):
+        return self._drained(self.outputs.retry(force=force), n)
+
+    def _drained(self, ok: bool, n: int) -> bool:
+        """After an attempt to write the ``n`` pending documents: log and keep the transition."""
+        if not ok:
             self._went_down(self.outputs.held_cause() or "output refused the write")
             return False
-        log.warning("output writable again: %d pending documents written", n)
+        if self.unavailable is not None and self.log_outputs:
+            log.warning("output writable again: %d pending documents written", n)
         self.unavailable = None
         return True
 
     def _went_down(self, cause: str) -> None:
-        if self.unavailable is None:
+        if self.unavailable is None and self.log_outputs:
             log.error("output unavailable (%s): POSTs are answered 503 until it can be written", cause)
         self.unavailable = cause
 
@@ -649,6 +688,7 @@ class Receiver:
             totals = self.pipeline_counters()
         else:
             self._refresh()
+            self._sync_documents()
             totals = {}
             for w in self.pool.workers:
                 for k, v in w.snapshot.get("counters", {}).items():
@@ -693,6 +733,7 @@ class Receiver:
     async def metrics(self, request: web.Request) -> web.Response:
         if self.pool is not None:
             await self.pool.refresh()
+            self._sync_documents()
         for what, n in self.limits.counts.items():
             c = self.m_conn.labels(what=what)
             c.inc(n - c._value.get())
@@ -716,7 +757,7 @@ class Receiver:
         if self.fatal:
             return self._fail(503, self.fatal, headers={"Retry-After": str(self.cfg.retry_after)})
         loop = asyncio.get_running_loop()
-        if self.outputs.held and not await loop.run_in_executor(self._worker, self._drain_pending):
+        if self.outputs.held and not await self._drain_from_loop():
             return self._unavailable()
         if request.content_length is not None and request.content_length > cfg.max_body:
             return self._refuse(ident, 413, f"body larger than {cfg.max_body} bytes")

@@ -4,17 +4,24 @@ The HTTP front (aiohttp, auth, limits, body reading) stays in the main process a
 body to the worker its sender hashes to (``crc32`` of the sender key: stable across processes and
 restarts with the same N), so all records of one sender are reassembled in one place. Each worker
 is a :class:`~auditpipe.sources.http_receiver.Receiver` of its own (inflate, decode, parse,
-reorder, reassemble, stages, normalize) whose outputs only *collect* the documents as encoded
-lines; the front writes them to the real outputs before it answers 200, so the delivery
-guarantee is the one of ``--workers 1``: a body is acknowledged once its documents are accepted.
+reorder, reassemble, stages, normalize). Where every output is a file, each worker opens the
+outputs itself after the fork (``open_outputs``: files that N processes append to, under a lock)
+and writes its documents there; only its answer and the state of its outputs come back
+(:class:`WorkerOutputs` is the front's view of them). Other outputs (network queues, the lake,
+stdout) cannot be shared by N processes: the worker's outputs only *collect* the documents as
+encoded lines, and the front writes them to the real outputs before it answers 200. Either way
+the delivery guarantee is the one of ``--workers 1``: a body is acknowledged once its documents
+are accepted by the outputs (or pending there while they are unavailable; later POSTs get 503).
 
 Protocol: one ``socketpair`` per worker, frames of an 8-byte length and a pickle. The front sends
 requests, the worker answers each in order (so the front may have several in flight and matches
 answers first in, first out). Requests: ``body``, ``tick``, ``refused``, ``stats``, ``flush``,
-``load``. A worker ignores SIGINT/SIGTERM (the front drains it at shutdown) and exits when its
-socket closes; a worker that dies is seen as the end of its socket: what it had in flight is
-answered 503 (not acknowledged: the sender sends it again), the front stops acknowledging and
-``serve`` exits non-zero (its supervisor restarts it); the held records of that worker's senders
+``load``, ``drain`` (outputs it owns: write what is pending). An answer is the reply, the
+collected documents and raw records, and (outputs it owns) their state. A worker ignores
+SIGINT/SIGTERM (the front drains it at shutdown) and exits when its socket closes; a worker
+that dies is seen as the end of its socket: what it had in flight is answered 503 (not
+acknowledged: the sender sends it again), the front stops acknowledging and ``serve`` exits
+non-zero (its supervisor restarts it); the held records of that worker's senders
 are lost, as with a SIGKILL of a one-process ``serve``.
 """
 
@@ -34,7 +41,7 @@ from typing import Any
 
 from auditpipe.sinks.encode import dumps_line
 
-__all__ = ["Collector", "WorkerLost", "WorkerPool", "worker_index"]
+__all__ = ["Collector", "WorkerLost", "WorkerOutputs", "WorkerPool", "worker_index"]
 
 log = logging.getLogger("auditpipe.serve")
 _LEN = struct.Struct("!Q")
@@ -106,14 +113,25 @@ def _frame(obj: Any) -> bytes:
     return _LEN.pack(len(data)) + data
 
 
-def _worker_main(sock: socket.socket, inherited: list[socket.socket], make_receiver: Callable[[Collector], Any]
-                 ) -> None:
+def _worker_main(sock: socket.socket, inherited: list[socket.socket], make_receiver: Callable[[Any], Any],
+                 open_outputs: Callable[[], Any] | None) -> None:
     for s in inherited:  # the front's ends (ours too): their EOF must not wait for this process
         s.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    collector = Collector()
-    rx = make_receiver(collector)
+    outputs: Any = Collector() if open_outputs is None else open_outputs()
+    rx = make_receiver(outputs)
+    rx.log_outputs = open_outputs is None
+    try:
+        _serve_front(sock, rx, outputs)
+    finally:
+        if open_outputs is not None:
+            outputs.close()
+
+
+def _serve_front(sock: socket.socket, rx: Any, outputs: Any) -> None:
+    """Answer the front's requests until it closes the socket."""
+    collector = outputs if isinstance(outputs, Collector) else None
     while True:
         msg = _recv(sock)
         if msg is None:
@@ -123,11 +141,14 @@ def _worker_main(sock: socket.socket, inherited: list[socket.socket], make_recei
         except Exception as e:  # noqa: BLE001 -- a bug answers this request 500, the worker goes on
             log.exception("worker: %s request failed", msg[0])
             reply = ("crash", f"{type(e).__name__}: {e}")
-        docs, raw = collector.take()
-        sock.sendall(_frame((reply, docs, raw)))
+        if collector is not None:
+            sock.sendall(_frame((reply, *collector.take(), None)))
+        else:
+            sock.sendall(_frame((reply, [], [], rx.output_state())))
 
 
-def _handle(rx: Any, collector: Collector, msg: tuple) -> tuple:
+def _handle(rx: Any, collector: Collector | None, msg: tuple) -> tuple:
+    from auditpipe.sources.http_receiver import _Unavailable
     from auditpipe.sources.receiver.body import BodyError
 
     kind = msg[0]
@@ -137,6 +158,8 @@ def _handle(rx: Any, collector: Collector, msg: tuple) -> tuple:
             return "ok", rx._process(*msg[1:]), rx.inflated_bytes - before
         except BodyError as e:
             return "err", (e.status, e.reason), rx.inflated_bytes - before
+        except _Unavailable:  # the outputs it owns hold documents they could not write
+            return "unavailable", rx.unavailable, rx.inflated_bytes - before
     if kind == "tick":
         rx.tick(msg[1])
         return "ok", rx.snapshot()
@@ -146,11 +169,17 @@ def _handle(rx: Any, collector: Collector, msg: tuple) -> tuple:
     if kind == "stats":
         return "ok", rx.snapshot()
     if kind == "flush":
-        return "ok", rx.flush_senders(keep_state=msg[1])
+        state = rx.flush_senders(keep_state=msg[1])
+        if collector is None:
+            rx._finish_outputs()
+        return "ok", state
     if kind == "load":
         return "ok", rx.load_senders(msg[1])
+    if kind == "drain":
+        return "ok", rx._drain_pending(force=msg[1])
     if kind == "init":
-        collector.wants_raw = msg[1]
+        if collector is not None:
+            collector.wants_raw = msg[1]
         return ("ok",)
     raise ValueError(f"unknown request {kind!r}")
 
@@ -158,7 +187,8 @@ def _handle(rx: Any, collector: Collector, msg: tuple) -> tuple:
 # ---- the front ---------------------------------------------------------------------------------
 
 class _Worker:
-    __slots__ = ("answered", "dead", "index", "inflight", "proc", "reader", "snapshot", "sock", "tasks", "writer")
+    __slots__ = ("answered", "dead", "index", "inflight", "outputs", "proc", "reader", "snapshot", "sock", "tasks",
+                 "writer")
 
     def __init__(self, index: int, proc: Any, sock: socket.socket) -> None:
         self.index, self.proc, self.sock = index, proc, sock
@@ -168,6 +198,7 @@ class _Worker:
         self.answered: asyncio.Queue[tuple[asyncio.Future, tuple, list, list[str]]] = asyncio.Queue()
         self.tasks: list[asyncio.Task] = []
         self.snapshot: dict[str, Any] = {}
+        self.outputs: dict[str, Any] = {}  # the state of the outputs it owns, as of its last answer
         self.dead: str | None = None
 
 
@@ -177,11 +208,15 @@ class WorkerPool:
 
     ``deliver(docs, raw)`` (run on the receiver's output thread, in the order the answers come)
     writes a worker's documents to the outputs before the request that made them is answered.
-    ``on_lost(message)`` is called once when a worker dies."""
+    ``on_lost(message)`` is called once when a worker dies. With ``open_outputs`` each worker
+    opens the outputs itself (after the fork) and writes its documents there: nothing to deliver.
+    """
 
-    def __init__(self, n: int, make_receiver: Callable[[Collector], Any]) -> None:
+    def __init__(self, n: int, make_receiver: Callable[[Any], Any],
+                 open_outputs: Callable[[], Any] | None = None) -> None:
         self.n = n
         self.make_receiver = make_receiver
+        self.open_outputs = open_outputs
         self.workers: list[_Worker] = []
         self.deliver: Callable[[list, list[str]], Awaitable[None]] | None = None
         self.on_lost: Callable[[str], None] | None = None
@@ -192,7 +227,8 @@ class WorkerPool:
         fronts: list[socket.socket] = []
         for i in range(self.n):
             front, back = socket.socketpair()
-            proc = ctx.Process(target=_worker_main, args=(back, [*fronts, front], self.make_receiver),
+            proc = ctx.Process(target=_worker_main,
+                               args=(back, [*fronts, front], self.make_receiver, self.open_outputs),
                                name=f"auditpipe-serve-worker-{i}", daemon=True)
             proc.start()
             back.close()
@@ -266,7 +302,9 @@ class WorkerPool:
         try:
             while True:
                 head = await w.reader.readexactly(_LEN.size)
-                reply, docs, raw = pickle.loads(await w.reader.readexactly(_LEN.unpack(head)[0]))
+                reply, docs, raw, outputs = pickle.loads(await w.reader.readexactly(_LEN.unpack(head)[0]))
+                if outputs is not None:
+                    w.outputs = outputs
                 w.answered.put_nowait((w.inflight.popleft(), reply, docs, raw))
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             self._lost(w)
@@ -319,3 +357,71 @@ class WorkerPool:
                 log.error("serve worker %d (pid %s) did not exit; killing it", w.index, w.proc.pid)
                 w.proc.kill()
                 await loop.run_in_executor(None, w.proc.join, 5)
+
+
+class WorkerOutputs:
+    """The front's view of outputs the workers own (``WorkerPool(open_outputs=…)``), in the
+    shape of ``pipeline.outputs.Outputs`` that the receiver reads: from the state each worker
+    sends with every answer. :meth:`drain` asks the workers holding documents to write them."""
+
+    wants_raw = False
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+
+    def _states(self) -> list[dict[str, Any]]:
+        return [w.outputs for w in self.pool.workers if w.dead is None]
+
+    @property
+    def held(self) -> bool:
+        return any(st.get("pending") for st in self._states())
+
+    def write(self, docs: list, raw: list[str] | None = None, date: float | None = None) -> bool:
+        assert not docs and not raw, "the workers write their own documents"
+        return not self.held
+
+    def retry(self, force: bool = False) -> bool:
+        """What the workers last said (only :meth:`drain` asks them)."""
+        return not self.held
+
+    async def drain(self, force: bool = True) -> bool:
+        """Each worker holding documents writes them now (``force``: whatever its backoff)."""
+        held = [w for w in self.pool.workers if w.dead is None and w.outputs.get("pending")]
+        await asyncio.gather(*(self.pool.call(w.index, ("drain", force)) for w in held), return_exceptions=True)
+        return not self.held
+
+    def held_cause(self) -> str | None:
+        causes = {st["cause"] for st in self._states() if st.get("pending") and st.get("cause")}
+        return "; ".join(sorted(causes)) or None
+
+    def pending_documents(self) -> int:
+        return sum(int(st.get("pending", 0)) for st in self._states())
+
+    @property
+    def documents(self) -> int:
+        """Documents the workers handed to their outputs, in all."""
+        return sum(int(w.outputs.get("documents", 0)) for w in self.pool.workers)
+
+    @property
+    def write_failures(self) -> int:
+        return sum(int(w.outputs.get("write_failures", 0)) for w in self.pool.workers)
+
+    @property
+    def held_seconds(self) -> float:
+        return sum(float(w.outputs.get("held_seconds", 0.0)) for w in self.pool.workers)
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per output: the first worker's description, pending summed over the workers."""
+        merged: list[dict[str, Any]] = []
+        for st in self._states():
+            for i, o in enumerate(st.get("status", [])):
+                if i == len(merged):
+                    merged.append({**o, "pending": 0})
+                merged[i]["pending"] += o["pending"]
+        return merged
+
+    def flush(self) -> None:
+        """Nothing here: each worker makes its outputs durable when it is flushed."""
+
+    def close(self) -> None:
+        """Nothing here: each worker closes its outputs when it exits."""
