@@ -25,6 +25,7 @@ every piece's serials into one tracker, so the totals match too.
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import multiprocessing
 import os
@@ -549,6 +550,7 @@ class ParallelParse:
         for stream in (self.out, sys.stdout, sys.stderr):  # a child must not inherit bytes buffered here
             stream.flush()
         self.tmpdir = _temp_dir()
+        gc.freeze()  # what exists now is the workers' too: no collection of theirs walks (and copies) it
         ctx = multiprocessing.get_context("fork")
         for _ in range(self.jobs):
             parent, child = ctx.Pipe()
