@@ -317,10 +317,10 @@ class _Run:
         a fresh start differs from the serial run."""
         ended, newest = seed
         reassembler = self.reassembler
-        merged = dict(ended)
+        merged = OrderedDict(ended)
         merged.update(reassembler._ended)
         excess = len(merged) - reassembler._recent_ids
-        reassembler._ended = dict(itertools.islice(merged.items(), excess, None)) if excess > 0 else merged
+        reassembler._ended = OrderedDict(itertools.islice(merged.items(), excess, None)) if excess > 0 else merged
         reassembler._newest = max(reassembler._newest, newest)
 
 
