@@ -93,7 +93,7 @@ class Reply:
     counts: dict[str, int] = field(default_factory=dict)
     settled: bool = True
     ended: dict[Key, bool] = field(default_factory=dict)  # key → whether a later record is late, oldest first
-    keys: set[Key] = field(default_factory=set)
+    keys: set[Key] = field(default_factory=set)  # of its events; sent without those in ``ended``
     oldest: float = float("inf")
     newest: float = float("-inf")
     cpu: float = 0.0  # the worker's CPU seconds so far
@@ -304,6 +304,7 @@ class _Run:
                 times = [e.ts for e in self._open_events()]
                 reply.oldest, reply.newest = min([self.oldest, *times]), max([self.newest, *times])
             reply.ended = dict(self.reassembler.recently_ended())
+            reply.keys = reply.keys.difference(reply.ended)  # mostly the same keys: pickled once
         self.piece = 0
         return reply
 
@@ -609,6 +610,7 @@ class ParallelParse:
             if reply.error:
                 raise RuntimeError(f"parse worker {w}: {reply.error}")
             self.queued[w].remove(reply.task)
+            reply.keys.update(reply.ended)
             self.worker_cpu[w] = reply.cpu
             reply.worker = w
             if reply.task in self.dropped:
