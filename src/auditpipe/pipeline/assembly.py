@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -70,6 +69,8 @@ STAGE_BUILDERS: tuple[tuple[StageBuilder, tuple[Role, ...]], ...] = (
 def unique_row_ids() -> Callable[[], str]:
     """p_row_id values: a random per-process prefix and a counter (unique without a uuid per row).
     A process forked after it was made (``serve --workers``) draws a prefix of its own."""
+    import secrets  # here: it imports hmac and hashlib, which no other format needs at start-up
+
     prefix = secrets.token_hex(8)
     counter = itertools.count(1)
 

@@ -25,6 +25,8 @@ every piece's serials into one tracker, so the totals match too.
 from __future__ import annotations
 
 import contextlib
+import gc
+import itertools
 import multiprocessing
 import os
 import resource
@@ -87,10 +89,11 @@ class Reply:
     rejects: list[tuple[int, int, str, str]] = field(default_factory=list)  # piece, line in it, line, why
     serials: list[tuple[Any, int]] = field(default_factory=list)
     final: bool = True  # the run finished (else it stays open in the worker)
+    kept: bool = False  # ended unsettled and not flushed: the worker keeps the run to go on with it
     counts: dict[str, int] = field(default_factory=dict)
     settled: bool = True
     ended: dict[Key, bool] = field(default_factory=dict)  # key → whether a later record is late, oldest first
-    keys: set[Key] = field(default_factory=set)
+    keys: set[Key] = field(default_factory=set)  # of its events; sent without those in ``ended``
     oldest: float = float("inf")
     newest: float = float("-inf")
     cpu: float = 0.0  # the worker's CPU seconds so far
@@ -286,35 +289,64 @@ class _Run:
                 if self.piece not in self.reply.long_lines:
                     self.reply.long_lines.append(self.piece)
 
-    def step(self, task: int, out: str, final: bool) -> Reply:
+    def step(self, task: int, out: str, final: bool, kept: bool = False) -> Reply:
         """What the pieces fed since the last step gave; once ``final`` (before the flush that
-        ends the run), what the parent checks the next piece against."""
+        ends the run), what the parent checks the next piece against. A ``kept`` run counts its
+        open events among its keys and times: it goes on with them as a fresh start began them."""
         reply, self.reply = self.reply, Reply(0)
-        reply.task, reply.out, reply.final = task, out, final
+        reply.task, reply.out, reply.final, reply.kept = task, out, final, kept
         reply.serials, self.serials.seen = self.serials.seen, []
         if final:
             reply.settled = self.reassembler.settled()
             reply.keys, reply.oldest, reply.newest = self.keys, self.oldest, self.newest
+            if kept:
+                reply.keys = self.keys | {(e.node, e.time, e.serial) for e in self._open_events()}
+                times = [e.ts for e in self._open_events()]
+                reply.oldest, reply.newest = min([self.oldest, *times]), max([self.newest, *times])
             reply.ended = dict(self.reassembler.recently_ended())
+            reply.keys = reply.keys.difference(reply.ended)  # mostly the same keys: pickled once
         self.piece = 0
         return reply
+
+    def _open_events(self) -> list[Event]:
+        return [pending.event for pending in self.reassembler._queue]
+
+    def resume(self, seed: Seed) -> None:
+        """Go on from a kept run's end as the serial run is there: the keys ended before the run
+        began come first (oldest first, as many as the reassembler keeps), the newest time is the
+        later of the two. The parent accepted the run after ``seed``'s point, so nothing else of
+        a fresh start differs from the serial run."""
+        ended, newest = seed
+        reassembler = self.reassembler
+        merged = OrderedDict(ended)
+        merged.update(reassembler._ended)
+        excess = len(merged) - reassembler._recent_ids
+        reassembler._ended = OrderedDict(itertools.islice(merged.items(), excess, None)) if excess > 0 else merged
+        reassembler._newest = max(reassembler._newest, newest)
 
 
 class _Worker:
     """The loop of one worker process: tasks in from the parent, replies out.
 
-    A task is ``(kind, id, pieces, settle_after, keep_open, seed)``: ``run`` starts a fresh run
-    over ``pieces`` (from ``seed``, the serial run's state there, if given; with ``settle_after``,
-    it stops at the first cut after that many pieces where its reassembler is settled; with
-    ``keep_open``, a run that did not stop stays open); ``more`` feeds the open run, ``end``
-    finishes it."""
+    A task is ``(kind, id, pieces, settle_after, keep_open, seed, kept)``: ``run`` starts a
+    fresh run over ``pieces`` (from ``seed``, the serial run's state there, if given; with
+    ``settle_after``, it stops at the first cut after that many pieces where its reassembler is
+    settled; with ``keep_open``, a run that did not stop stays open); ``resume`` does the same
+    going on from the end of the kept run of task ``kept`` (from ``seed``); ``more`` feeds the
+    open run, ``end`` finishes it.
+
+    A piece's own run that ends unsettled is *kept* unflushed (its open events would only be cut
+    short), the ``keep`` latest of them: the parent, once it has written the pieces before it,
+    has the run go on into the next pieces instead of running it all again."""
 
     def __init__(self, normalize: Normalizer, timeout: float, max_in_flight: int, max_line: int,
-                 tmpdir: str) -> None:
+                 tmpdir: str, keep: int) -> None:
         self.params = (normalize, timeout, max_in_flight, max_line)
         self.tmpdir = tmpdir
         self.files: dict[str, int] = {}
         self.open_run: _Run | None = None
+        self.kept: dict[int, _Run] = {}
+        self.keep = keep
         self.parser = Parser()
 
     def serve(self, conn: Connection, inherited: list[Connection]) -> None:
@@ -338,26 +370,48 @@ class _Worker:
                 os.close(fd)
 
     def do(self, kind: str, task: int, pieces: list[Piece], settle_after: int | None, keep_open: bool,
-           seed: Seed | None) -> Reply:
+           seed: Seed | None, kept: int | None = None) -> Reply:
         out_path = os.path.join(self.tmpdir, str(task))
         with open(out_path, "wb") as out:
-            if kind == "run":
-                run = _Run(*self.params, seed, self.parser)
+            keep = False
+            if kind in ("run", "resume"):
+                run = self._start_run(kind, seed, kept)
                 final = self._stops(run, pieces, settle_after, out) or not keep_open
+                own = kind == "run" and seed is None and settle_after is None and not keep_open
+                keep = own and not run.reassembler.settled()
             else:
                 assert self.open_run is not None, "no open run to continue"
                 run = self.open_run
                 for piece in pieces:
                     run.feed(piece, out, self.files)
                 final = kind == "end"
-            if kind != "run" or not final:  # a run of its own leaves the open one be
+            if kind in ("more", "end") or not final:  # a run of its own leaves the open one be
                 self.open_run = None if final else run
-            reply = run.step(task, out_path, final)
-            if final:
+            reply = run.step(task, out_path, final, keep)
+            if keep:
+                self._keep(task, run)
+            elif final:
                 out.writelines(map(dumps_line, run.pipeline.flush()))
                 reply.counts = run.pipeline.stats()
             reply.size = out.tell()
         return reply
+
+    def _start_run(self, kind: str, seed: Seed | None, kept: int | None) -> _Run:
+        if kind == "run":
+            return _Run(*self.params, seed, self.parser)
+        assert kept is not None and seed is not None
+        run = self.kept.pop(kept, None)
+        if run is None:
+            raise RuntimeError(f"no kept run of task {kept} to go on with")
+        run.resume(seed)
+        return run
+
+    def _keep(self, task: int, run: _Run) -> None:
+        """The ``keep`` latest kept runs: the parent resumes only one just before the pieces it
+        has sent, and older ones were of pieces it has written or dropped."""
+        self.kept[task] = run
+        while len(self.kept) > self.keep:
+            del self.kept[min(self.kept)]
 
     def _stops(self, run: _Run, pieces: list[Piece], settle_after: int | None, out: IO[bytes]) -> bool:
         """Feed ``pieces``; whether the run stopped early, settled."""
@@ -472,6 +526,7 @@ class ParallelParse:
         self.cursor = 0  # the first piece neither written nor held
         self.held: Reply | None = None  # accepted, written once the next one follows it
         self.group: int | None = None  # the re-run awaited
+        self.group_first = 0  # the first piece of that re-run
         self.steps: deque[int] = deque()  # the open run's steps awaited, in order
         self.end_sent = False
         self.dropped: set[int] = set()
@@ -496,10 +551,11 @@ class ParallelParse:
         for stream in (self.out, sys.stdout, sys.stderr):  # a child must not inherit bytes buffered here
             stream.flush()
         self.tmpdir = _temp_dir()
+        gc.freeze()  # what exists now is the workers' too: no collection of theirs walks (and copies) it
         ctx = multiprocessing.get_context("fork")
         for _ in range(self.jobs):
             parent, child = ctx.Pipe()
-            worker = _Worker(self.normalize, *self.params, self.tmpdir)
+            worker = _Worker(self.normalize, *self.params, self.tmpdir, self.ahead + self.depth + 2)
             proc = ctx.Process(target=worker.serve, args=(child, list(self.conns)), daemon=True)
             proc.start()
             child.close()
@@ -554,6 +610,7 @@ class ParallelParse:
             if reply.error:
                 raise RuntimeError(f"parse worker {w}: {reply.error}")
             self.queued[w].remove(reply.task)
+            reply.keys.update(reply.ended)
             self.worker_cpu[w] = reply.cpu
             reply.worker = w
             if reply.task in self.dropped:
@@ -571,6 +628,9 @@ class ParallelParse:
     def _take_next(self) -> bool:
         i = self.cursor
         if not self._piece(i):
+            if self.held is not None and self.held.kept:  # its open events out, as one run ends
+                self._regroup(self.held)
+                return True
             if self.held is not None:
                 self._emit(self.held)
                 self.held = None
@@ -596,24 +656,44 @@ class ParallelParse:
         group longer than ``max_group`` is not re-run again: that run stays open and takes the
         rest alone."""
         self.regroups += 1
+        if held.kept:
+            return self._resume(held)
         need = held.pieces + 1
         self._piece(held.first + max(need, self.max_group) - 1)
         group = [self.known[i] for i in range(held.first, min(held.first + max(need, self.max_group), self.count))]
         at_end = self.exhausted and held.first + len(group) >= self.count
-        self.group = self._new_id()
+        self.group, self.group_first = self._new_id(), held.first
         self._send(("run", self.group, group, need if need <= self.max_group else None, not at_end,
                     self.accepted.seed()))
 
+    def _resume(self, held: Reply) -> None:
+        """``held`` ended unsettled and its worker kept the run: write what it has, and have the
+        run go on into the next pieces from the serial run's state before it, until settled
+        (``max_group`` pieces at most; none at the end of the input, where it only ends)."""
+        seed = self.accepted.seed()
+        held.final = False  # its keys and totals come with the run's end
+        self._emit(held)
+        self.held = None
+        first = self.cursor
+        self._piece(first + self.max_group - 1)
+        group = [self.known[i] for i in range(first, min(first + self.max_group, self.count))]
+        at_end = self.exhausted and first + len(group) >= self.count
+        self.group, self.group_first = self._new_id(), first
+        self._send(("resume", self.group, group, 1 if group else None, not at_end, seed, held.task),
+                   worker=held.worker)
+
     def _take_group(self) -> bool:
-        assert self.group is not None and self.held is not None
+        assert self.group is not None
         reply = self.replies.pop(self.group, None)
         if reply is None:
             return False
-        reply.first = self.held.first
-        _unlink(self.held.out)
+        reply.first = drop_from = self.group_first
+        if self.held is not None:  # run again from its start: its own output goes (a resumed one was written)
+            _unlink(self.held.out)
+            drop_from += 1
         self.group = self.held = None
         self.cursor = reply.first + reply.pieces
-        self._drop(range(reply.first + 1, min(self.cursor, self.dispatched)))
+        self._drop(range(drop_from, min(self.cursor, self.dispatched)))
         self.dispatched = max(self.dispatched, self.cursor)
         if reply.final:
             self.held = reply

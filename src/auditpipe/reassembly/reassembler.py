@@ -15,7 +15,7 @@ event (complete yet, when it opened, its last record, late) is in its own `_Pend
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 
 from auditpipe import tables
 from auditpipe.parsing.record import Record
@@ -128,7 +128,9 @@ class Reassembler:
         self.wall_timeout = wall_timeout
         self._queue: deque[_Pending] = deque()
         self._open: dict = {}
-        self._ended: dict = {}  # recently ended keys → whether a later record is late
+        # recently ended keys → whether a later record is late; ordered, so that the oldest leaves in
+        # O(1) (a dict's first key is found by walking past every deleted one: 4 % of a parse, measured)
+        self._ended: OrderedDict = OrderedDict()
         self._held: _Pending | None = None  # the event the last record (a PROCTITLE) ended, open for its EOE
         self._recent_ids = recent_ids
         self._newest = 0.0
@@ -237,7 +239,7 @@ class Reassembler:
         ended = self._ended
         ended[key] = not is_standalone(ev.records[-1].type_num)
         if len(ended) > self._recent_ids:
-            del ended[next(iter(ended))]
+            ended.popitem(last=False)
 
     def _drain(self, now, release_held: bool = False) -> list:
         out: list[Event] = []
