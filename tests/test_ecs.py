@@ -371,6 +371,31 @@ def test_table_covers_elastic_and_every_record_type():
         assert name in RECORD_NORMS, name
 
 
+_NORM_ATTRS = ("name", "action", "what", "path_index", "actor_primary", "actor_secondary", "object_primary",
+               "object_secondary", "how", "category", "type", "sockaddr", "exit_code", "source_ip", "has_fields",
+               "users")
+
+
+def test_generated_table_is_current():
+    """ecs_table_data (what start-up loads) is what scripts/gen_ecs_table.py makes of the TOML."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from auditpipe.normalize.ecs_table import DATA
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gen_ecs_table.py"
+    assert subprocess.run([sys.executable, str(script), "--check"]).returncode == 0
+
+    def facts(n):
+        return [getattr(n, a) for a in _NORM_ATTRS]
+
+    syscalls, records = load_table(DATA)
+    assert {k: facts(n) for k, n in syscalls.items()} == {k: facts(n) for k, n in SYSCALL_NORMS.items()}
+    assert {k: [facts(n) for n in v] for k, v in records.items()} == {
+        k: [facts(n) for n in v] for k, v in RECORD_NORMS.items()}
+
+
 def test_table_rejects_bad_ecs_values(tmp_path):
     from auditpipe.normalize.ecs_table import DATA
 
