@@ -435,6 +435,18 @@ def test_fast_paths_agree_with_general_ones():
     assert checked > 1500
 
 
+def test_syscall_fast_path_needs_the_kernels_keys():
+    """25 or 26 fields that are not the kernel's SYSCALL keys take the general path, same result."""
+    from auditpipe.normalize import ecs_walk
+
+    std = dict(events_of_lines([syscall_line()])[0][0].records[0].fields)
+    assert len(std) == 25 and ecs_walk.walk_main(std, 1300) == ecs_walk._walk_any(std, 1300)
+    for odd in ({**{k: v for k, v in std.items() if k != "tty"}, "tyt": "pts0"},
+                {**{k: v for k, v in std.items() if k != "tty"}, "subj": "u:r:t:s0"},
+                {**std, "obj": "u:r:t:s0"}):
+        assert ecs_walk.walk_main(odd, 1300) == ecs_walk._walk_any(odd, 1300)
+
+
 # ---------------------------------------------------------------------------- hand-made events
 
 SYSCALL_HEAD = ("type=SYSCALL msg=audit(1700000000.123:{seq}): arch=c000003e syscall={nr} success={ok} exit={exit} "

@@ -45,10 +45,6 @@ _UNSET_IDS = ("auid", "old-auid")
 _LEAD_KEPT = frozenset(("auid", "ses", "res"))  # as auparse: only these (and ses) spell 4294967295 "unset"
 _CONTEXT_PARTS = ("user", "role", "domain", "level", "category")
 
-_SYSCALL_KEYS: tuple[str, ...] = ("arch", "syscall", "success", "exit", "a0", "a1", "a2", "a3", "items", "ppid", "pid",
-                 "auid", "uid", "gid", "euid", "suid", "fsuid", "egid", "sgid", "fsgid", "tty", "ses",
-                 "comm", "exe", "key")
-
 
 def split_context(ctx: str) -> dict:
     """SELinux `user:role:domain:level[:category]` → {user, role, domain, level, category}."""
@@ -75,24 +71,17 @@ Walked = tuple[dict[str, Any], dict[str, Any], dict[str, Any], str, str, "list[s
 
 def walk_main(fields: dict, type_num: int) -> Walked:
     """→ (data, ids, proc, session, result, tags, selinux) of the record that says who acted."""
-    if _standard_syscall(fields):
-        return _walk_syscall(fields)
+    n = len(fields)
+    if (n == 25 or (n == 26 and "subj" in fields)) and all_kept(fields.values()):
+        try:  # reads all 25 of the kernel's keys: with this many fields, those are the only ones
+            return _walk_syscall(fields)
+        except KeyError:  # as many fields, other keys
+            pass
     return _walk_any(fields, type_num)
 
 
-def _standard_syscall(f: dict) -> bool:
-    """The kernel's SYSCALL keys (`subj` besides under an LSM), none dropped. Counting and reading
-    the keys is cheaper than comparing the key set with a frozenset."""
-    n = len(f)
-    if n != 25 and (n != 26 or "subj" not in f):
-        return False
-    for k in _SYSCALL_KEYS:
-        if k not in f:
-            return False
-    return all_kept(f.values())
-
-
 def _walk_syscall(f: dict) -> Walked:
+    """The kernel's SYSCALL record: reads every one of its 25 keys (KeyError if one is missing)."""
     auid = f["auid"]
     if auid == "4294967295" or auid == "-1":
         auid = "unset"
