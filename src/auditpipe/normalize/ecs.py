@@ -430,12 +430,12 @@ def _event_id(event, meta) -> str:
 def _process(proc: dict) -> dict:
     """process.* from the process fields gathered from the records (direct reads: per event)."""
     out: dict[str, Any] = {}
-    v = proc.get("pid")
-    if v is not None and v.isdecimal():
-        out["pid"] = int(v)
-    v = proc.get("ppid")
-    if v is not None and v.isdecimal():
-        out["parent"] = {"pid": int(v)}
+    n = proc.get("pid")  # isinstance narrows: isdecimal and int() below are str primitives
+    if isinstance(n, str) and n.isdecimal():
+        out["pid"] = int(n)
+    n = proc.get("ppid")
+    if isinstance(n, str) and n.isdecimal():
+        out["parent"] = {"pid": int(n)}
     v = proc.get("proctitle")
     if v is not None:
         out["title"] = v
