@@ -371,6 +371,31 @@ def test_table_covers_elastic_and_every_record_type():
         assert name in RECORD_NORMS, name
 
 
+_NORM_ATTRS = ("name", "action", "what", "path_index", "actor_primary", "actor_secondary", "object_primary",
+               "object_secondary", "how", "category", "type", "sockaddr", "exit_code", "source_ip", "has_fields",
+               "users")
+
+
+def test_generated_table_is_current():
+    """ecs_table_data (what start-up loads) is what scripts/gen_ecs_table.py makes of the TOML."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from auditpipe.normalize.ecs_table import DATA
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gen_ecs_table.py"
+    assert subprocess.run([sys.executable, str(script), "--check"]).returncode == 0
+
+    def facts(n):
+        return [getattr(n, a) for a in _NORM_ATTRS]
+
+    syscalls, records = load_table(DATA)
+    assert {k: facts(n) for k, n in syscalls.items()} == {k: facts(n) for k, n in SYSCALL_NORMS.items()}
+    assert {k: [facts(n) for n in v] for k, v in records.items()} == {
+        k: [facts(n) for n in v] for k, v in RECORD_NORMS.items()}
+
+
 def test_table_rejects_bad_ecs_values(tmp_path):
     from auditpipe.normalize.ecs_table import DATA
 
@@ -408,6 +433,18 @@ def test_fast_paths_agree_with_general_ones():
                 assert a == b
                 checked += 1
     assert checked > 1500
+
+
+def test_syscall_fast_path_needs_the_kernels_keys():
+    """25 or 26 fields that are not the kernel's SYSCALL keys take the general path, same result."""
+    from auditpipe.normalize import ecs_walk
+
+    std = dict(events_of_lines([syscall_line()])[0][0].records[0].fields)
+    assert len(std) == 25 and ecs_walk.walk_main(std, 1300) == ecs_walk._walk_any(std, 1300)
+    for odd in ({**{k: v for k, v in std.items() if k != "tty"}, "tyt": "pts0"},
+                {**{k: v for k, v in std.items() if k != "tty"}, "subj": "u:r:t:s0"},
+                {**std, "obj": "u:r:t:s0"}):
+        assert ecs_walk.walk_main(odd, 1300) == ecs_walk._walk_any(odd, 1300)
 
 
 # ---------------------------------------------------------------------------- hand-made events

@@ -20,6 +20,11 @@ def iso_timestamp(sec: int, msec: int) -> str:
     return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(sec))}.{msec:03d}Z"
 
 
+#: ".000Z" … ".999Z": a lookup per event instead of a format with a spec (a generic call when compiled)
+_DIGITS = "0123456789"
+_MSEC_TEXT: tuple[str, ...] = tuple(f".{a}{b}{c}Z" for a in _DIGITS for b in _DIGITS for c in _DIGITS)
+
+
 class IsoTimestamps:
     """:func:`iso_timestamp` with the seconds part cached (events cluster in time); one per
     normalizer."""
@@ -35,6 +40,8 @@ class IsoTimestamps:
             if len(self._seconds) > 4096:
                 self._seconds.clear()
             head = self._seconds[sec] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        if 0 <= msec < 1000:
+            return head + _MSEC_TEXT[msec]
         return f"{head}.{msec:03d}Z"
 
 

@@ -30,8 +30,8 @@ from auditpipe.normalize.ecs_fields import (
     build_user,
     drop_redundant_effective,
 )
-from auditpipe.normalize.ecs_table import DEFAULT_SYSCALL_NORM, RECORD_NORMS, SYSCALL_NORMS
-from auditpipe.normalize.ecs_walk import DROP, execve_args, merge_fields, split_context, walk_main
+from auditpipe.normalize.ecs_table import DEFAULT_SYSCALL_NORM, RECORD_NORMS, SYSCALL_NORMS, Norm
+from auditpipe.normalize.ecs_walk import DROP, all_kept, execve_args, merge_fields, split_context, walk_main
 from auditpipe.normalize.summary import summarize
 from auditpipe.parsing import Record, decode_sockaddr, execve_argv, parse_body
 
@@ -71,7 +71,7 @@ def _login_fields(rec) -> dict:
 class _SyscallFacts:
     __slots__ = ("arch", "name", "norm")
 
-    def __init__(self, arch: str | None, name: str | None, norm):
+    def __init__(self, arch: str | None, name: str | None, norm: Norm) -> None:
         self.arch = arch
         self.name = name
         self.norm = norm
@@ -133,7 +133,7 @@ def _signed32(hexval: str) -> int | None:
 
 def _path_fields(f: dict) -> dict:
     """A PATH record's fields for auditd.paths: dropped values out, obj split into obj_*."""
-    if "obj" not in f and "msg" not in f and DROP.isdisjoint(f.values()):
+    if "obj" not in f and "msg" not in f and all_kept(f.values()):
         return f  # shared with the record: nothing to change
     out = {}
     for k, v in f.items():
@@ -175,13 +175,11 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
     iso_timestamp = IsoTimestamps()
     facts_cache: dict = {}  # (arch, syscall) → _SyscallFacts, this normalizer's
     names = Names(resolver, clock=clock)
-    names_tick = names.tick
     # closure cells: cheaper than module globals on the hot path
     SYSCALL, PATH, EXECVE, CWD, PROCTITLE, SOCKADDR, EOE, LOGIN = (
         _SYSCALL, _PATH, _EXECVE, _CWD, _PROCTITLE, _SOCKADDR, _EOE, _LOGIN)
     drop = DROP
     record_norms = RECORD_NORMS
-    path_fields = _path_fields
     parts = _PARTS
     lower: dict[str, str] = {}
 
@@ -227,7 +225,7 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
             v = data.get("exit")
             if v is not None and v[:1] == "-":
                 data["exit"] = _exit_name(v)
-            sc_norm: Any = facts.norm
+            sc_norm: Norm | None = facts.norm
         else:
             sc_norm = None
 
@@ -241,7 +239,7 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
                 continue
             t = r.type_num
             if t == PATH:
-                paths.append(path_fields(r.fields))
+                paths.append(_path_fields(r.fields))  # a native call (not through a closure cell)
                 path_recs.append(r)
             elif t == EXECVE:
                 if execs is None:
@@ -274,10 +272,10 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
 
         # -- meaning -------------------------------------------------------------------------------
         kind = special if special is not None else main
-        norm: Any
+        norm: Norm | None
         category: list[str] | None
         etype: list[str] | None
-        if kind is syscall:
+        if kind is syscall and sc_norm is not None:
             norm = sc_norm
             category = norm.category
             etype = norm.type
@@ -325,9 +323,10 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
         if include_raw:
             ev["original"] = [r.raw for r in recs]
 
-        names_tick()
+        names.tick()
         id_names: dict[str, str] = {}
-        user = build_user(ids, names, enriched, selinux, id_names)
+        final = norm is None or not norm.users  # nothing but build_user writes user.*
+        user = build_user(ids, names, enriched, selinux, id_names, final)
 
         if norm is not None:
             s = summarize(norm, data, proc, ids, paths, sock, warnings)
@@ -379,7 +378,8 @@ def make_ecs_normalizer(resolver=None, include_raw: bool = False, include_warnin
                 if v is not None:
                     proc["exit_code"] = _signed32(v)
         if user:
-            drop_redundant_effective(user)
+            if not final:
+                drop_redundant_effective(user)
             doc["user"] = user
         if paths:
             auditd["paths"] = paths
@@ -427,22 +427,27 @@ def _event_id(event, meta) -> str:
     return document_id(host, event.sec, event.msec, event.serial, [r.type for r in event.records])
 
 
-_PROCESS_STRINGS = (("proctitle", "title"), ("comm", "name"), ("exe", "executable"), ("cwd", "working_directory"))
-
-
 def _process(proc: dict) -> dict:
-    """process.* from the process fields gathered from the records."""
+    """process.* from the process fields gathered from the records (direct reads: per event)."""
     out: dict[str, Any] = {}
-    v = proc.get("pid")
-    if v is not None and v.isdecimal():
-        out["pid"] = int(v)
-    v = proc.get("ppid")
-    if v is not None and v.isdecimal():
-        out["parent"] = {"pid": int(v)}
-    for src, dst in _PROCESS_STRINGS:
-        v = proc.get(src)
-        if v is not None:
-            out[dst] = v
+    n = proc.get("pid")  # isinstance narrows: isdecimal and int() below are str primitives
+    if isinstance(n, str) and n.isdecimal():
+        out["pid"] = int(n)
+    n = proc.get("ppid")
+    if isinstance(n, str) and n.isdecimal():
+        out["parent"] = {"pid": int(n)}
+    v = proc.get("proctitle")
+    if v is not None:
+        out["title"] = v
+    v = proc.get("comm")
+    if v is not None:
+        out["name"] = v
+    v = proc.get("exe")
+    if v is not None:
+        out["executable"] = v
+    v = proc.get("cwd")
+    if v is not None:
+        out["working_directory"] = v
     v = proc.get("args")
     if v:
         out["args"] = v

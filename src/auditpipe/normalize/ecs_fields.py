@@ -100,12 +100,17 @@ def _enriched_name(enriched: dict, ekey: str) -> str | None:
 _STD_IDS = ("auid", "uid", "gid", "euid", "suid", "fsuid", "egid", "sgid", "fsgid")
 
 
-def build_user(ids: dict, names: Names, enriched: dict | None, selinux: dict | None, id_names: dict) -> dict:
+def build_user(ids: dict, names: Names, enriched: dict | None, selinux: dict | None, id_names: dict,
+               final: bool = False) -> dict:
     """user.{id,name,group,effective,saved,filesystem,audit,<other>} from the uid/gid fields.
-    Fills `id_names` (field → name) for the summary's actor."""
+    Fills `id_names` (field → name) for the summary's actor. `final`: nothing changes user.* after
+    this (no table `users` mapping), so a redundant user.effective is left out here."""
     if len(ids) == 9 and ids.keys() == _STD_KEYSET:
-        return _build_std_user(ids, names, enriched, selinux, id_names)
-    return build_any_user(ids, names, enriched, selinux, id_names)
+        return _build_std_user(ids, names, enriched, selinux, id_names, final)
+    user = build_any_user(ids, names, enriched, selinux, id_names)
+    if final:
+        drop_redundant_effective(user)
+    return user
 
 
 def build_any_user(ids: dict, names: Names, enriched: dict | None, selinux: dict | None, id_names: dict) -> dict:
@@ -162,26 +167,31 @@ def _std_names(ids: dict, names: Names, enriched: dict | None) -> tuple:
 
 
 def _build_std_user(ids: dict, names: Names, enriched: dict | None, selinux: dict | None,
-                    id_names: dict[str, str]) -> dict:
+                    id_names: dict[str, str], final: bool) -> dict:
     """build_user for the nine ids of a SYSCALL record. The names of one identity (ids plus
-    ENRICHED interpretations) are memoized with the resolver's answers; dicts are built fresh."""
+    ENRICHED interpretations) are memoized with the resolver's answers; dicts are built fresh.
+    When `final`, user.effective is built only if drop_redundant_effective would keep it."""
     vals = auid, uid, gid, euid, suid, fsuid, egid, sgid, fsgid = (
         ids["auid"], ids["uid"], ids["gid"], ids["euid"], ids["suid"], ids["fsuid"], ids["egid"], ids["sgid"],
         ids["fsgid"])
-    key = (vals, tuple(enriched.values())) if enriched is not None else vals
+    # The parser shares one ENRICHED dict between records with the same text: the memo is keyed
+    # by that dict's identity (kept alive in the entry, so the id cannot be reused while it is
+    # there) rather than by its values, which would be hashed and compared on every event.
+    key = (vals, id(enriched)) if enriched is not None else vals
     memo = names.identities
     hit = memo.get(key)
-    if hit is None:
+    if hit is None or hit[2] is not enriched:
         got = _std_names(ids, names, enriched)
-        hit = memo[key] = (got, {k: n for k, n in zip(_STD_IDS, got, strict=True) if n is not None})
-    got, named = hit
+        hit = memo[key] = (got, {k: n for k, n in zip(_STD_IDS, got, strict=True) if n is not None}, enriched)
+    got, named, _ = hit
     id_names.update(named)
     n_auid, n_uid, n_gid, n_euid, n_suid, n_fsuid, n_egid, n_sgid, n_fsgid = got
     user = {"id": uid, "name": n_uid} if n_uid is not None else {"id": uid}
     user["group"] = {"id": gid, "name": n_gid} if n_gid is not None else {"id": gid}
-    d = {"id": euid, "name": n_euid} if n_euid is not None else {"id": euid}
-    d["group"] = {"id": egid, "name": n_egid} if n_egid is not None else {"id": egid}
-    user["effective"] = d
+    if not final or (euid != uid and (n_uid is None or n_euid != n_uid)):
+        d = {"id": euid, "name": n_euid} if n_euid is not None else {"id": euid}
+        d["group"] = {"id": egid, "name": n_egid} if n_egid is not None else {"id": egid}
+        user["effective"] = d
     d = {"id": suid, "name": n_suid} if n_suid is not None else {"id": suid}
     d["group"] = {"id": sgid, "name": n_sgid} if n_sgid is not None else {"id": sgid}
     user["saved"] = d
@@ -265,35 +275,45 @@ def drop_redundant_effective(user: dict) -> None:
             del user["effective"]
 
 
+#: permission bits → file.mode text ("0755"): a lookup instead of a format with a spec, which is a
+#: generic call in compiled code
+_PERMS = tuple(f"{n:04o}" for n in range(0o1000))
+
+
+def _owner(f: dict, item: dict, key: str, ekey: str, id_field: str, name_field: str, group: bool,
+           enriched: dict | None, names: Names) -> None:
+    v = item.get(key)
+    if v is not None:
+        f[id_field] = v
+        name = _enriched_name(enriched, ekey) if enriched is not None else None
+        if name is None:
+            name = names.lookup(v, group)
+        if name is not None:
+            f[name_field] = name
+
+
 # The device holding the file is `dev`; `rdev` is the device a device node stands for.
 # auditbeat writes rdev as file.device (so "00:00" for every regular file); the kernel's meaning wins.
-_FILE_STRINGS = (("name", "path"), ("dev", "device"), ("inode", "inode"))
-# PATH field, its ENRICHED name, file.* id field, file.* name field, is a group
-_FILE_OWNERS = (("ouid", "OUID", "uid", "owner", False), ("ogid", "OGID", "gid", "group", True))
-
-
 def build_file(item: dict, enriched: dict | None, names: Names) -> dict:
-    """file.* from the PATH item that is the event's object."""
+    """file.* from the PATH item that is the event's object (direct reads: this runs per event)."""
     f: dict = {}
-    for src, dst in _FILE_STRINGS:
-        v = item.get(src)
-        if v is not None:
-            f[dst] = v
+    v = item.get("name")
+    if v is not None:
+        f["path"] = v
+    v = item.get("dev")
+    if v is not None:
+        f["device"] = v
+    v = item.get("inode")
+    if v is not None:
+        f["inode"] = v
     v = item.get("mode")
     if v is not None:
         try:
-            f["mode"] = f"{int(v, 8) & 0o777:04o}"
+            f["mode"] = _PERMS[int(v, 8) & 0o777]
         except ValueError:
             pass
-    for key, ekey, id_field, name_field, group in _FILE_OWNERS:
-        v = item.get(key)
-        if v is not None:
-            f[id_field] = v
-            name = _enriched_name(enriched, ekey) if enriched is not None else None
-            if name is None:
-                name = names.lookup(v, group)
-            if name is not None:
-                f[name_field] = name
+    _owner(f, item, "ouid", "OUID", "uid", "owner", False, enriched, names)
+    _owner(f, item, "ogid", "OGID", "gid", "group", True, enriched, names)
     if "obj_user" in item or "obj_role" in item:
         sel = {}
         for part in _CONTEXT_PARTS:

@@ -3,12 +3,14 @@
 The table is data so that adding a syscall or record type is an edit of facts, not code; this
 module only validates it (unknown keys, ECS values outside the allowed sets and duplicate
 names fail at import, not on some event in production) and precomputes tuples for the hot path.
+At start-up the documents come from `ecs_table_data`, generated from the TOML files by
+scripts/gen_ecs_table.py (byte code loads in a fraction of what parsing the TOML costs).
 """
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+from typing import Any
 
 __all__ = ["Norm", "SYSCALL_NORMS", "RECORD_NORMS", "DEFAULT_SYSCALL_NORM", "ECS_CATEGORIES", "ECS_TYPES",
            "load_table"]
@@ -41,30 +43,30 @@ class Norm:
                  "object_secondary", "how", "category", "type", "sockaddr", "exit_code", "source_ip",
                  "has_fields", "users", "name")
 
-    def __init__(self, entry: dict, name: str):
+    def __init__(self, entry: dict, name: str) -> None:
         obj = entry.get("object", {})
         actor = entry.get("actor", {})
         self.name = name
-        self.action = entry.get("action")
-        self.what = obj.get("what")
+        self.action: str | None = entry.get("action")
+        self.what: str | None = obj.get("what")
         self.path_index = int(obj.get("path_index", 0))
-        self.actor_primary = tuple(actor.get("primary", ("auid",)))
-        self.actor_secondary = tuple(actor.get("secondary", ("uid",)))
-        self.object_primary = tuple(obj.get("primary", ()))
-        self.object_secondary = tuple(obj.get("secondary", ()))
-        self.how = tuple(entry.get("how", ()))
+        self.actor_primary: tuple[str, ...] = tuple(actor.get("primary", ("auid",)))
+        self.actor_secondary: tuple[str, ...] = tuple(actor.get("secondary", ("uid",)))
+        self.object_primary: tuple[str, ...] = tuple(obj.get("primary", ()))
+        self.object_secondary: tuple[str, ...] = tuple(obj.get("secondary", ()))
+        self.how: tuple[str, ...] = tuple(entry.get("how", ()))
         # Lists, shared by every document of this kind: the normalizer never mutates them.
-        self.category = list(entry.get("category", ()))
-        self.type = list(entry.get("type", ()))
-        self.sockaddr = entry.get("sockaddr")
-        self.exit_code = entry.get("exit_code") == "a0"
-        self.source_ip = tuple(entry.get("source_ip", ()))
-        self.has_fields = tuple(entry.get("has_fields", ()))
+        self.category: list[str] = list(entry.get("category", ()))
+        self.type: list[str] = list(entry.get("type", ()))
+        self.sockaddr: str | None = entry.get("sockaddr")
+        self.exit_code: bool = entry.get("exit_code") == "a0"
+        self.source_ip: tuple[str, ...] = tuple(entry.get("source_ip", ()))
+        self.has_fields: tuple[str, ...] = tuple(entry.get("has_fields", ()))
         users = []
         for target, source in entry.get("users", {}).items():
             kind, _, key = source.partition(".")
             users.append((target, source if kind in ("actor", "object") else kind, key))
-        self.users = tuple(users)
+        self.users: tuple[tuple[str, str, str], ...] = tuple(users)
 
     def __repr__(self) -> str:
         return f"Norm({self.name}: {self.action})"
@@ -104,12 +106,26 @@ def _check(entry: dict, where: str) -> None:
         raise ValueError(f"{where}: no ECS category/type")
 
 
-def load_table(data_dir: Path = DATA) -> tuple[dict[str, Norm], dict[str, list[Norm]]]:
-    """(syscall name → Norm, record type name → [Norm variants, fallback last])."""
+def _documents(data_dir: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The two TOML documents: parsed from `data_dir`, or (None) as generated from data/."""
+    if data_dir is None:
+        from auditpipe.normalize import ecs_table_data
+
+        return ecs_table_data.SYSCALLS, ecs_table_data.RECORDS
+    import tomllib
+
     with open(data_dir / "syscalls.toml", "rb") as f:
         sys_doc = tomllib.load(f)
     with open(data_dir / "records.toml", "rb") as f:
         rec_doc = tomllib.load(f)
+    return sys_doc, rec_doc
+
+
+def load_table(data_dir: Path | None = None) -> tuple[dict[str, Norm], dict[str, list[Norm]]]:
+    """(syscall name → Norm, record type name → [Norm variants, fallback last]) from the TOML
+    files in `data_dir`, or (None) from their generated form (the same documents, checked by
+    tests/test_ecs.py)."""
+    sys_doc, rec_doc = _documents(data_dir)
     syscalls: dict[str, Norm] = {}
     for i, sc_entry in enumerate(sys_doc.get("syscall", ())):
         where = f"syscalls.toml entry {i} ({sc_entry.get('action')})"

@@ -13,10 +13,23 @@ from typing import Any
 
 from auditpipe.parsing import parse_body
 
-__all__ = ["DROP", "walk_main", "merge_fields", "execve_args", "split_context", "tags_of"]
+__all__ = ["DROP", "walk_main", "merge_fields", "execve_args", "split_context", "tags_of", "all_kept"]
 
 # auparse drops these values: "no value" in audit's spelling.
 DROP = frozenset(("", "?", "?,", "(null)"))
+
+
+def all_kept(values) -> bool:
+    """True when every value is a string outside DROP (False also for a nested dict: the caller's
+    general path handles it). Comparisons instead of `DROP.isdisjoint`, which hashes each value,
+    a fresh string from the parser: this runs over every field of most records."""
+    for v in values:
+        if not isinstance(v, str):  # (narrows v: compiled, len and == below are str primitives)
+            return False
+        n = len(v)  # lengths first: most values are short numbers
+        if n < 7 and (n == 0 or (n == 1 and v == "?") or (n == 6 and v == "(null)") or (n == 2 and v == "?,")):
+            return False
+    return True
 
 _DATA, _ID, _PROC, _SES, _RES, _KEY, _SUBJ, _SKIP, _MSG = range(9)
 ROLE = {
@@ -31,12 +44,6 @@ ROLE = {
 _UNSET_IDS = ("auid", "old-auid")
 _LEAD_KEPT = frozenset(("auid", "ses", "res"))  # as auparse: only these (and ses) spell 4294967295 "unset"
 _CONTEXT_PARTS = ("user", "role", "domain", "level", "category")
-
-_SYSCALL_KEYS = ("arch", "syscall", "success", "exit", "a0", "a1", "a2", "a3", "items", "ppid", "pid",
-                 "auid", "uid", "gid", "euid", "suid", "fsuid", "egid", "sgid", "fsgid", "tty", "ses",
-                 "comm", "exe", "key")
-_STD = frozenset(_SYSCALL_KEYS)
-_STD_SUBJ = frozenset(_SYSCALL_KEYS + ("subj",))
 
 
 def split_context(ctx: str) -> dict:
@@ -64,13 +71,17 @@ Walked = tuple[dict[str, Any], dict[str, Any], dict[str, Any], str, str, "list[s
 
 def walk_main(fields: dict, type_num: int) -> Walked:
     """→ (data, ids, proc, session, result, tags, selinux) of the record that says who acted."""
-    keys = fields.keys()
-    if (keys == _STD or keys == _STD_SUBJ) and DROP.isdisjoint(fields.values()):
-        return _walk_syscall(fields)
+    n = len(fields)
+    if (n == 25 or (n == 26 and "subj" in fields)) and all_kept(fields.values()):
+        try:  # reads all 25 of the kernel's keys: with this many fields, those are the only ones
+            return _walk_syscall(fields)
+        except KeyError:  # as many fields, other keys
+            pass
     return _walk_any(fields, type_num)
 
 
 def _walk_syscall(f: dict) -> Walked:
+    """The kernel's SYSCALL record: reads every one of its 25 keys (KeyError if one is missing)."""
     auid = f["auid"]
     if auid == "4294967295" or auid == "-1":
         auid = "unset"
@@ -142,9 +153,9 @@ def merge_fields(rec, data: dict, ids: dict, special: bool, tags, warnings):
     first value of a key wins). For the event's leading record (`special`) only its own fields
     count: identity fields repeat the SYSCALL's, and its rule key joins the tags. → tags."""
     f = rec.fields
-    if not special and "msg" not in f and data.keys().isdisjoint(f) and DROP.isdisjoint(f.values()):
+    if not special and "msg" not in f and _none_in(f, data) and all_kept(f.values()):
         data.update(f)  # the usual case (BPRM_FCAPS, OBJ_PID...): nothing to check per field
-        return tags  # (a nested msg is a dict, which DROP cannot hold: it takes the loop below)
+        return tags  # (a nested msg is a dict: all_kept is False, it takes the loop below)
     role_get = ROLE.get
     for k, v in f.items():
         if type(v) is not str:
@@ -173,6 +184,14 @@ def merge_fields(rec, data: dict, ids: dict, special: bool, tags, warnings):
             continue
         data[k] = v
     return tags
+
+
+def _none_in(f: dict, data: dict) -> bool:
+    """No key of `f` is in `data` (a loop: `keys().isdisjoint` is a generic call when compiled)."""
+    for k in f:
+        if k in data:
+            return False
+    return True
 
 
 def execve_args(execs: list, execve_argv) -> tuple[int | None, list[str]]:
