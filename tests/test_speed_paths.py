@@ -91,7 +91,19 @@ def test_header_split_equals_regex(line):
     assert record._split_header(line) == _regex_header(line)
 
 
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.lists(_HEADER_PARTS, max_size=14).map("".join), max_size=6))
+@example(["type=A msg=audit(1.2:3): a", "type=B msg=audit(1.2:3): b", "type=C msg=audit(1.2:4): c"])
+@example(["type=A msg=audit(1.2:3): a", "type=B msg=audit(١.2:3): b", "type=B msg=audit(1.2:3)x"])
+def test_header_split_with_a_parser_equals_regex(lines):
+    """With a parser the last ``time:serial``'s numbers are reused: the same answers, line after line."""
+    memo = record.Parser()
+    for line in lines:
+        assert record._split_header(line, memo) == _regex_header(line), line
+
+
 @pytest.mark.parametrize("name", CORPORA)
 def test_header_split_equals_regex_on_corpus(name):
+    memo = record.Parser()
     for line in _lines(name):
-        assert record._split_header(line) == _regex_header(line), line
+        assert record._split_header(line) == _regex_header(line) == record._split_header(line, memo), line
