@@ -107,3 +107,12 @@ def test_header_split_equals_regex_on_corpus(name):
     memo = record.Parser()
     for line in _lines(name):
         assert record._split_header(line) == _regex_header(line) == record._split_header(line, memo), line
+
+
+def test_an_absurdly_long_timestamp_is_a_reject_not_a_crash():
+    """int() of more than 4,300 digits raises ValueError: the stream must get a ParseError."""
+    for stamp in ("1" * 5000 + ".123:1", "1.2:" + "9" * 5000):
+        with pytest.raises(record.ParseError, match="bad timestamp"):
+            record.parse_line(f"type=SYSCALL msg=audit({stamp}): a=b", record.Parser())
+        with pytest.raises(record.ParseError, match="bad timestamp"):
+            record.parse_kernel(1300, f"audit({stamp}): a=b".encode())

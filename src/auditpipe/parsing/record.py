@@ -81,11 +81,17 @@ def _type_of(name: str) -> tuple[str, int]:
     return name, 0  # a type newer than our tables: keep it, the name is what auditd wrote
 
 
+#: longest ``SEC.MSEC:SERIAL`` accepted (the kernel's is about 25 characters)
+_MAX_STAMP = 64
+
+
 def _header_stamp(stamp: str) -> tuple[str, int, int, int]:
-    """`SEC.MSEC:SERIAL` → (time text, sec, msec, serial)."""
+    """`SEC.MSEC:SERIAL` → (time text, sec, msec, serial). Bounded in length: ``int()`` of more
+    than 4,300 digits raises ValueError, which would stop the stream instead of rejecting a line."""
     time, colon, serial = stamp.partition(":")
     sec, dot, msec = time.partition(".")
-    if not (colon and dot and stamp.isascii() and sec.isdigit() and msec.isdigit() and serial.isdigit()):
+    if not (colon and dot and len(stamp) <= _MAX_STAMP and stamp.isascii() and sec.isdigit()
+            and msec.isdigit() and serial.isdigit()):
         raise ParseError(f"bad timestamp {stamp[:40]!r}")
     return time, int(sec), int(msec), int(serial)
 
@@ -98,9 +104,10 @@ Header = tuple["str | None", str, str, int, int, int, int]
 
 def _split_header(line: str, memo: Parser | None = None) -> Header | None:
     """``_HEADER.match`` by string methods (a third of the cost of the regex, compiled): (node,
-    type, time text, sec, msec, serial, where the body starts), or None where the regex fails.
-    The records of one event share their ``time:serial`` text: with a parser, the last one's
-    numbers are reused (three int() and two partitions were a fifth of parsing a line)."""
+    type, time text, sec, msec, serial, where the body starts), or None where the regex fails
+    (or the stamp is longer than ``_MAX_STAMP``). The records of one event share their
+    ``time:serial`` text: with a parser, the last one's numbers are reused (three int() and two
+    partitions were a fifth of parsing a line)."""
     node = None
     pos = 0
     if line.startswith("node="):
@@ -122,14 +129,14 @@ def _split_header(line: str, memo: Parser | None = None) -> Header | None:
     if memo is not None and stamp == memo.last_stamp:
         time, nsec, nmsec, nserial = memo.last_time
     else:
-        time, colon, serial = stamp.partition(":")
-        sec, dot, msec = time.partition(".")
-        if not (colon and dot and sec.isdigit() and msec.isdigit() and serial.isdigit() and stamp.isascii()):
+        try:
+            parsed = _header_stamp(stamp)
+        except ParseError:
             return None
-        nsec, nmsec, nserial = int(sec), int(msec), int(serial)
+        time, nsec, nmsec, nserial = parsed
         if memo is not None:
             memo.last_stamp = stamp
-            memo.last_time = (time, nsec, nmsec, nserial)
+            memo.last_time = parsed
     end = close + 1
     if line[end : end + 1] == ":":
         end += 1
