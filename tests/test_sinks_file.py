@@ -171,3 +171,24 @@ def test_shared_file_rotated_by_several_processes(tmp_path):
         mine = [(d["b"], d["i"]) for f in reversed(files) for d in map(json.loads, f.read_bytes().splitlines())
                 if d["w"] == w]
         assert mine == sorted(mine)
+
+
+def test_shared_sink_creates_its_directory_and_survives_a_failed_reopen(tmp_path):
+    """A shared file in a directory not made yet opens as an unshared one does; when the file
+    cannot be opened again after another process rotated it, the write is refused (held by the
+    caller) and the next one opens it and goes on, instead of a sink closed for good."""
+    from auditpipe.sinks.errors import OutputUnavailable
+
+    path = tmp_path / "new" / "out.jsonl"
+    sink = FileSink(str(path), shared=True)
+    sink.write([{"n": 1}])
+    os.rename(path, tmp_path / "new" / "out.jsonl.1")  # another worker rotated it …
+    os.mkdir(path)  # … and the new file cannot be opened (EISDIR)
+    with pytest.raises(OutputUnavailable, match="EISDIR"):
+        sink.write([{"n": 2}])
+    os.rmdir(path)
+    assert sink.write([{"n": 2}]) == 1
+    sink.close()
+    assert [json.loads(line)["n"] for line in path.read_text().splitlines()] == [2]
+    with pytest.raises(ValueError, match="closed"):
+        sink.write([{"n": 3}])

@@ -93,9 +93,17 @@ class FileSink:
         self._dirty = False
         self._fd = -1
         self._size = 0
-        self._lock_fd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY | os.O_CLOEXEC) \
-            if shared else -1
-        self._open()
+        self._closed = False
+        self._lock_fd = -1
+        if shared:
+            directory = os.path.dirname(os.path.abspath(self.path))
+            os.makedirs(directory, exist_ok=True)
+            self._lock_fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._open()
+        except OSError:
+            self.close()
+            raise
 
     def _open(self) -> None:
         d = os.path.dirname(self.path)
@@ -130,23 +138,24 @@ class FileSink:
                 os.ftruncate(self._fd, self._size)
             except OSError:
                 pass
-            raise OutputUnavailable(f"{errno.errorcode.get(e.errno or 0, 'error')} on {self.path}: "
-                                    f"{e.strerror}") from e
+            raise self._unavailable(e) from e
         self._size += len(data)
         self._dirty = True
 
+    def _unavailable(self, e: OSError) -> OutputUnavailable:
+        return OutputUnavailable(f"{errno.errorcode.get(e.errno or 0, 'error')} on {self.path}: {e.strerror}")
+
     def write(self, items: Iterable[Any]) -> int:
         """Write documents (dicts) or serialized lines; rotation happens between lines."""
-        if self._fd < 0:
+        if self._closed:
             raise ValueError("sink is closed")
         if not isinstance(items, list):
             items = list(items)
         if self._lock_fd < 0:
-            return self._write_undoable(items)
+            return self._write_undoable(items, follow=False)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
-            self._follow()
-            return self._write_undoable(items)
+            return self._write_undoable(items, follow=True)
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
@@ -160,12 +169,20 @@ class FileSink:
         if st is not None and (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
             self._size = st.st_size
             return
-        self._sync()
+        if self.fsync != "never":
+            self._sync()
         os.close(self._fd)
         self._fd = -1
         self._open()
 
-    def _write_undoable(self, items: list[Any]) -> int:
+    def _write_undoable(self, items: list[Any], follow: bool) -> int:
+        try:
+            if self._fd < 0:  # the file could not be opened again after a rotation: try again
+                self._open()
+            if follow:
+                self._follow()
+        except OSError as e:  # the output is unavailable for now; the caller holds and retries
+            raise self._unavailable(e) from e
         start, rotations = self._size, self.rotations
         try:
             return self._write_items(items)
@@ -173,12 +190,14 @@ class FileSink:
             if e.errno not in _UNAVAILABLE:
                 raise
             self._undo(start, rotations)
-            raise OutputUnavailable(f"{errno.errorcode.get(e.errno or 0, e.errno)} on {self.path}: "
-                                    f"{e.strerror}") from e
+            raise self._unavailable(e) from e
 
     def _undo(self, start: int, rotations: int) -> None:
         """Cut a failed call's bytes off again (after a rotation within the call, the new file
         holds only this call's lines, and the rotated one its first ones: those stay, whole)."""
+        if self._fd < 0:  # the new file never opened: nothing of this call is in it
+            self._size = 0
+            return
         keep = start if self.rotations == rotations else 0
         try:
             os.ftruncate(self._fd, keep)
@@ -229,6 +248,7 @@ class FileSink:
         self._sync()
 
     def close(self) -> None:
+        self._closed = True
         if self._fd >= 0:
             if self.fsync != "never":
                 self._sync()
