@@ -296,3 +296,22 @@ def test_regex_literals_are_in_every_match(pattern, flags, literals, matches):
     for text in matches:
         assert re.search(pattern, text, flags), text
         assert got is None or any(lit in text.lower() for lit in got), (pattern, text)
+
+
+def test_two_dispatches_with_the_same_literals_on_other_fields(tmp_path):
+    """A gate is a compiled pattern, shared by every dispatch with the same literals: the
+    SYSCALL search remembered for one set of fields must not answer for another set."""
+    for name, rtype, prefix in (("a", "PATH", "f"), ("b", "CWD", "g")):
+        sels = "".join(f"  s{i}:\n    type: {rtype}\n    {prefix}{c}|contains: {lit}\n"
+                       for i, (c, lit) in enumerate(zip("abc", ("qqone", "qqtwo", "qqthree"), strict=True)))
+        (tmp_path / f"{name}.yml").write_text(
+            f"title: rule {name}\nid: 00000000-0000-4000-8000-00000000000{name}\nstatus: test\n"
+            f"logsource:\n  product: linux\n  service: auditd\ndetection:\n{sels}  condition: 1 of s*\n"
+            "level: high\n")
+    rules = load_rules([str(tmp_path)])
+    assert len(rules.sigma) == 2
+    for order in (("PATH", "CWD"), ("CWD", "PATH")):
+        recs = [_record("SYSCALL", {"syscall": "open", "ga": "xqqonex"}, None, 1)]
+        recs += [_record(t, {"item": "0"} if t == "PATH" else {"cwd": "/"}, None, 1) for t in order]
+        _, fired = assert_agree(rules, iter([(_event(recs, 1), None)]))
+        assert {r.title for r in rules.sigma if id(r) in fired} == {"rule b"}, order

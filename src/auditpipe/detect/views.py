@@ -78,7 +78,7 @@ class RecordView:
         self.interp = interp
         self._text: str | None = None
         self._gate: str | None = None
-        self._hits: dict[Callable[[str], Any], str | None] | None = None
+        self._hits: dict[tuple[Callable[[str], Any], tuple[str, ...]], str | None] | None = None
         self._low: dict[str, str | None] | None = None
 
     def lower(self, field: str) -> str | None:
@@ -160,20 +160,21 @@ class RecordView:
         """The event's SYSCALL record's values of ``fields`` (its text when they are not all
         plain strings) when ``gate`` finds something in them, else None (also for the SYSCALL
         record itself). Memoized on the SYSCALL's view, which lives for one event: the records
-        of an event share one search of it per gate (one gate, one set of fields); and the
+        of an event share one search of it per gate and set of fields; and the
         gate's verdict per text in ``verdicts`` (the values repeat across events)."""
         sc = self.syscall
         if sc is None or sc.record is self.record:
             return None
         memo = sc._hits
+        key = (gate, fields)  # one gate (re caches patterns) may serve dispatches of other fields
         if memo is None:
             memo = sc._hits = {}
-        elif gate in memo:
-            return memo[gate]
+        elif key in memo:
+            return memo[key]
         t = _values_of(sc.record.fields, fields)
         if t is None:
             t = sc.text()
-        out = memo[gate] = t if found_in(gate, t, verdicts) else None
+        out = memo[key] = t if found_in(gate, t, verdicts) else None
         return out
 
 
