@@ -28,6 +28,7 @@ COUNTERS = [
     ("serial_gaps", "serial numbers never seen"),
     ("userspace_drops", "records dropped by the full queue"),
     ("enobufs", "socket overruns (ENOBUFS)"),
+    ("kernel_truncated", "kernel messages cut to the receive slot"),
     ("rejects", "records that did not parse"),
     ("partial_events", "events written incomplete"),
     ("late_records", "records after their event left"),

@@ -33,6 +33,7 @@ METRICS: dict[str, tuple[Kind, str]] = {
     "kernel_backlog": ("gauge", "Records waiting in the kernel's queue (audit_status.backlog)"),
     "records": ("counter", "Audit records read"),
     "events": ("counter", "Events emitted after reassembly"),
+    "kernel_truncated": ("counter", "Kernel messages longer than a receive slot, cut"),
     "serial_gaps": ("counter", "Event serial numbers never seen (lost between kernel and us)"),
     "partial_events": ("counter", "Events emitted without their end (timed out or evicted)"),
     "late_records": ("counter", "Records that arrived after their event was emitted"),

@@ -152,7 +152,8 @@ class LiveRunner:
         out: dict[str, Any] = {
             "records_received": 0, "records_parsed": c.records, "records": c.records, "events": ra.events,
             "documents": c.documents, "kernel_lost": 0, "kernel_backlog": 0, "serial_gaps": ra.lost,
-            "userspace_drops": 0, "enobufs": 0, "rejects": c.rejects, "partial_events": ra.partial,
+            "userspace_drops": 0, "enobufs": 0, "kernel_truncated": 0, "rejects": c.rejects,
+            "partial_events": ra.partial,
             "late_records": ra.late, "in_flight_events": ra.in_flight, "source_queue_depth": 0,
             "source_queue_peak": 0, "source_queue_blocked": 0, "output_errors": outs.write_failures,
             "output_holds": outs.holds, "output_held_seconds": round(outs.held_seconds, 1),

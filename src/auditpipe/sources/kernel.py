@@ -116,7 +116,7 @@ class KernelSource(ReaderThread):
         self._stop = threading.Event()
         self.reader_error: BaseException | None = None
         self.other_daemon: tuple[int, str] | None = None
-        self._final = (0, 0)  # messages, enobufs of the closed receiver
+        self._final = (0, 0, 0)  # messages, enobufs, truncated of the closed receiver
 
     @classmethod
     def from_config(cls, cfg: Any) -> KernelSource:
@@ -200,6 +200,7 @@ class KernelSource(ReaderThread):
         q, c = self.queue, self.control
         return {"records_received": self.messages, "kernel_lost": c.kernel_lost,
                 "kernel_backlog": c.status.get("backlog", 0), "enobufs": self.enobufs,
+                "kernel_truncated": self.truncated,
                 "userspace_drops": q.dropped, "source_queue_depth": len(q),
                 "source_queue_peak": q.peak, "source_queue_blocked": q.blocked,
                 "backpressure_seconds": round(q.blocked_seconds, 3),
@@ -247,6 +248,11 @@ class KernelSource(ReaderThread):
         return self.receiver.enobufs if self.receiver else self._final[1]
 
     @property
+    def truncated(self) -> int:
+        """Datagrams longer than a receive slot, cut (none expected: a record is at most 8,970 bytes)."""
+        return self.receiver.truncated if self.receiver else self._final[2]
+
+    @property
     def messages(self) -> int:
         return self.receiver.messages if self.receiver else self._final[0]
 
@@ -256,7 +262,7 @@ class KernelSource(ReaderThread):
         self.stop_reader()
         problems = self.control.close()
         if self.receiver is not None:
-            self._final = (self.receiver.messages, self.receiver.enobufs)
+            self._final = (self.receiver.messages, self.receiver.enobufs, self.receiver.truncated)
             try:
                 self.receiver.close()
             except (AuditNetlinkError, OSError) as e:
