@@ -185,6 +185,25 @@ documents = "alerts"
     assert re.search(r"^auditpipe_receiver_records_total 5215\.0$", metrics, re.M), metrics
 
 
+def test_rule_counts_are_not_summed_over_workers(tmp_path):
+    """Every worker compiles the same rules: with senders on both, the rule counts are the
+    configuration's, while the events counted are the sum of the workers'."""
+    from auditpipe.sources.receiver.workers import worker_index
+
+    lines = corpus_lines(5215)
+    detect, _ = detect_setup(tmp_path, lines)
+    senders = {worker_index(f"host-{i}/t", 2): f"host-{i}/t" for i in range(20)}
+    assert len(senders) == 2
+    rx = Serve(tmp_path, SERVE + detect + f'[[outputs]]\npath = "{tmp_path / "events.jsonl"}"\n',
+               "--metrics-listen", "127.0.0.1:0", "--workers", "2")
+    for sender in senders.values():
+        rx.post(lines[:300], sender=sender)
+    metrics = httpx.get(f"http://127.0.0.1:{rx.metrics_port}/metrics").text
+    rx.stop()
+    assert re.search(r"^auditpipe_detect_detect_rules_python 1\.0$", metrics, re.M), metrics
+    assert re.search(r"^auditpipe_receiver_records_total 600\.0$", metrics, re.M), metrics
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_metrics_of_the_receiver(tmp_path, workers):
     """--metrics-listen: the receiver's requests, rejects, bad lines, senders, held records,

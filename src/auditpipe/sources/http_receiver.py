@@ -692,7 +692,8 @@ class Receiver:
             totals = {}
             for w in self.pool.workers:
                 for k, v in w.snapshot.get("counters", {}).items():
-                    totals[k] = totals.get(k, 0) + v
+                    # the rule counts describe the configuration, the same in every worker
+                    totals[k] = max(totals.get(k, 0), v) if "detect.rules_" in k else totals.get(k, 0) + v
         outputs = self.outputs
         totals["output_errors"] = getattr(outputs, "write_failures", 0)
         totals["source_held_seconds"] = getattr(outputs, "held_seconds", 0.0)

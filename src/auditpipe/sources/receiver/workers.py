@@ -408,7 +408,8 @@ class WorkerOutputs:
 
     @property
     def held_seconds(self) -> float:
-        return sum(float(w.outputs.get("held_seconds", 0.0)) for w in self.pool.workers)
+        """The longest of the workers' (they write the same files: one outage holds them all)."""
+        return max((float(w.outputs.get("held_seconds", 0.0)) for w in self.pool.workers), default=0.0)
 
     def status(self) -> list[dict[str, Any]]:
         """Per output: the first worker's description, pending summed over the workers."""
