@@ -450,10 +450,10 @@ class ProcessStage:
                     del self.table.by_pid[p.pid]  # that pid is another process now
                 continue
             snap = self.reader.snapshot(p.pid)
-            if snap is not None:
-                self._fill_from_snapshot(p, snap)
+            if snap is not None:  # start and exactness first: the fill drops cached output
                 p.exact = True
                 p.start = self.reader.start_time(st.ticks)
+                self._fill_from_snapshot(p, snap)
 
     def _touch(self, p: Proc) -> None:
         if p.changed():
