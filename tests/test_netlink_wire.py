@@ -3,6 +3,7 @@ a scripted fake kernel (no root, no real socket traffic)."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import socket
 import struct
@@ -240,6 +241,28 @@ def test_recvmmsg_reads_what_recv_into_reads(quirk):
     assert batch[:3] == WANT and messages == 6 and truncated == 1
     assert batch[3:5] == [(1300, b"audit(1.0:3): x"), (1309, b"audit(1.0:3): argc=1")]
     assert batch[5][0] == 1302 and len(batch[5][1]) == 4096 - 16
+
+
+def test_recvmmsg_enobufs_is_counted_and_receiving_goes_on():
+    """recvmmsg's ENOBUFS arrives as -1 and errno: counted as an overrun, the records after it
+    received as with recvmsg."""
+    real = mmsg_call()
+    overruns = [1]
+
+    def call(fd, hdrs, vlen, flags, tmo):
+        if overruns[0]:
+            overruns[0] -= 1
+            ctypes.set_errno(errno.ENOBUFS)
+            return -1
+        return real(fd, hdrs, vlen, flags, tmo)
+
+    s = ScriptedSocket()
+    for mtype, text in RECORDS:
+        s.b.send(wire.pack_nlmsg(mtype, text, flags=0, count_padding=False))
+    r = AuditReceiver(s, "multicast", 1 << 20, datagrams=RecvMmsg(s, call))
+    assert list(r.recv_messages(timeout=1)) == WANT
+    assert (r.enobufs, r.messages) == (1, 3)
+    r.close()
 
 
 @pytest.mark.parametrize("reader", ["mmsg", "into"])
