@@ -97,7 +97,8 @@ def _recv(sock: socket.socket) -> Any:
     return None if head is None else pickle.loads(_recv_exactly(sock, _LEN.unpack(head)[0]) or b"")
 
 
-def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
+def _recv_exactly(sock: socket.socket, n: int) -> bytearray | None:
+    """``n`` bytes, or None at the end of the stream (unpickled in place: no copy to bytes)."""
     buf = bytearray(n)
     view, got = memoryview(buf), 0
     while got < n:
@@ -105,7 +106,7 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
         if k == 0:
             return None
         got += k
-    return bytes(buf)
+    return buf
 
 
 def _frame(obj: Any) -> bytes:
