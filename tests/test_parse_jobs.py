@@ -284,3 +284,20 @@ def test_a_file_cut_short_while_parsed_fails_clearly_and_cleans_up(tmp_path):
     with pytest.raises(RuntimeError, match="changed while it was parsed"):
         par.run(pieces)
     assert par.tmpdir == "" and par.procs == []
+
+
+def test_stdin_with_large_replies_does_not_deadlock(tmp_path):
+    """stdin reaches the workers as text pieces of ~1 MB while a worker's reply can pass the pipe's
+    buffer too (a piece of tiny events ends thousands of keys): the pieces go through files, so
+    neither side blocks sending to the other."""
+    n = 200_000
+    data = "".join(f"type=PROCTITLE msg=audit(1700000000.{s % 1000:03d}:{s + 1}): proctitle=78\n"
+                   for s in range(n)).encode()
+    outs = []
+    for jobs in (1, 2):
+        out = tmp_path / f"out-{jobs}.jsonl"
+        proc = subprocess.run([sys.executable, "-m", "auditpipe", "parse", "--format", "coalesced", "-o", str(out),
+                               "--no-progress", "--jobs", str(jobs)], input=data, capture_output=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] and outs[0].count(b"\n") == n

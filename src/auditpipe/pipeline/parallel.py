@@ -65,7 +65,10 @@ QUEUED = 2
 
 class Piece(NamedTuple):
     """Consecutive whole lines of one input file: bytes ``start``–``end`` of ``path`` (read by
-    the worker) or ``text`` (read by the parent; ``lineno`` its first line's number)."""
+    the worker) or ``text`` (read by the parent; ``lineno`` its first line's number). The parent
+    moves a text into the file ``spill`` before a worker gets the piece (``text`` then ""): a task
+    on the pipe stays small, so the parent never blocks sending a piece to a worker that is
+    itself blocked sending it a large reply."""
 
     where: str
     path: str | None
@@ -73,6 +76,7 @@ class Piece(NamedTuple):
     end: int
     text: str | None = None
     lineno: int = 0
+    spill: str | None = None
 
 
 @dataclass
@@ -263,6 +267,12 @@ class _Run:
         self.piece += 1
 
     def _lines(self, piece: Piece, files: dict[str, int]) -> list[str]:
+        if piece.spill is not None:
+            try:
+                with open(piece.spill, "rb") as f:
+                    return f.read().decode("utf-8", "surrogateescape").split("\n")
+            except FileNotFoundError:  # written out already: only a dropped task can ask (its reply is unused)
+                return []
         if piece.text is not None:
             return piece.text.split("\n")
         assert piece.path is not None
@@ -569,9 +579,16 @@ class ParallelParse:
             if nxt is None:
                 self.exhausted = True
             else:
-                self.known[self.count] = nxt
+                self.known[self.count] = self._spill(nxt) if nxt.text else nxt
                 self.count += 1
         return i < self.count
+
+    def _spill(self, piece: Piece) -> Piece:
+        """A text piece's text into a file of the temporary directory (see :class:`Piece`)."""
+        path = os.path.join(self.tmpdir, f"in-{self.count}.txt")
+        with open(path, "wb") as f:
+            f.write((piece.text or "").encode("utf-8", "surrogateescape"))
+        return piece._replace(text="", spill=path)
 
     def _done(self) -> bool:
         return (self.exhausted and self.cursor >= self.count and self.held is None and self.group is None
@@ -748,6 +765,8 @@ class ParallelParse:
         rej = next(rejects, None)
         for k in range(reply.pieces):
             piece = self.known.pop(reply.first + k)
+            if piece.spill is not None:
+                os.unlink(piece.spill)
             base = piece.lineno or (1 if piece.start == 0 else self.lineno.get(piece.where, 1))
             while rej is not None and rej[0] == k:
                 self.on_reject(f"{piece.where}:{base + rej[1] - 1}", rej[2], rej[3])
