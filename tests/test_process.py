@@ -222,6 +222,23 @@ def test_state_leaves_out_exited_processes_without_running_descendants(tmp_path)
     assert sorted(e[0] for e in data["entries"]) == [100, 200, 300]
 
 
+def test_state_saved_at_exit_leaves_out_processes_gone_since_their_last_event(tmp_path):
+    """A process seen a moment ago that /proc no longer lists is gone: the state saved at exit
+    does not carry it as running (the reaper's idle wait is for the running stream only)."""
+    proc, state = tmp_path / "proc", tmp_path / "state"
+    proc.mkdir()
+    (proc / "stat").write_text("btime 1700000000\n")
+    fake_proc(proc, 700, 1, "/usr/bin/bash", "0::/user.slice\n")
+    st = ProcessStage(ProcessConfig(), "ecs", reader=ProcReader(str(proc)), now=0.0,
+                      state=StateStore(str(state)))
+    lines = Log().event("execve", 701, 700, "/bin/true", args=["true"])  # gone: no /proc/701
+    Pipeline(staged(make_normalizer("ecs", resolver=None), [st], lambda: 1.0)).feed_lines(lines)
+    assert st.table.get(701).exited is None
+    st.close(1.0)
+    data = msgspec.json.decode((state / "process-table.json").read_bytes())
+    assert [e[0] for e in data["entries"]] == [700]
+
+
 def test_damaged_state_file_is_counted_not_fatal(tmp_path):
     (tmp_path / "process-table.json").write_bytes(b"{not json")
     st = ProcessStage(ProcessConfig(read_proc=False), "ecs", state=StateStore(str(tmp_path)))

@@ -126,20 +126,22 @@ class ProcessStage:
             self._save(now)
         return []
 
-    def _reap(self, now: float) -> None:
-        """Most exits are not audited (rules watch execve): a process idle for a while whose
-        pid /proc no longer lists has exited; it expires ``grace`` seconds later."""
+    def _reap(self, now: float, idle: float = _REAP_INTERVAL) -> None:
+        """Most exits are not audited (rules watch execve): a process idle for ``idle`` seconds
+        whose pid /proc no longer lists has exited; it expires ``grace`` seconds later."""
         assert self.reader is not None
         live = set(self.reader.pids())
         if not live:
             return  # /proc unreadable: say nothing rather than end every process
         for p in self.table.by_pid.values():
-            if p.exited is None and p.pid not in live and now - p.last_seen > _REAP_INTERVAL:
+            if p.exited is None and p.pid not in live and now - p.last_seen >= idle:
                 p.exited = now
                 self.counters["exits"] += 1
 
     def close(self, now: float) -> list[dict]:
         if self.state is not None:
+            if self.reader is not None:  # the state keeps running processes: the gone ones out now
+                self._reap(now, idle=0.0)
             self._save(now)
         return []
 
@@ -283,7 +285,7 @@ class ProcessStage:
             if self._args is None:  # an exec's arguments come with it
                 p.args = reader.args(pid) or None
         if self.labeler:
-            p.labels = p.labels | self.labeler.labels(p.exe, p.args)
+            p.labels = _union(p.labels, self.labeler.labels(p.exe, p.args))
         return p
 
     def _inherit(self, p: Proc) -> None:
@@ -292,7 +294,7 @@ class ProcessStage:
             return
         p.sid, p.pgid, p.cg = par.sid, par.pgid, par.cg
         if self.cfg.propagate_labels:
-            p.labels = p.labels | par.labels
+            p.labels = _union(p.labels, par.labels)
 
     def _parent(self, ppid: int, t: float, now: float, depth: int = 0) -> Proc | None:
         """The process ``ppid`` as the parent of a process seen at time ``t``: checked against
@@ -325,8 +327,9 @@ class ProcessStage:
         if st.ppid and depth < 64:
             p.parent = self._parent(st.ppid, p.start, now, depth)
         if self.cfg.propagate_labels and p.parent is not None:
-            p.labels = p.labels | p.parent.labels
-        p.labels = p.labels | self.labeler.labels(p.exe, p.args)
+            p.labels = _union(p.labels, p.parent.labels)
+        if self.labeler:
+            p.labels = _union(p.labels, self.labeler.labels(p.exe, p.args))
         return p
 
     def _fill_from_snapshot(self, p: Proc, snap: ProcSnapshot) -> None:
@@ -377,7 +380,7 @@ class ProcessStage:
                 if p.ticks is None:
                     p.ticks = st.ticks
         if self.labeler:
-            p.labels = p.labels | self.labeler.labels(p.exe, p.args)
+            p.labels = _union(p.labels, self.labeler.labels(p.exe, p.args))
         return p
 
     def _fork(self, parent: Proc, call: str, f: dict, event: Event, now: float) -> None:
@@ -470,7 +473,7 @@ class ProcessStage:
         elif proc.ppid or ppid:
             pr["parent"] = {"pid": proc.ppid or ppid, "unknown": True}
         pr["ancestors"] = self._chain(par) if par is not None else self._unknown_parent(proc)
-        _, pr["session_leader"], pr["group_leader"], pr["entry_leader"] = self._leaders(proc)
+        pr["session_leader"], pr["group_leader"], pr["entry_leader"] = self._leaders(proc)
         if proc.labels:
             pr["labels"] = self._label_list(proc.labels)
         cg = proc.cg
@@ -562,28 +565,26 @@ class ProcessStage:
             return self._leader_fields(p)
         return {"pid": pid, "unknown": True}
 
-    def _leaders(self, proc: Proc) -> tuple[int, dict, dict, dict]:
-        """(epoch, session leader, group leader, entry leader), cached per process and, for a
-        new process, taken from its parent's where the session or group is the same."""
-        c = proc._lead
-        if c is not None and c[0] == self.table.epoch:
-            return c
+    def _leaders(self, proc: Proc) -> tuple[dict, dict, dict]:
+        """(session leader, group leader, entry leader), cached per process and, for a new
+        process, taken from its parent's where the session or group is the same."""
+        epoch = self.table.epoch
+        if proc._lead_epoch == epoch:
+            return proc._session, proc._group, proc._entry
         par = proc.parent
-        pl = None
         if par is not None:
-            pl = par._lead
-            if pl is None or pl[0] != self.table.epoch:
-                pl = par._lead = (self.table.epoch, self._leader(par, par.sid), self._leader(par, par.pgid),
-                                  self._entry_leader(par))
-        if pl is not None and par is not None:
-            session = pl[1] if proc.sid == par.sid and proc.sid != proc.pid else self._leader(proc, proc.sid)
-            group = pl[2] if proc.pgid == par.pgid and proc.pgid != proc.pid else self._leader(proc, proc.pgid)
+            if par._lead_epoch != epoch:
+                par._session, par._group = self._leader(par, par.sid), self._leader(par, par.pgid)
+                par._entry = self._entry_leader(par)
+                par._lead_epoch = epoch
+            session = par._session if proc.sid == par.sid and proc.sid != proc.pid else self._leader(proc, proc.sid)
+            group = par._group if proc.pgid == par.pgid and proc.pgid != proc.pid else self._leader(proc, proc.pgid)
             kind = _entry_kind(par)
-            entry = {**self._leader_fields(proc), "entry_meta": {"type": kind}} if kind is not None else pl[3]
+            entry = {**self._leader_fields(proc), "entry_meta": {"type": kind}} if kind is not None else par._entry
         else:
             session, group, entry = self._leader(proc, proc.sid), self._leader(proc, proc.pgid), _UNKNOWN
-        c = proc._lead = (self.table.epoch, session, group, entry)
-        return c
+        proc._session, proc._group, proc._entry, proc._lead_epoch = session, group, entry, epoch
+        return session, group, entry
 
     def _entry_leader(self, proc: Proc) -> dict:
         """The process that began this chain: the nearest one whose parent is an entry program
@@ -660,6 +661,12 @@ def _id_dicts(user: dict):
             g = v.get("group")
             if type(g) is dict:
                 g.pop("name", None)
+
+
+def _union(a: frozenset[str], b: frozenset[str]) -> frozenset[str]:
+    """``a | b`` without a new set when either is empty (most processes have no labels: a set
+    per process would be one more object for the collector to walk)."""
+    return a if not b else b if not a else a | b
 
 
 def _str(v: object) -> str | None:
