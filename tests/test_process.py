@@ -400,7 +400,11 @@ def test_gone_processes_are_asked_of_the_kernel_only_for_this_hosts_proc(tmp_pat
         time.sleep(0.01)
     assert reader.exists(child.pid) and reader.stat(child.pid).ppid == os.getpid()
     child.wait()
+    assert reader._kill is not None  # libc's kill: "gone" as errno, not an exception
     assert not reader.exists(child.pid) and reader.stat(child.pid) is None
+    assert reader.exists(os.getpid()) and reader.exists(1)
+    reader._kill = None  # without ctypes: os.kill, the same answers
+    assert not reader.exists(child.pid) and reader.exists(os.getpid())
     fake_proc(tmp_path, 4194305, 1, "/bin/sh", "0::/\n")
     assert ProcReader(str(tmp_path)).stat(4194305).ppid == 1
 
