@@ -106,6 +106,7 @@ class Reply:
     cpu: float = 0.0  # the worker's CPU seconds so far
     error: str = ""
     first: int = 0  # the parent's: index of the task's first piece
+    parts: list[Reply] = field(default_factory=list)  # the parent's: a verified run's replies (see _take_check)
     worker: int = 0  # the parent's: which worker ran it
 
 
@@ -230,7 +231,7 @@ def _resume(reassembler: Reassembler, ended: list[tuple[Key, bool]], newest: flo
 class _Run:
     """A fresh reassembler over consecutive pieces (in a worker), noting what the parent checks."""
 
-    def __init__(self, normalize: Normalizer, timeout: float, max_in_flight: int, max_line: int,
+    def __init__(self, normalize: Normalizer, timeout: float, max_in_flight: int, max_line: int, recent_ids: int,
                  seed: Seed | None = None, parser: Parser | None = None) -> None:
         self.reply = Reply(0)
         self.max_line = max_line
@@ -253,7 +254,8 @@ class _Run:
             return normalize(ev)
 
         self.serials = _SerialLog()
-        self.reassembler = Reassembler(timeout=timeout, max_in_flight=max_in_flight, serials=self.serials)
+        self.reassembler = Reassembler(timeout=timeout, max_in_flight=max_in_flight, recent_ids=recent_ids,
+                                       serials=self.serials)
         if seed is not None:
             _resume(self.reassembler, *seed)
         self.pipeline = Pipeline(noting, self.reassembler, on_reject=self._reject)
@@ -412,9 +414,9 @@ class _Worker:
     short), the ``keep`` latest of them: the parent, once it has written the pieces before it,
     has the run go on into the next pieces instead of running it all again."""
 
-    def __init__(self, normalize: Normalizer, timeout: float, max_in_flight: int, max_line: int,
+    def __init__(self, normalize: Normalizer, timeout: float, max_in_flight: int, max_line: int, recent_ids: int,
                  tmpdir: str, keep: int) -> None:
-        self.params = (normalize, timeout, max_in_flight, max_line)
+        self.params = (normalize, timeout, max_in_flight, max_line, recent_ids)
         self.tmpdir = tmpdir
         self.files: dict[str, int] = {}
         self.open_run: _Run | None = None
@@ -589,7 +591,7 @@ class ParallelParse:
         self.on_reject = on_reject
         self.on_damaged = on_damaged
         self.on_piece = on_piece
-        self.params = (timeout, max_in_flight, max_line)
+        self.params = (timeout, max_in_flight, max_line, recent_ids)  # the workers' reassemblers keep as many
         self.accepted = _Accepted(timeout, recent_ids)
         self.max_group = max_group
         self.depth = depth  # tasks queued on a worker
@@ -809,10 +811,11 @@ class ParallelParse:
         """The shadow pass back: if its trail is the concatenation of the own runs' trails of
         the pieces it went over, the serial run makes of those pieces what their own runs made
         (the same records in the same events, none late: see :meth:`_Run.shadow`), and of the
-        held run's open events what the pass wrote. Then out go the held run, the pass, the own
-        runs, and the serial run's state at the end is the pass's (it went on from a resumed run,
-        so it is that state exactly). Otherwise the held run is run again with the next pieces,
-        from its start (the pass spent it)."""
+        held run's open events what the pass wrote. Then the held run, the pass and the own runs
+        are held as one (written in that order once the next piece follows them; else all run
+        again), and the serial run's state at their end is the pass's (it went on from a resumed
+        run, so it is that state exactly). Otherwise the held run is run again with the next
+        pieces, from its start (the pass spent it)."""
         assert self.check is not None and self.held is not None
         reply = self.replies.get(self.check)
         if reply is None:
@@ -833,17 +836,15 @@ class ParallelParse:
             self._rerun(held)
             return True
         self.verified += len(owns)
-        held.final = reply.final = False  # the totals and the state at the end: the pass's, below
-        self._emit(held)
+        held.final = reply.final = False  # the totals and the state at the end: the batch's
         reply.first, reply.pieces = self.cursor, 0
-        self._emit(reply)
+        parts = [held, reply]
         for i in owns:
-            own = self.replies.pop(i)
-            own.first = i
-            self._emit(own)
-        self.accepted.adopt(reply)
+            parts.append(self.replies.pop(i))
+            parts[-1].first = i
+        self.held = Reply(reply.task, pieces=held.pieces + len(owns), settled=True, ended=reply.ended,
+                          newest=reply.newest, counts=reply.counts, first=held.first, parts=parts)
         self.cursor = owns.stop
-        self.held = Reply(reply.task, final=True, settled=True, newest=reply.newest, first=self.cursor)
         return True
 
     def _trails(self, owns: range) -> Trail | None:
@@ -863,9 +864,10 @@ class ParallelParse:
         if reply is None:
             return False
         reply.first = drop_from = self.group_first
-        if self.held is not None:  # run again from its start: its own output goes (a resumed one was written)
-            _unlink(self.held.out)
-            drop_from += min(self.held.pieces, 1)  # none after a shadow pass: the state at a cut
+        if self.held is not None:  # run again from its start: its output goes (a resumed one was written)
+            for part in self.held.parts or [self.held]:
+                _unlink(part.out)
+            drop_from += self.held.pieces  # their own runs are gone already
         self.group = self.held = None
         self.cursor = reply.first + reply.pieces
         self.twice += max(0, min(self.cursor, self.dispatched) - reply.first)  # those with an own run too
@@ -920,6 +922,10 @@ class ParallelParse:
 
     def _emit(self, reply: Reply) -> None:
         """One decided reply out: its rejects (numbered), its lines, its totals."""
+        if reply.parts:
+            for part in reply.parts:
+                self._emit(part)
+            return self.accepted.adopt(reply)
         rejects = iter(reply.rejects)
         rej = next(rejects, None)
         for k in range(reply.pieces):
@@ -962,9 +968,15 @@ class ParallelParse:
             _unlink(path)
 
     def close(self) -> None:
+        """The end to every worker, the temporary directory away while they exit (unmapping
+        their memory takes milliseconds), then the wait for each: none outlives the command. A
+        worker still finishing a dropped task may write a file there meanwhile: the directory
+        goes again after the wait if it is still there."""
         for conn in self.conns:
             with contextlib.suppress(OSError):
                 conn.send(None)
+        if self.tmpdir:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
         for proc in self.procs:
             proc.join(timeout=2)
             if proc.is_alive():
@@ -973,9 +985,9 @@ class ParallelParse:
         for conn in self.conns:
             conn.close()
         self.conns, self.procs = [], []
-        if self.tmpdir:
+        if self.tmpdir and os.path.exists(self.tmpdir):
             shutil.rmtree(self.tmpdir, ignore_errors=True)
-            self.tmpdir = ""
+        self.tmpdir = ""
 
 
 def _sendfile(dst: int, src: IO[bytes], size: int) -> None:
