@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tests.conftest import shared_path
 
 from auditpipe.cli.common import build_normalizer
@@ -461,3 +463,68 @@ def test_many_small_pieces_of_a_file_with_events_open_across_cuts(tmp_path, size
         assert par.shadows == 1 and par.alone is not None
     else:
         assert (par.shadows, par.twice, par.alone) == (5, 0, None) and par.verified >= 7
+
+
+@pytest.mark.parametrize("last", ["newest", "oldest"])
+def test_the_event_a_piece_ends_with_counts_in_its_times(last):
+    """The times the next piece is checked against include the event a piece ends with (its
+    run's flush writes it after the reply is made): a first piece whose last event is the
+    newest by 5 s, then one opening an event 2.5 s older than that; or a second piece of one
+    event only, 2.5 s older than the first piece's newest. The serial run ages that event at
+    its first record."""
+    s = _Stream()
+    first = s.events(20)
+    if last == "newest":
+        s.ms += 5000
+        first += s.event()
+    parts = [first, _syscall(s.ms - 2500, s.serial + 100)]
+    if last == "newest":
+        parts[1] += s.events(10)
+    par = _check_shadow(parts)
+    assert par.regroups == 1
+
+
+def _random_log(rng: random.Random, n: int) -> list[str]:
+    """``n`` events whose records may interleave (up to three open at once), at an uneven pace of
+    audit time (now and then a jump ahead or back), with ANOM_ABENDs, EOEs, records repeated
+    later (late), and junk lines."""
+    lines: list[str] = []
+    ms, serial, started = 0, 100, 0
+    open_events: list[list[str]] = []
+    widths = rng.choice(((1,), (1, 3), (1, 1, 1, 2)))  # events open at once: one log interleaves more than another
+    while started < n or open_events:
+        if started < n and (len(open_events) < rng.choice(widths) or not open_events):
+            ms = max(0, ms + rng.choice((0, 3, 20, 60, 60, 60, 200, 200, 900)) + rng.choice((0,) * 30 + (2300, -2600)))
+            serial += 1
+            started += 1
+            if rng.random() < 0.03:
+                lines.append(_abend(ms, serial))
+                continue
+            open_events.append(_syscall(ms, serial, paths=rng.randrange(4), eoe=rng.random() < 0.2))
+        event = rng.choice(open_events)
+        lines.append(event.pop(0))
+        if not event:
+            open_events.remove(event)
+        if rng.random() < 0.004:
+            lines.append(rng.choice(lines[-60:]))
+        if rng.random() < 0.005:
+            lines.append("junk")
+    return lines
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 1 << 32), jobs=st.sampled_from([2, 3]), max_group=st.sampled_from([2, 8, 8]),
+       max_in_flight=st.sampled_from([6, 4096]), recent_ids=st.sampled_from([12, 8192]))
+def test_random_interleavings_in_small_pieces_equal_one_run(seed, jobs, max_group, max_in_flight, recent_ids):
+    """Pieces of 5 to 300 lines, most cut after a PROCTITLE not followed by an EOE (as the cutters do), against one run."""
+    rng = random.Random(seed)
+    lines = _random_log(rng, 400)
+    parts, i = [], 0
+    while i < len(lines):
+        k = i + rng.choice((5, 40, 120, 300))
+        if rng.random() < 0.8:
+            k = next((j + 1 for j in range(k, len(lines) - 1) if "type=PROCTITLE" in lines[j]
+                      and "type=EOE" not in lines[j + 1]), len(lines))
+        parts.append(lines[i:k])
+        i = k
+    _check_shadow(parts, jobs, max_group=max_group, max_in_flight=max_in_flight, recent_ids=recent_ids)

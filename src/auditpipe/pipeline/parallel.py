@@ -309,18 +309,18 @@ class _Run:
 
     def step(self, task: int, out: str, final: bool, kept: bool = False) -> Reply:
         """What the pieces fed since the last step gave; once ``final`` (before the flush that
-        ends the run), what the parent checks the next piece against. A ``kept`` run counts its
-        open events among its keys and times: it goes on with them as a fresh start began them."""
+        ends the run), what the parent checks the next piece against. The events still queued
+        count among its keys and times: the flush after this step writes them, or (``kept``)
+        the run goes on with them as a fresh start began them."""
         reply, self.reply = self.reply, Reply(0)
         reply.task, reply.out, reply.final, reply.kept = task, out, final, kept
         reply.serials, self.serials.seen = self.serials.seen, []
         if final:
             reply.settled = self.reassembler.settled()
-            reply.keys, reply.oldest, reply.newest = self.keys, self.oldest, self.newest
-            if kept:
-                reply.keys = self.keys | {(e.node, e.time, e.serial) for e in self._open_events()}
-                times = [e.ts for e in self._open_events()]
-                reply.oldest, reply.newest = min([self.oldest, *times]), max([self.newest, *times])
+            queued = self._open_events()
+            reply.keys = self.keys | {(e.node, e.time, e.serial) for e in queued} if queued else self.keys
+            times = [e.ts for e in queued]
+            reply.oldest, reply.newest = min([self.oldest, *times]), max([self.newest, *times])
             reply.ended = dict(self.reassembler.recently_ended())
             reply.keys = reply.keys.difference(reply.ended)  # mostly the same keys: pickled once
             reply.trail = self.trail  # the list itself: the events of the flush after this step join it
