@@ -516,7 +516,8 @@ def _random_log(rng: random.Random, n: int) -> list[str]:
 @given(seed=st.integers(0, 1 << 32), jobs=st.sampled_from([2, 3]), max_group=st.sampled_from([2, 8, 8]),
        max_in_flight=st.sampled_from([6, 4096]), recent_ids=st.sampled_from([12, 8192]))
 def test_random_interleavings_in_small_pieces_equal_one_run(seed, jobs, max_group, max_in_flight, recent_ids):
-    """Pieces of 5 to 300 lines, most cut after a PROCTITLE not followed by an EOE (as the cutters do), against one run."""
+    """Pieces of 5 to 300 lines, most cut after a PROCTITLE not followed by an EOE (as the
+    cutters do), against one run."""
     rng = random.Random(seed)
     lines = _random_log(rng, 400)
     parts, i = [], 0
