@@ -7,9 +7,10 @@ must read anyway (stdin, .gz) goes to the workers as text. Each worker is a long
 process with its own normalizer; for each piece it runs a fresh reassembler, writes the JSON
 lines into a file of its own in a temporary directory (on tmpfs where there is one), and
 returns only what a fresh start could have got wrong: whether its reassembler was *settled* at
-the end (no event still open), the keys it ended, the keys and times of the events it made,
-the serials it saw, its rejects and line count. The parent copies the files to the output in
-input order (``sendfile``), so it never touches a document.
+the end (no event still open), the keys it ended, the keys and times of the events it made
+(those its flush writes too), the *trail* of its events (key and number of records of each, in
+order), the serials it saw, its rejects and line count. The parent copies the files to the
+output in input order (``sendfile``), so it never touches a document.
 
 In order, the parent accepts a piece only if it provably starts where the one before left off:
 the previous one settled, none of its events' keys among those recently ended, none of its
@@ -20,6 +21,18 @@ reassembler settles at a cut; a run of doubtful pieces longer than
 ``MAX_GROUP`` (a log whose events never settle, e.g. one without PROCTITLE records) stays open
 in that worker, which then takes every later piece alone. Lost serials are counted by replaying
 every piece's serials into one tracker, so the totals match too.
+
+A piece's own run that ends unsettled is kept open in its worker. Once the pieces before it are
+accepted, that run goes on from the serial run's state there — so it *is* the serial run from
+then on — over the next pieces in a *shadow pass*: records of their headers only (all a
+reassembler reads), until it settles at a cut. Its own open events leave as in the serial run
+and are written; the events of the shadow records leave as the serial run makes them, and only
+their trail is kept. If that trail is the next pieces' own runs' trails end to end (each run
+settled, no record late, none joining the kept run's events), every record of those pieces is in
+the same event in the serial run as in its own run (per key, an event takes the key's records in
+input order until it ends; the same counts in the same order are the same events), so their own
+outputs are the serial run's, and they are accepted without being run again. Else all of them
+are run again from the kept run's start.
 """
 
 from __future__ import annotations
@@ -347,10 +360,14 @@ class _Run:
         """Go on (resumed) over ``pieces`` with header-only records until the reassembler is
         settled at a piece's end: this run's events leave as in the serial run and are written;
         the others (*shadow* events) are only noted in the reply's ``trail``, for the parent to
-        compare with the pieces' own runs. The trail is None where the serial run would treat
-        those pieces otherwise than their own runs do, as far as this pass can tell: a shadow
-        record of a key still open here (it would join this run's event), a late record, no
-        settled cut. The run is spent after (its reassembler holds shadow records)."""
+        compare with the pieces' own runs. A header is all the reassembler reads of a record but
+        for :func:`looks_cut_short`, which reads only this run's own (whole) records here: a
+        shadow event has no fields, so it is partial only if late. The trail is None where the
+        serial run would treat those pieces otherwise than their own runs do, as far as this
+        pass can tell: a shadow record of a key still queued here (it may join this run's
+        event), a late record, no settled cut. Its serials and counts are the own runs' to
+        report: the reply has none but this run's (its events that left here). The run is spent
+        after (its reassembler holds shadow records)."""
         reassembler, parser = self.reassembler, self.pipeline.parser
         mine = len(reassembler._queue)  # this run's events, still to leave (they leave first)
         still_open = {(p.event.node, p.event.time, p.event.serial) for p in reassembler._queue}
