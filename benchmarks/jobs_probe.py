@@ -19,7 +19,8 @@ def _cpu() -> float:
 def main() -> None:
     from auditpipe.pipeline import parallel
 
-    seen: dict = {"before_fork": None, "workers": [], "regroups": 0, "pieces": 0}
+    seen: dict = {"before_fork": None, "workers": [], "regroups": 0, "twice": 0, "shadows": 0, "verified": 0,
+                  "pieces": 0}
     run = parallel.ParallelParse.run
 
     def probed(self, pieces):
@@ -27,7 +28,8 @@ def main() -> None:
         try:
             return run(self, pieces)
         finally:
-            seen.update(workers=list(self.worker_cpu), regroups=self.regroups, pieces=len(self.known))
+            seen.update(workers=list(self.worker_cpu), regroups=self.regroups, twice=self.twice,
+                        shadows=self.shadows, verified=self.verified, pieces=len(self.known))
 
     parallel.ParallelParse.run = probed  # type: ignore[method-assign]
     from auditpipe.cli import main as cli

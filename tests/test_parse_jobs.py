@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tests.conftest import shared_path
 
 from auditpipe.cli.common import build_normalizer
@@ -110,11 +112,11 @@ def _serial(lines, make_normalize, where="x") -> tuple[bytes, dict, list]:
     return b"".join(map(dumps_line, docs)), p.stats(), rejects
 
 
-def _parallel(pieces, make_normalize=None, **kw) -> tuple[bytes, dict, list, ParallelParse]:
+def _parallel(pieces, make_normalize=None, jobs: int = 2, **kw) -> tuple[bytes, dict, list, ParallelParse]:
     make_normalize = make_normalize or functools.partial(build_normalizer, "coalesced")
     out = io.BytesIO()
     rejects: list = []
-    par = ParallelParse(make_normalize(), 2, out, lambda *r: rejects.append(r), **kw)
+    par = ParallelParse(make_normalize(), jobs, out, lambda *r: rejects.append(r), **kw)
     stats = par.run(pieces)
     return out.getvalue(), stats, rejects, par
 
@@ -301,3 +303,229 @@ def test_stdin_with_large_replies_does_not_deadlock(tmp_path):
         assert proc.returncode == 0, proc.stderr
         outs.append(out.read_bytes())
     assert outs[0] == outs[1] and outs[0].count(b"\n") == n
+
+
+# ------------------------------------------------------------ an unsettled cut: the shadow pass
+
+def _stamp(ms: int, serial: int) -> str:
+    return f"msg=audit({1_700_000_000 + ms // 1000}.{ms % 1000:03d}:{serial}):"
+
+
+def _syscall(ms: int, serial: int, paths: int = 1, eoe: bool = False) -> list[str]:
+    """One syscall event: SYSCALL, its PATH items, PROCTITLE (and EOE)."""
+    s = _stamp(ms, serial)
+    lines = [f"type=SYSCALL {s} arch=c000003e syscall=2 success=yes exit=3 a0=1 a1=0 a2=0 a3=0 items={paths} "
+             f"ppid=1 pid={serial % 900 + 2} auid=1000 uid=0 gid=0 euid=0 suid=0 fsuid=0 egid=0 sgid=0 fsgid=0 "
+             f'tty=pts0 ses=1 comm="cat" exe="/usr/bin/cat" key=(null)']
+    lines += [f'type=PATH {s} item={k} name="/etc/f{serial}" inode={serial} dev=08:01 mode=0100644 ouid=0 '
+              f"ogid=0 rdev=00:00 nametype=NORMAL" for k in range(paths)]
+    lines.append(f"type=PROCTITLE {s} proctitle=636174")
+    if eoe:
+        lines.append(f"type=EOE {s}")
+    return lines
+
+
+def _abend(ms: int, serial: int) -> str:
+    """ANOM_ABEND: not a type that ends an event, so it stays open until it ages out."""
+    return f'type=ANOM_ABEND {_stamp(ms, serial)} auid=1000 uid=0 gid=0 ses=1 pid=7 comm="x" exe="/x" sig=11 res=1'
+
+
+class _Stream:
+    """Events at a steady pace of audit time, serials counting up."""
+
+    def __init__(self, step_ms: int = 10) -> None:
+        self.ms, self.serial, self.step = 0, 100, step_ms
+
+    def events(self, n: int, **kw) -> list[str]:
+        out: list[str] = []
+        for _ in range(n):
+            out += self.event(**kw)
+        return out
+
+    def event(self, **kw) -> list[str]:
+        self.ms += self.step
+        self.serial += 1
+        return _syscall(self.ms, self.serial, **kw)
+
+    def abend(self) -> str:
+        self.ms += self.step
+        self.serial += 1
+        return _abend(self.ms, self.serial)
+
+
+def _unsettled_cut() -> tuple[list[list[str]], _Stream, str]:
+    """Four pieces: an ANOM_ABEND opens in the first and ages out (2 s of audit time) in the
+    third, so the serial run is unsettled at the ends of the first two."""
+    s = _Stream()
+    first = s.events(30) + [abend := s.abend()] + s.events(20)
+    return [first, s.events(60), s.events(200), s.events(40)], s, abend
+
+
+def _check_shadow(parts: list[list[str]], jobs: int = 2, **kw) -> ParallelParse:
+    """The parts as text pieces: the bytes, totals, rejects, and the recently ended keys at the
+    end (in their order) are the serial run's with the same reassembler settings."""
+    make = functools.partial(build_normalizer, "ecs")
+    lines = [line for part in parts for line in part]
+    rejects: list = []
+    serial = Pipeline(make(), Reassembler(**{k: v for k, v in kw.items() if k in ("max_in_flight", "recent_ids")}),
+                      on_reject=lambda *r: rejects.append(r[1:]))
+    docs = serial.feed_lines(lines, "x", 1)
+    ended = serial.reassembler.recently_ended()
+    want = b"".join(map(dumps_line, docs + serial.flush()))
+    pieces, n = [], 1
+    for part in parts:
+        pieces.append(Piece("x", None, 0, 0, "\n".join(part), n))
+        n += len(part)
+    got, stats, got_rejects, par = _parallel(pieces, make, jobs=jobs, **kw)
+    assert got == want
+    assert stats == serial.stats()
+    assert [r[1:] for r in got_rejects] == rejects
+    assert list(par.accepted.recent.items()) == ended
+    return par
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+@pytest.mark.parametrize("recent_ids", [8192, 40])
+def test_an_unsettled_cut_is_verified_by_a_shadow_pass_not_run_again(jobs, recent_ids):
+    """The kept run of the first piece goes on over the next two in a shadow pass, which finds
+    the same events as their own runs: no piece is run twice (and with room for only 40 ended
+    keys, the serial run's are those the pass had, not ours updated with them)."""
+    parts, _, _ = _unsettled_cut()
+    parts[2].insert(3, "not an audit record")
+    par = _check_shadow(parts, jobs, recent_ids=recent_ids)
+    assert (par.shadows, par.verified, par.twice, par.regroups) == (1, 2, 0, 0)
+
+
+def test_a_shadow_record_joining_the_kept_runs_open_event_falls_back():
+    parts, _, abend = _unsettled_cut()
+    parts[1].insert(10, abend.replace("ANOM_ABEND", "ANOM_PROMISCUOUS"))  # same time:serial: joins it
+    par = _check_shadow(parts)
+    assert par.shadows == 1 and par.verified == 0 and par.twice >= 2
+
+
+def test_a_late_record_of_an_event_the_kept_run_ended_falls_back():
+    parts, _, _ = _unsettled_cut()
+    parts[1].insert(5, parts[0][1])  # a PATH of the first event: late, its event partial
+    par = _check_shadow(parts)
+    assert par.shadows == 1 and par.verified == 0 and par.twice >= 2
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3])
+def test_an_eoe_held_across_a_cut(cut):
+    """The piece ``cut`` opens with the EOE of the event the PROCTITLE before it ended: across
+    the kept run's end (its open event), inside the pass (the trails differ) or after it (the
+    next piece does not follow the verified pieces: all of them again)."""
+    parts, _, _ = _unsettled_cut()
+    prev = parts[cut - 1]
+    assert "type=PROCTITLE" in prev[-1]
+    parts[cut].insert(0, "type=EOE " + prev[-1].split(" ")[1])
+    par = _check_shadow(parts)
+    assert par.shadows == 1 and par.verified == (2 if cut == 3 else 0) and par.twice >= 2
+
+
+def test_an_event_aged_by_the_serial_runs_newer_time_after_the_verified_pieces():
+    """The piece after the verified ones opens an event older than the serial run's newest
+    time there minus the timeout (the pass's newest, not any own run's)."""
+    parts, s, _ = _unsettled_cut()
+    parts[3] = _syscall(s.ms - 2500, s.serial + 1) + parts[3]
+    par = _check_shadow(parts)
+    assert par.shadows == 1 and par.verified == 2 and par.twice >= 4
+
+
+def test_max_in_flight_forces_the_kept_runs_open_event_out():
+    """With room for 70 open events the ANOM_ABEND leaves in the second piece, forced out, not
+    aged: at the point of the serial run (the pass has its queue), and the own runs stand."""
+    parts, _, _ = _unsettled_cut()
+    par = _check_shadow(parts, max_in_flight=70)
+    assert (par.shadows, par.verified, par.twice) == (1, 1, 0)
+
+
+@pytest.mark.parametrize("size", [2048, 4096, 16384])
+def test_many_small_pieces_of_a_file_with_events_open_across_cuts(tmp_path, size):
+    """A file in byte ranges of a few events each, with an ANOM_ABEND every 300 events (open for
+    about 50 events) and EOEs: each unsettled cut is verified by a shadow pass, or, where the
+    event stays open longer than ``max_group`` pieces, its run goes on alone; the bytes are
+    those of one run."""
+    s = _Stream(step_ms=40)
+    lines: list[str] = []
+    for k in range(1500):
+        lines += s.event(paths=k % 3, eoe=k % 7 == 0)
+        if k % 300 == 150:
+            lines.append(s.abend())
+    path = _write_lines(tmp_path / "open.log", lines)
+    make = functools.partial(build_normalizer, "ecs")
+    want, want_stats, _ = _serial(lines, make, str(path))
+    pieces = list(file_pieces(str(path), str(path), size=size))
+    assert len(pieces) > 40
+    got, stats, _, par = _parallel(pieces, make)
+    assert got == want and stats == want_stats
+    if size == 2048:
+        assert par.shadows == 1 and par.alone is not None
+    else:
+        assert (par.shadows, par.twice, par.alone) == (5, 0, None) and par.verified >= 7
+
+
+@pytest.mark.parametrize("last", ["newest", "oldest"])
+def test_the_event_a_piece_ends_with_counts_in_its_times(last):
+    """The times the next piece is checked against include the event a piece ends with (its
+    run's flush writes it after the reply is made): a first piece whose last event is the
+    newest by 5 s, then one opening an event 2.5 s older than that; or a second piece of one
+    event only, 2.5 s older than the first piece's newest. The serial run ages that event at
+    its first record."""
+    s = _Stream()
+    first = s.events(20)
+    if last == "newest":
+        s.ms += 5000
+        first += s.event()
+    parts = [first, _syscall(s.ms - 2500, s.serial + 100)]
+    if last == "newest":
+        parts[1] += s.events(10)
+    par = _check_shadow(parts)
+    assert par.regroups == 1
+
+
+def _random_log(rng: random.Random, n: int) -> list[str]:
+    """``n`` events whose records may interleave (up to three open at once), at an uneven pace of
+    audit time (now and then a jump ahead or back), with ANOM_ABENDs, EOEs, records repeated
+    later (late), and junk lines."""
+    lines: list[str] = []
+    ms, serial, started = 0, 100, 0
+    open_events: list[list[str]] = []
+    widths = rng.choice(((1,), (1, 3), (1, 1, 1, 2)))  # events open at once: one log interleaves more than another
+    while started < n or open_events:
+        if started < n and (len(open_events) < rng.choice(widths) or not open_events):
+            ms = max(0, ms + rng.choice((0, 3, 20, 60, 60, 60, 200, 200, 900)) + rng.choice((0,) * 30 + (2300, -2600)))
+            serial += 1
+            started += 1
+            if rng.random() < 0.03:
+                lines.append(_abend(ms, serial))
+                continue
+            open_events.append(_syscall(ms, serial, paths=rng.randrange(4), eoe=rng.random() < 0.2))
+        event = rng.choice(open_events)
+        lines.append(event.pop(0))
+        if not event:
+            open_events.remove(event)
+        if rng.random() < 0.004:
+            lines.append(rng.choice(lines[-60:]))
+        if rng.random() < 0.005:
+            lines.append("junk")
+    return lines
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 1 << 32), jobs=st.sampled_from([2, 3]), max_group=st.sampled_from([2, 8, 8]),
+       max_in_flight=st.sampled_from([6, 4096]), recent_ids=st.sampled_from([12, 8192]))
+def test_random_interleavings_in_small_pieces_equal_one_run(seed, jobs, max_group, max_in_flight, recent_ids):
+    """Pieces of 5 to 300 lines, most cut after a PROCTITLE not followed by an EOE (as the
+    cutters do), against one run."""
+    rng = random.Random(seed)
+    lines = _random_log(rng, 400)
+    parts, i = [], 0
+    while i < len(lines):
+        k = i + rng.choice((5, 40, 120, 300))
+        if rng.random() < 0.8:
+            k = next((j + 1 for j in range(k, len(lines) - 1) if "type=PROCTITLE" in lines[j]
+                      and "type=EOE" not in lines[j + 1]), len(lines))
+        parts.append(lines[i:k])
+        i = k
+    _check_shadow(parts, jobs, max_group=max_group, max_in_flight=max_in_flight, recent_ids=recent_ids)

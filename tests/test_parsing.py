@@ -7,8 +7,16 @@ import json
 import pytest
 
 from auditpipe.normalize.jsonl import dumps_line
-from auditpipe.parsing import ParseError, decode_sockaddr, execve_argv, parse_kernel, parse_line, proctitle_argv
-
+from auditpipe.parsing import (
+    ParseError,
+    Parser,
+    decode_sockaddr,
+    execve_argv,
+    parse_header,
+    parse_kernel,
+    parse_line,
+    proctitle_argv,
+)
 from conftest import shared_path
 
 
@@ -223,3 +231,28 @@ def test_crlf_line_parses_without_the_cr_and_keeps_it_in_raw():
     r = parse_line('type=CWD msg=audit(1.000:1): cwd="/tmp"\r\n')
     assert r.fields == {"cwd": "/tmp"}
     assert r.raw == 'type=CWD msg=audit(1.000:1): cwd="/tmp"\r'
+
+
+def test_parse_header_reads_what_parse_line_reads_and_refuses_what_it_refuses():
+    """The header-only parse (``parse --jobs``' shadow pass) keeps exactly the lines the full
+    parse keeps, with the same header, on both corpora and on lines that are not records."""
+    lines = [line for name in ("enriched.log", "raw-node.log")
+             for line in shared_path("corpus", name).read_text("utf-8", "surrogateescape").splitlines()]
+    lines += ["", "junk", "type=SYSCALL msg=audit(1.2:3)", "node= type=X msg=audit(1.2:3): a=1\r",
+              "type=bad! msg=audit(1.2:3): a=1", "type=SYSCALL msg=audit(1.2:x): a=1",
+              "type=UNKNOWN[1400] msg=audit(1.2:3):"]
+    memo, header_memo = Parser(), Parser()
+    kept = 0
+    for line in lines:
+        try:
+            full = parse_line(line, memo)
+        except ParseError:
+            with pytest.raises(ParseError):
+                parse_header(line, header_memo)
+            continue
+        head = parse_header(line, header_memo)
+        kept += 1
+        assert (head.node, head.type, head.type_num, head.time, head.sec, head.msec, head.serial) == \
+            (full.node, full.type, full.type_num, full.time, full.sec, full.msec, full.serial)
+        assert head.fields == {}
+    assert kept > 5000

@@ -8,6 +8,7 @@ from auditpipe.parsing.record import (
                                      Record,
                                      decode_hex_value,
                                      parse_body,
+                                     parse_header,
                                      parse_kernel,
                                      parse_line,
 )
@@ -15,5 +16,5 @@ from auditpipe.parsing.sockaddr import decode_sockaddr
 
 __all__ = [
     "MAX_LINE", "ParseError", "Parser", "Record", "decode_hex_value", "decode_sockaddr", "execve_argv",
-    "parse_body", "parse_kernel", "parse_line", "proctitle_argv",
+    "parse_body", "parse_header", "parse_kernel", "parse_line", "proctitle_argv",
 ]

@@ -7,9 +7,10 @@ must read anyway (stdin, .gz) goes to the workers as text. Each worker is a long
 process with its own normalizer; for each piece it runs a fresh reassembler, writes the JSON
 lines into a file of its own in a temporary directory (on tmpfs where there is one), and
 returns only what a fresh start could have got wrong: whether its reassembler was *settled* at
-the end (no event still open), the keys it ended, the keys and times of the events it made,
-the serials it saw, its rejects and line count. The parent copies the files to the output in
-input order (``sendfile``), so it never touches a document.
+the end (no event still open), the keys it ended, the keys and times of the events it made
+(those its flush writes too), the *trail* of its events (key and number of records of each, in
+order), the serials it saw, its rejects and line count. The parent copies the files to the
+output in input order (``sendfile``), so it never touches a document.
 
 In order, the parent accepts a piece only if it provably starts where the one before left off:
 the previous one settled, none of its events' keys among those recently ended, none of its
@@ -20,6 +21,18 @@ reassembler settles at a cut; a run of doubtful pieces longer than
 ``MAX_GROUP`` (a log whose events never settle, e.g. one without PROCTITLE records) stays open
 in that worker, which then takes every later piece alone. Lost serials are counted by replaying
 every piece's serials into one tracker, so the totals match too.
+
+A piece's own run that ends unsettled is kept open in its worker. Once the pieces before it are
+accepted, that run goes on from the serial run's state there — so it *is* the serial run from
+then on — over the next pieces in a *shadow pass*: records of their headers only (all a
+reassembler reads), until it settles at a cut. Its own open events leave as in the serial run
+and are written; the events of the shadow records leave as the serial run makes them, and only
+their trail is kept. If that trail is the next pieces' own runs' trails end to end (each run
+settled, no record late, none joining the kept run's events), every record of those pieces is in
+the same event in the serial run as in its own run (per key, an event takes the key's records in
+input order until it ends; the same counts in the same order are the same events), so their own
+outputs are the serial run's, and they are accepted without being run again. Else all of them
+are run again from the kept run's start.
 """
 
 from __future__ import annotations
@@ -40,9 +53,9 @@ from multiprocessing.connection import Connection, wait
 from typing import IO, Any, NamedTuple
 
 from auditpipe.normalize.jsonl import dumps_line
-from auditpipe.parsing import Parser
+from auditpipe.parsing import ParseError, Parser, parse_header
 from auditpipe.pipeline.core import Normalizer, Pipeline
-from auditpipe.reassembly import Event, Reassembler
+from auditpipe.reassembly import Event, Reassembler, ends_event, looks_cut_short
 from auditpipe.reassembly.serials import SerialTracker
 
 __all__ = ["Piece", "ParallelParse", "file_pieces", "text_pieces", "is_plain_file", "piece_size", "SEGMENT"]
@@ -50,6 +63,8 @@ __all__ = ["Piece", "ParallelParse", "file_pieces", "text_pieces", "is_plain_fil
 Key = tuple[Any, str, int]
 #: the serial run's state at a settled point: its recently ended keys, its newest event time
 Seed = tuple[list[tuple[Key, bool]], float]
+#: the events a run emitted, in order: (key, number of records, negative if late)
+Trail = list[tuple[Key, int]]
 #: a doubtful run of pieces re-run together at most this long before one worker goes on alone
 MAX_GROUP = 8
 #: bytes of a piece of a regular file at most, and at least (unless the file is smaller)
@@ -100,9 +115,11 @@ class Reply:
     keys: set[Key] = field(default_factory=set)  # of its events; sent without those in ``ended``
     oldest: float = float("inf")
     newest: float = float("-inf")
+    trail: Trail | None = None  # a finished run's events (see :func:`_entry`); a shadow pass's, None if it failed
     cpu: float = 0.0  # the worker's CPU seconds so far
     error: str = ""
     first: int = 0  # the parent's: index of the task's first piece
+    parts: list[Reply] = field(default_factory=list)  # the parent's: a verified run's replies (see _take_check)
     worker: int = 0  # the parent's: which worker ran it
 
 
@@ -227,7 +244,7 @@ def _resume(reassembler: Reassembler, ended: list[tuple[Key, bool]], newest: flo
 class _Run:
     """A fresh reassembler over consecutive pieces (in a worker), noting what the parent checks."""
 
-    def __init__(self, normalize: Normalizer, timeout: float, max_in_flight: int, max_line: int,
+    def __init__(self, normalize: Normalizer, timeout: float, max_in_flight: int, max_line: int, recent_ids: int,
                  seed: Seed | None = None, parser: Parser | None = None) -> None:
         self.reply = Reply(0)
         self.max_line = max_line
@@ -235,10 +252,13 @@ class _Run:
         self.keys: set[Key] = set()
         self.oldest = float("inf")
         self.newest = float("-inf")
-        keys = self.keys
+        self.trail: Trail = []
+        keys, trail = self.keys, self.trail
 
         def noting(ev: Event) -> list:
-            keys.add((ev.node, ev.time, ev.serial))
+            key = (ev.node, ev.time, ev.serial)
+            keys.add(key)
+            trail.append(_entry(key, ev))
             ts = ev.ts
             if ts < self.oldest:
                 self.oldest = ts
@@ -247,7 +267,8 @@ class _Run:
             return normalize(ev)
 
         self.serials = _SerialLog()
-        self.reassembler = Reassembler(timeout=timeout, max_in_flight=max_in_flight, serials=self.serials)
+        self.reassembler = Reassembler(timeout=timeout, max_in_flight=max_in_flight, recent_ids=recent_ids,
+                                       serials=self.serials)
         if seed is not None:
             _resume(self.reassembler, *seed)
         self.pipeline = Pipeline(noting, self.reassembler, on_reject=self._reject)
@@ -301,20 +322,21 @@ class _Run:
 
     def step(self, task: int, out: str, final: bool, kept: bool = False) -> Reply:
         """What the pieces fed since the last step gave; once ``final`` (before the flush that
-        ends the run), what the parent checks the next piece against. A ``kept`` run counts its
-        open events among its keys and times: it goes on with them as a fresh start began them."""
+        ends the run), what the parent checks the next piece against. The events still queued
+        count among its keys and times: the flush after this step writes them, or (``kept``)
+        the run goes on with them as a fresh start began them."""
         reply, self.reply = self.reply, Reply(0)
         reply.task, reply.out, reply.final, reply.kept = task, out, final, kept
         reply.serials, self.serials.seen = self.serials.seen, []
         if final:
             reply.settled = self.reassembler.settled()
-            reply.keys, reply.oldest, reply.newest = self.keys, self.oldest, self.newest
-            if kept:
-                reply.keys = self.keys | {(e.node, e.time, e.serial) for e in self._open_events()}
-                times = [e.ts for e in self._open_events()]
-                reply.oldest, reply.newest = min([self.oldest, *times]), max([self.newest, *times])
+            queued = self._open_events()
+            reply.keys = self.keys | {(e.node, e.time, e.serial) for e in queued} if queued else self.keys
+            times = [e.ts for e in queued]
+            reply.oldest, reply.newest = min([self.oldest, *times]), max([self.newest, *times])
             reply.ended = dict(self.reassembler.recently_ended())
             reply.keys = reply.keys.difference(reply.ended)  # mostly the same keys: pickled once
+            reply.trail = self.trail  # the list itself: the events of the flush after this step join it
         self.piece = 0
         return reply
 
@@ -334,6 +356,65 @@ class _Run:
         reassembler._ended = OrderedDict(itertools.islice(merged.items(), excess, None)) if excess > 0 else merged
         reassembler._newest = max(reassembler._newest, newest)
 
+    def shadow(self, task: int, out: IO[bytes], pieces: list[Piece], files: dict[str, int]) -> Reply:
+        """Go on (resumed) over ``pieces`` with header-only records until the reassembler is
+        settled at a piece's end: this run's events leave as in the serial run and are written;
+        the others (*shadow* events) are only noted in the reply's ``trail``, for the parent to
+        compare with the pieces' own runs. A header is all the reassembler reads of a record but
+        for :func:`looks_cut_short`, which reads only this run's own (whole) records here: a
+        shadow event has no fields, so it is partial only if late. The trail is None where the
+        serial run would treat those pieces otherwise than their own runs do, as far as this
+        pass can tell: a shadow record of a key still queued here (it may join this run's
+        event), a late record, no settled cut. Its serials and counts are the own runs' to
+        report: the reply has none but this run's (its events that left here). The run is spent
+        after (its reassembler holds shadow records)."""
+        reassembler, parser = self.reassembler, self.pipeline.parser
+        mine = len(reassembler._queue)  # this run's events, still to leave (they leave first)
+        still_open = {(p.event.node, p.event.time, p.event.serial) for p in reassembler._queue}
+        late, events = reassembler.late, reassembler.events
+        reply, trail, leaving = Reply(task), [], []
+        for piece in pieces:
+            for line in self._lines(piece, files):
+                try:
+                    rec = parse_header(line, parser) if line else None
+                except ParseError:  # a reject of the piece's own run
+                    rec = None
+                if rec is None:
+                    continue
+                key = (rec.node, rec.time, rec.serial)
+                if key in still_open:
+                    return reply
+                for ev in reassembler.feed(rec):
+                    if mine:
+                        mine -= 1
+                        leaving.append(ev)
+                    else:
+                        trail.append(_entry((ev.node, ev.time, ev.serial), ev))
+            reply.pieces += 1
+            if reassembler.late != late:
+                return reply
+            if reassembler.settled():
+                break
+        if mine or not reassembler.settled():
+            return reply
+        trail += [_entry((p.event.node, p.event.time, p.event.serial), p.event) for p in reassembler._queue]
+        shadow_events = reassembler.events - events - len(leaving)
+        out.writelines(map(dumps_line, self.pipeline._events_out(leaving)))
+        reply.trail, reply.settled = trail, True
+        reply.counts = self.pipeline.stats()
+        reply.counts["events"] -= shadow_events  # the pieces' own runs count theirs
+        reply.ended, reply.newest = dict(reassembler.recently_ended()), reassembler._newest
+        return reply
+
+
+def _entry(key: Key, ev: Event) -> tuple[Key, int]:
+    """An event in a trail: its key and number of records, negative if it is *late* (its key
+    had ended before it began). Its ``partial`` is that or, if it did not end with its last
+    record, its records' own say (:func:`looks_cut_short`): the same records, the same answer."""
+    n = len(ev.records)
+    late = ev.partial and (ends_event(ev.records[-1].type_num) or not looks_cut_short(ev))
+    return key, -n if late else n
+
 
 class _Worker:
     """The loop of one worker process: tasks in from the parent, replies out.
@@ -342,16 +423,17 @@ class _Worker:
     fresh run over ``pieces`` (from ``seed``, the serial run's state there, if given; with
     ``settle_after``, it stops at the first cut after that many pieces where its reassembler is
     settled; with ``keep_open``, a run that did not stop stays open); ``resume`` does the same
-    going on from the end of the kept run of task ``kept`` (from ``seed``); ``more`` feeds the
-    open run, ``end`` finishes it.
+    going on from the end of the kept run of task ``kept`` (from ``seed``); ``shadow`` goes on
+    from there too, but only to check the next pieces' own runs (:meth:`_Run.shadow`); ``more``
+    feeds the open run, ``end`` finishes it.
 
     A piece's own run that ends unsettled is *kept* unflushed (its open events would only be cut
     short), the ``keep`` latest of them: the parent, once it has written the pieces before it,
     has the run go on into the next pieces instead of running it all again."""
 
-    def __init__(self, normalize: Normalizer, timeout: float, max_in_flight: int, max_line: int,
+    def __init__(self, normalize: Normalizer, timeout: float, max_in_flight: int, max_line: int, recent_ids: int,
                  tmpdir: str, keep: int) -> None:
-        self.params = (normalize, timeout, max_in_flight, max_line)
+        self.params = (normalize, timeout, max_in_flight, max_line, recent_ids)
         self.tmpdir = tmpdir
         self.files: dict[str, int] = {}
         self.open_run: _Run | None = None
@@ -383,6 +465,10 @@ class _Worker:
            seed: Seed | None, kept: int | None = None) -> Reply:
         out_path = os.path.join(self.tmpdir, str(task))
         with open(out_path, "wb") as out:
+            if kind == "shadow":
+                reply = self._start_run(kind, seed, kept).shadow(task, out, pieces, self.files)
+                reply.out, reply.size = out_path, out.tell()
+                return reply
             keep = False
             if kind in ("run", "resume"):
                 run = self._start_run(kind, seed, kept)
@@ -480,6 +566,14 @@ class _Accepted:
         for name, n in out.counts.items():
             self.counts[name] = self.counts.get(name, 0) + n
 
+    def adopt(self, out: Reply) -> None:
+        """The serial run's state from a run that went on from it (a shadow pass): its ended
+        keys in its order (as many as it keeps) and newest time, in place of ours; its totals."""
+        self.recent = OrderedDict(out.ended)
+        self.newest = max(self.newest, out.newest)
+        for name, n in out.counts.items():
+            self.counts[name] = self.counts.get(name, 0) + n
+
     def replay(self, serials: list[tuple[Any, int]]) -> None:
         see = self.tracker.see
         for node, serial in serials:
@@ -514,12 +608,15 @@ class ParallelParse:
         self.on_reject = on_reject
         self.on_damaged = on_damaged
         self.on_piece = on_piece
-        self.params = (timeout, max_in_flight, max_line)
+        self.params = (timeout, max_in_flight, max_line, recent_ids)  # the workers' reassemblers keep as many
         self.accepted = _Accepted(timeout, recent_ids)
         self.max_group = max_group
         self.depth = depth  # tasks queued on a worker
         self.ahead = ahead or 4 * jobs  # pieces sent past the first not yet written
         self.regroups = 0  # re-runs of doubtful pieces
+        self.twice = 0  # pieces whose own run was made and then run again in full
+        self.shadows = 0  # shadow passes asked for (:meth:`_check`)
+        self.verified = 0  # pieces whose own run a shadow pass let be written
         self.alone: int | None = None  # the worker holding the open run, once pieces never settle
         self.worker_cpu: list[float] = [0.0] * jobs  # CPU seconds of each worker (its last reply)
         self.tmpdir = ""
@@ -537,6 +634,7 @@ class ParallelParse:
         self.held: Reply | None = None  # accepted, written once the next one follows it
         self.group: int | None = None  # the re-run awaited
         self.group_first = 0  # the first piece of that re-run
+        self.check: int | None = None  # the shadow pass awaited (its own runs' first is ``cursor``)
         self.steps: deque[int] = deque()  # the open run's steps awaited, in order
         self.end_sent = False
         self.dropped: set[int] = set()
@@ -638,9 +736,17 @@ class ParallelParse:
 
     def _advance(self) -> None:
         """Write out whatever is decided, in input order."""
-        while self._take_step() if self.alone is not None else \
-                self._take_group() if self.group is not None else self._take_next():
+        while self._decide():
             pass
+
+    def _decide(self) -> bool:
+        if self.alone is not None:
+            return self._take_step()
+        if self.group is not None:
+            return self._take_group()
+        if self.check is not None:
+            return self._take_check()
+        return self._take_next()
 
     def _take_next(self) -> bool:
         i = self.cursor
@@ -668,6 +774,13 @@ class ParallelParse:
         return True
 
     def _regroup(self, held: Reply) -> None:
+        """The piece after ``held`` does not follow it: check the next pieces with a shadow pass
+        where ``held`` was kept unsettled, else run them again."""
+        if held.kept and self._piece(held.first + held.pieces):
+            return self._check(held)
+        self._rerun(held)
+
+    def _rerun(self, held: Reply) -> None:
         """Run again from where ``held`` began, from the serial run's state there, taking in the
         next pieces until settled (the workers go on with the pieces after them meanwhile). A
         group longer than ``max_group`` is not re-run again: that run stays open and takes the
@@ -699,17 +812,82 @@ class ParallelParse:
         self._send(("resume", self.group, group, 1 if group else None, not at_end, seed, held.task),
                    worker=held.worker)
 
+    def _check(self, held: Reply) -> None:
+        """``held`` ended unsettled and its worker kept the run: have it go on over the next
+        pieces in a shadow pass (:meth:`_Run.shadow`, from the serial run's state before it)
+        instead of running them again, and hold it until the pass is compared with those pieces'
+        own runs (:meth:`_take_check`)."""
+        self.shadows += 1
+        first = self.cursor
+        self._piece(first + self.max_group - 1)
+        group = [self.known[i] for i in range(first, min(first + self.max_group, self.count))]
+        self.check = self._new_id()
+        self._send(("shadow", self.check, group, None, False, self.accepted.seed(), held.task), worker=held.worker)
+
+    def _take_check(self) -> bool:
+        """The shadow pass back: if its trail is the concatenation of the own runs' trails of
+        the pieces it went over, the serial run makes of those pieces what their own runs made
+        (the same records in the same events, none late: see :meth:`_Run.shadow`), and of the
+        held run's open events what the pass wrote. Then the held run, the pass and the own runs
+        are held as one (written in that order once the next piece follows them; else all run
+        again), and the serial run's state at their end is the pass's (it went on from a resumed
+        run, so it is that state exactly). Otherwise the held run is run again with the next
+        pieces, from its start (the pass spent it)."""
+        assert self.check is not None and self.held is not None
+        reply = self.replies.get(self.check)
+        if reply is None:
+            return False
+        owns = range(self.cursor, self.cursor + reply.pieces)
+        if reply.trail is not None:
+            while self.dispatched < owns.stop:  # in the window ahead as a rule; never waited for in vain
+                self._send(("run", self.dispatched, [self.known[self.dispatched]], None, False, None))
+                self.dispatched += 1
+            if any(i not in self.replies for i in owns):
+                return False
+        del self.replies[self.check]
+        self.check = None
+        held = self.held
+        if reply.trail is None or reply.trail != self._trails(owns):
+            _unlink(reply.out)
+            held.kept = False  # the pass spent the run: all of it again
+            self._rerun(held)
+            return True
+        self.verified += len(owns)
+        held.final = reply.final = False  # the totals and the state at the end: the batch's
+        reply.first, reply.pieces = self.cursor, 0
+        parts = [held, reply]
+        for i in owns:
+            parts.append(self.replies.pop(i))
+            parts[-1].first = i
+        self.held = Reply(reply.task, pieces=held.pieces + len(owns), settled=True, ended=reply.ended,
+                          newest=reply.newest, counts=reply.counts, first=held.first, parts=parts)
+        self.cursor = owns.stop
+        return True
+
+    def _trails(self, owns: range) -> Trail | None:
+        """The own runs' trails one after the other; None if one ended unsettled (its open
+        events are not in its output) or has none."""
+        trail: Trail = []
+        for i in owns:
+            own = self.replies[i]
+            if own.kept or own.trail is None:
+                return None
+            trail += own.trail
+        return trail
+
     def _take_group(self) -> bool:
         assert self.group is not None
         reply = self.replies.pop(self.group, None)
         if reply is None:
             return False
         reply.first = drop_from = self.group_first
-        if self.held is not None:  # run again from its start: its own output goes (a resumed one was written)
-            _unlink(self.held.out)
-            drop_from += 1
+        if self.held is not None:  # run again from its start: its output goes (a resumed one was written)
+            for part in self.held.parts or [self.held]:
+                _unlink(part.out)
+            drop_from += self.held.pieces  # their own runs are gone already
         self.group = self.held = None
         self.cursor = reply.first + reply.pieces
+        self.twice += max(0, min(self.cursor, self.dispatched) - reply.first)  # those with an own run too
         self._drop(range(drop_from, min(self.cursor, self.dispatched)))
         self.dispatched = max(self.dispatched, self.cursor)
         if reply.final:
@@ -761,6 +939,10 @@ class ParallelParse:
 
     def _emit(self, reply: Reply) -> None:
         """One decided reply out: its rejects (numbered), its lines, its totals."""
+        if reply.parts:
+            for part in reply.parts:
+                self._emit(part)
+            return self.accepted.adopt(reply)
         rejects = iter(reply.rejects)
         rej = next(rejects, None)
         for k in range(reply.pieces):
@@ -803,9 +985,15 @@ class ParallelParse:
             _unlink(path)
 
     def close(self) -> None:
+        """The end to every worker, the temporary directory away while they exit (unmapping
+        their memory takes milliseconds), then the wait for each: none outlives the command. A
+        worker still finishing a dropped task may write a file there meanwhile: the directory
+        goes again after the wait if it is still there."""
         for conn in self.conns:
             with contextlib.suppress(OSError):
                 conn.send(None)
+        if self.tmpdir:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
         for proc in self.procs:
             proc.join(timeout=2)
             if proc.is_alive():
@@ -814,9 +1002,9 @@ class ParallelParse:
         for conn in self.conns:
             conn.close()
         self.conns, self.procs = [], []
-        if self.tmpdir:
+        if self.tmpdir and os.path.exists(self.tmpdir):
             shutil.rmtree(self.tmpdir, ignore_errors=True)
-            self.tmpdir = ""
+        self.tmpdir = ""
 
 
 def _sendfile(dst: int, src: IO[bytes], size: int) -> None:
