@@ -173,11 +173,10 @@ def _libc_kill() -> Callable[[int, int], int] | None:
     compiled code builds a traceback frame (with os.kill, a third of the process stage's live
     CPU at 1,000 exec/s, perf). None without ctypes (os.kill is used then)."""
     try:
-        fn = ctypes.CDLL(None, use_errno=True).kill
+        fn: Callable[[int, int], int] = ctypes.CDLL(None, use_errno=True).kill
     except (OSError, AttributeError):
         return None
-    fn.argtypes = (ctypes.c_int, ctypes.c_int)
-    fn.restype = ctypes.c_int
+    # no argtypes: Python ints go as C ints (and restype is int) without a converter call each
     return fn
 
 

@@ -66,6 +66,7 @@ class ProcessStage:
                  state: StateStore | None = None) -> None:
         self.cfg = cfg
         self.fmt = fmt
+        self._ecs = fmt == "ecs"
         self.reader = reader if cfg.read_proc else None
         self.user_name = user_name
         boot = self.reader.boot_id() if self.reader is not None else ""
@@ -98,16 +99,20 @@ class ProcessStage:
     # ------------------------------------------------------------------ Stage protocol
     def process(self, event: Event, docs: list[dict], now: float) -> list[dict]:
         self.counters["events"] += 1
+        ecs = self._ecs
         # the ECS normalizer has read the arguments already: not again
-        self._args = docs[0].get("process", _NONE).get("args") if self.fmt == "ecs" and docs else None
+        self._args = docs[0].get("process", _NONE).get("args") if ecs and docs else None
         proc, ppid = self._track(event, now)
         self._last = (event, proc)
         if proc is None:
             self.counters["no_process"] += 1
             return docs
-        if self.fmt == "ecs":
+        if ecs:
             for d in docs:
-                self._annotate(d, d.setdefault("process", {"pid": proc.pid}), proc, ppid)
+                pr = d.get("process")
+                if pr is None:
+                    pr = d["process"] = {"pid": proc.pid}
+                self._annotate(d, pr, proc, ppid)
         elif self.fmt == "coalesced":
             for d in docs:
                 ctx: dict = {}
