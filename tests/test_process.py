@@ -260,7 +260,7 @@ def filtered(lines, *rules, label_exe=None):
     made = []
 
     def stages(st):
-        made.append(FilterStage(FilterConfig(rules=list(rules)), "ecs", st.labels_of, st.identity_of))
+        made.append(FilterStage(FilterConfig(rules=list(rules)), "ecs"))  # labels from the documents
         return [st, made[0]]
 
     return run(lines, stages=stages, label_exe=label_exe or {})[0], made[0]
@@ -299,12 +299,46 @@ def test_filter_metrics_and_keep_first():
     def stages(st):
         fs["f"] = FilterStage(FilterConfig(rules=[
             FilterRule(name="noisy", action="keep_first", first=2, key="files"),
-            FilterRule(name="never", key="nope")]), "ecs", st.labels_of, st.identity_of)
+            FilterRule(name="never", key="nope")]), "ecs")
         return [st, fs["f"]]
 
     docs, _ = run(lines, stages=stages)
     assert [d["process"]["pid"] for d in docs] == [100, 100, 101, 101, 102]
     assert fs["f"].metrics() == {"dropped.noisy": 4, "dropped.never": 0, "dropped": 4}
+
+
+def test_filter_of_panther_rows_asks_the_process_stage(tmp_path):
+    """Panther rows carry no process context: the assembly links the filter to the process
+    stage, whose labels (inherited: ls's parent is a labelled bash) and identities it uses."""
+    from auditpipe.config import load_config
+    from auditpipe.pipeline.assembly import build_normalizer, build_stages
+
+    cfg = load_config(text=f"""
+[normalize]
+format = "panther"
+[process]
+state_dir = "{tmp_path}"
+read_proc = false
+label_exe = {{ "/bash$" = "shell" }}
+[[filter.rules]]
+name = "shells"
+label = "shell"
+[[filter.rules]]
+name = "once"
+action = "keep_first"
+key = "files"
+""")
+    ps, fs = build_stages(cfg, "run")[:2]
+    assert fs.labels == ps.labels_of and fs.identity == ps.identity_of
+    log = Log()
+    lines = log.event("execve", 100, 50, "/usr/bin/bash", args=["bash"])
+    lines += log.event("fork", 100, 50, "/usr/bin/bash", exit=200)
+    lines += log.event("execve", 200, 100, "/usr/bin/ls", args=["ls"])  # a shell's child: labelled
+    for pid in (300, 300, 301):
+        lines += log.event("open", pid, 60, "/usr/bin/cat", key="files")
+    rows = Pipeline(staged(build_normalizer(cfg.normalize), [ps, fs], time.time)).feed_lines(lines)
+    assert fs.metrics() == {"dropped.shells": 3, "dropped.once": 1, "dropped": 4}
+    assert len({r["eventId"] for r in rows}) == 2  # cat 300 once, cat 301
 
 
 def test_filter_without_process_stage_counts_per_pid():

@@ -116,7 +116,12 @@ def build_reassembler(r: ReassemblyConfig) -> Reassembler:
 
 
 def build_stages(cfg: Config, role: Role = "run") -> list[Stage]:
-    return [st for st in (b(cfg) for b, roles in STAGE_BUILDERS if role in roles) if st is not None]
+    stages = [st for st in (b(cfg) for b, roles in STAGE_BUILDERS if role in roles) if st is not None]
+    for st in stages:  # a stage that reads another's state (the filter, for Panther rows) finds it here
+        link = getattr(st, "link", None)
+        if link is not None:
+            link(stages)
+    return stages
 
 
 def build_pipeline(cfg: Config, on_reject: RejectHandler | None = None, *,

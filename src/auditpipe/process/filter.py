@@ -35,9 +35,11 @@ class _Rule:
 class FilterStage:
     """Stage, after the process stage. ``labels``: the labels of an event's process (default:
     ``process.labels`` of the event's ECS document, ``context.process.labels`` of a coalesced
-    one, as the process stage wrote them; none for Panther rows or with the process stage off: a
-    rule on a label then never matches). ``identity``: what "one process" is for keep_first
-    (default: the document's ``process.entity_id``, else node and pid)."""
+    one, as the process stage wrote them; for Panther rows, which carry no context, the process
+    stage's :meth:`~auditpipe.process.stage.ProcessStage.labels_of`, linked by :meth:`link`; none
+    with the process stage off: a rule on a label then never matches). ``identity``: what "one
+    process" is for keep_first (default: the document's ``process.entity_id``, for Panther rows
+    the process stage's, else node and pid)."""
 
     name = "filter"
 
@@ -50,6 +52,16 @@ class FilterStage:
         self.identity = identity
         self.dropped = dict.fromkeys((r.name for r in self.rules), 0)
         self._seen: dict[tuple[str, object], int] = {}
+
+    def link(self, stages: list) -> None:
+        """Panther rows do not carry the process context: ask the process stage before this one."""
+        if self.fmt in ("ecs", "coalesced") or self.labels is not None:
+            return
+        for st in stages:
+            if st is self:
+                return
+            if hasattr(st, "labels_of") and hasattr(st, "identity_of"):
+                self.labels, self.identity = st.labels_of, st.identity_of
 
     def process(self, event: Event, docs: list[dict], now: float) -> list[dict]:
         if not self.rules:

@@ -77,7 +77,10 @@ class ProcessStage:
         self._syscalls: dict[tuple, str | None] = {}
         self._passwd: dict[str, dict[str, str] | None] = {}
         self._label_lists: dict[frozenset, list[str]] = {}
+        #: the event just processed and its process, for a filter over documents that do not
+        #: carry the context (Panther rows): see :meth:`labels_of` (not kept for ECS/coalesced)
         self._last: tuple[Event | None, Proc | None] = (None, None)
+        self._keep_last = fmt not in ("ecs", "coalesced")
         self._args: list[str] | None = None
         self._next_save = now + cfg.save_interval
         self._next_reap = now + _REAP_INTERVAL
@@ -103,7 +106,8 @@ class ProcessStage:
         # the ECS normalizer has read the arguments already: not again
         self._args = docs[0].get("process", _NONE).get("args") if ecs and docs else None
         proc, ppid = self._track(event, now)
-        self._last = (event, proc)
+        if self._keep_last:
+            self._last = (event, proc)
         if proc is None:
             self.counters["no_process"] += 1
             return docs
@@ -155,7 +159,9 @@ class ProcessStage:
                 "evicted": self.table.evicted}
 
     def labels_of(self, event: Event) -> frozenset[str]:
-        """The labels of the process of ``event`` (the one just processed), for the filter."""
+        """The labels of the process of ``event`` (the one just processed), for the filter of a
+        format whose documents do not carry them (Panther rows; ECS and coalesced documents do,
+        and for them nothing is kept: the empty set)."""
         ev, proc = self._last
         return proc.labels if ev is event and proc is not None else frozenset()
 
