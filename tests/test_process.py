@@ -307,17 +307,14 @@ def test_filter_metrics_and_keep_first():
     assert fs["f"].metrics() == {"dropped.noisy": 4, "dropped.never": 0, "dropped": 4}
 
 
-def test_filter_of_panther_rows_asks_the_process_stage(tmp_path):
-    """Panther rows carry no process context: the assembly links the filter to the process
-    stage, whose labels (inherited: ls's parent is a labelled bash) and identities it uses."""
-    from auditpipe.config import load_config
-    from auditpipe.pipeline.assembly import build_normalizer, build_stages
-
-    cfg = load_config(text=f"""
+def _labels_and_filter_config(state_dir, fmt: str) -> str:
+    """[process] labelling shells, [filter] dropping them and keeping one "files" event per
+    process; made-up records, so this host's /proc must not answer for them."""
+    return f"""
 [normalize]
-format = "panther"
+format = "{fmt}"
 [process]
-state_dir = "{tmp_path}"
+state_dir = "{state_dir}"
 read_proc = false
 label_exe = {{ "/bash$" = "shell" }}
 [[filter.rules]]
@@ -327,7 +324,16 @@ label = "shell"
 name = "once"
 action = "keep_first"
 key = "files"
-""")
+"""
+
+
+def test_filter_of_panther_rows_asks_the_process_stage(tmp_path):
+    """Panther rows carry no process context: the assembly links the filter to the process
+    stage, whose labels (inherited: ls's parent is a labelled bash) and identities it uses."""
+    from auditpipe.config import load_config
+    from auditpipe.pipeline.assembly import build_normalizer, build_stages
+
+    cfg = load_config(text=_labels_and_filter_config(tmp_path, "panther"))
     ps, fs = build_stages(cfg, "run")[:2]
     assert fs.labels == ps.labels_of and fs.identity == ps.identity_of
     log = Log()
@@ -571,19 +577,7 @@ def test_builders_from_the_typed_config_and_filter_reading_labels_from_documents
     from auditpipe.process.filter import build_filter_stage
     from auditpipe.process.stage import build_process_stage
 
-    cfg = load_config(text=f"""
-[process]
-state_dir = "{tmp_path}"
-read_proc = false   # the records below are made up: this host's /proc must not answer for them
-label_exe = {{ "/bash$" = "shell" }}
-[[filter.rules]]
-name = "shells"
-label = "shell"
-[[filter.rules]]
-name = "once"
-action = "keep_first"
-key = "files"
-""")
+    cfg = load_config(text=_labels_and_filter_config(tmp_path, "ecs"))
     ps, fs = build_process_stage(cfg), build_filter_stage(cfg)
     assert ps.reader is None and ps.state is not None and fs is not None
     assert build_process_stage(load_config(text="")).reader is not None

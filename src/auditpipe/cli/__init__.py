@@ -51,4 +51,5 @@ def main(ctx: click.Context, log_format: str) -> None:
     # At exit the interpreter collects once more over everything still alive (a live run's
     # process table, parse's tables): tens of milliseconds for nothing, since the process ends.
     # Frozen objects are left out (files and outputs are closed by then; atexit runs this last).
+    atexit.unregister(gc.freeze)  # once, however often main runs in one process (tests)
     atexit.register(gc.freeze)

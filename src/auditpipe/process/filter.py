@@ -54,13 +54,14 @@ class FilterStage:
         self._seen: dict[tuple[str, object], int] = {}
 
     def link(self, stages: list) -> None:
-        """Panther rows do not carry the process context: ask the process stage before this one."""
-        if self.fmt in ("ecs", "coalesced") or self.labels is not None:
+        """Documents that do not carry the process context (Panther rows): ask the process
+        stage before this one, which then keeps what it is asked about."""
+        if self.labels is not None:
             return
         for st in stages:
             if st is self:
                 return
-            if hasattr(st, "labels_of") and hasattr(st, "identity_of"):
+            if getattr(st, "context_in_documents", True) is False:
                 self.labels, self.identity = st.labels_of, st.identity_of
 
     def process(self, event: Event, docs: list[dict], now: float) -> list[dict]:

@@ -77,10 +77,11 @@ class ProcessStage:
         self._syscalls: dict[tuple, str | None] = {}
         self._passwd: dict[str, dict[str, str] | None] = {}
         self._label_lists: dict[frozenset, list[str]] = {}
-        #: the event just processed and its process, for a filter over documents that do not
-        #: carry the context (Panther rows): see :meth:`labels_of` (not kept for ECS/coalesced)
+        #: ECS and coalesced documents carry the context (labels, entity id); for other formats
+        #: (Panther rows) the stage keeps the event just processed and its process in ``_last``,
+        #: for the filter to ask (:meth:`labels_of`, :meth:`identity_of`)
+        self.context_in_documents = fmt in ("ecs", "coalesced")
         self._last: tuple[Event | None, Proc | None] = (None, None)
-        self._keep_last = fmt not in ("ecs", "coalesced")
         self._args: list[str] | None = None
         self._next_save = now + cfg.save_interval
         self._next_reap = now + _REAP_INTERVAL
@@ -106,7 +107,7 @@ class ProcessStage:
         # the ECS normalizer has read the arguments already: not again
         self._args = docs[0].get("process", _NONE).get("args") if ecs and docs else None
         proc, ppid = self._track(event, now)
-        if self._keep_last:
+        if not self.context_in_documents:
             self._last = (event, proc)
         if proc is None:
             self.counters["no_process"] += 1
